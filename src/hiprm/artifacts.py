@@ -1,0 +1,226 @@
+"""Files on disk: JSONL reading with errors that name file:line:field, atomic writes, run dirs.
+
+Stages talk to each other only through files. This module is the one place that reads and
+writes them:
+
+- `read_jsonl(path)` yields `(line_number, object)` and raises `DataError("file:line: ...")` on
+  bad bytes or bad JSON; `skip_bad=True` collects those problems in a `SkipLog` instead.
+- `atomic_write(path)` / `write_jsonl(path, rows)` write to a temporary file in the same
+  folder and rename it into place, so an interrupted or failed job never leaves a partial file.
+- `write_meta(dir, ...)` records the resolved config, package version, git sha, config hash
+  and input sha256s in `meta.json`, so any artifact can be traced and any stage rerun alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import subprocess
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class DataError(ValueError):
+    """Bad input. The message starts with `file:line:` (line omitted when it does not apply)."""
+
+    def __init__(self, path: str | Path, message: str, line: int | None = None, field: str | None = None):
+        self.path = str(path)
+        self.line = line
+        self.field = field
+        where = self.path if line is None else f"{self.path}:{line}"
+        what = f"field '{field}': {message}" if field else message
+        super().__init__(f"{where}: {what}")
+
+
+@dataclass
+class SkipLog:
+    """Lines skipped under `--skip-bad`: how many, and why (reason -> count, first examples)."""
+
+    reasons: Counter = field(default_factory=Counter)
+    examples: list[str] = field(default_factory=list)
+
+    def add(self, err: DataError) -> None:
+        reason = f"field '{err.field}'" if err.field else str(err).split(": ", 1)[-1][:80]
+        self.reasons[reason] += 1
+        if len(self.examples) < 5:
+            self.examples.append(str(err))
+
+    @property
+    def count(self) -> int:
+        return sum(self.reasons.values())
+
+    def summary(self) -> str:
+        if not self.count:
+            return "skipped 0 bad lines"
+        why = ", ".join(f"{n} x {r}" for r, n in self.reasons.most_common())
+        return f"skipped {self.count} bad lines ({why}); first: {self.examples[0]}"
+
+
+def check_input_file(path: str | Path) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise DataError(p, "no such file")
+    if p.is_dir():
+        raise DataError(p, "is a directory, expected a file")
+    return p
+
+
+def read_text(path: str | Path) -> str:
+    """Whole file as UTF-8; bad bytes raise a DataError naming the line they are on."""
+    p = check_input_file(path)
+    data = p.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise DataError(p, f"not valid UTF-8 (byte {e.start})", line=line) from None
+
+
+def read_jsonl(path: str | Path, skip_bad: SkipLog | None = None) -> Iterator[tuple[int, Any]]:
+    """Yield `(line_number, parsed_object)` for each non-blank line of a JSONL file.
+
+    Bad UTF-8 or bad JSON raises `DataError` naming file and line, unless `skip_bad` is given,
+    in which case the line is recorded there and skipped.
+    """
+    p = check_input_file(path)
+    with p.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            try:
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise DataError(p, f"not valid UTF-8 (column {e.start + 1})", line=lineno) from None
+                try:
+                    obj = json.loads(text)
+                except json.JSONDecodeError as e:
+                    raise DataError(p, f"invalid JSON: {e.msg} (column {e.colno})", line=lineno) from None
+            except DataError as err:
+                if skip_bad is None:
+                    raise
+                skip_bad.add(err)
+                continue
+            yield lineno, obj
+
+
+def read_json(path: str | Path) -> Any:
+    p = check_input_file(path)
+    text = read_text(p)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(p, f"invalid JSON: {e.msg} (column {e.colno})", line=e.lineno) from None
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path, mode: str = "w") -> Iterator[Any]:
+    """Open a temporary file beside `path`; rename it over `path` only if the block succeeds."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_jsonl(path: str | Path, rows: Iterable[Any]) -> int:
+    """Write rows (dicts or objects with `to_dict`) atomically; returns the count written."""
+    n = 0
+    with atomic_write(path) as f:
+        for row in rows:
+            d = row.to_dict() if hasattr(row, "to_dict") else row
+            f.write(json.dumps(d, ensure_ascii=False))
+            f.write("\n")
+            n += 1
+    return n
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    with atomic_write(path) as f:
+        json.dump(obj, f, indent=2, ensure_ascii=False, default=str)
+        f.write("\n")
+
+
+def append_jsonl(path: str | Path, row: dict[str, Any]) -> None:
+    """Append one line and flush it (metrics, resumable sample logs)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with p.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        f.flush()
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def git_sha() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("hiprm")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    blob = json.dumps(config, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def write_meta(
+    out_dir: str | Path,
+    config: dict[str, Any],
+    inputs: Iterable[str | Path] = (),
+    **extra: Any,
+) -> Path:
+    """Write `meta.json` (and `config.yaml`) describing how the artifacts in `out_dir` were made."""
+    import yaml
+
+    d = Path(out_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "package": "hiprm",
+        "version": package_version(),
+        "git_sha": git_sha(),
+        "config": config,
+        "config_hash": config_hash(config),
+        "inputs": {str(p): sha256_file(p) for p in inputs if Path(p).is_file()},
+        **extra,
+    }
+    write_json(d / "meta.json", meta)
+    with atomic_write(d / "config.yaml") as f:
+        yaml.safe_dump(config, f, sort_keys=False, allow_unicode=True)
+    return d / "meta.json"

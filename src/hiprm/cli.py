@@ -1,0 +1,136 @@
+"""The `hiprm` command: a thin layer that maps subcommands to (Config dataclass, run function).
+
+Every subcommand is called the same way:
+
+    hiprm SUBCOMMAND [CONFIG.yaml] [POSITIONAL] [key=value ...] [--flag] [--key value]
+
+Defaults < CONFIG.yaml < key=value. `--key value` is the same as `key=value` and a bare `--flag`
+is `flag=true` (so `--kind hrm --skip-bad` works). A positional argument that is neither a
+YAML file nor key=value fills the subcommand's positional field (e.g. the file of `data stats`).
+`hiprm validate SUBCOMMAND CONFIG.yaml [key=value ...]` loads and prints the resolved config
+without running. The runners live in their stages; imports happen only when a command runs so
+`hiprm --help` stays fast and light.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from dataclasses import asdict
+from typing import Any
+
+import yaml
+
+from hiprm.artifacts import DataError
+from hiprm.config import ConfigError, load_config
+
+# name -> (module, config class, run function, positional field or None)
+COMMANDS: dict[str, tuple[str, str, str, str | None]] = {
+    "data build": ("hiprm.data.build", "BuildConfig", "run", None),
+    "data stats": ("hiprm.data.stats", "StatsConfig", "run", "path"),
+    "data export-trl": ("hiprm.data.export", "ExportConfig", "run", "path"),
+}
+
+log = logging.getLogger("hiprm")
+
+
+def _split_args(argv: list[str]) -> tuple[str | None, list[str], list[str]]:
+    """Return (yaml path, positionals, key=value overrides) from the words after the command."""
+    config_path = None
+    positionals: list[str] = []
+    overrides: list[str] = []
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if word.startswith("--") and len(word) > 2:
+            key = word[2:].replace("-", "_")
+            if "=" in key:
+                overrides.append(key)
+            elif i + 1 < len(argv) and not argv[i + 1].startswith("--") and "=" not in argv[i + 1]:
+                overrides.append(f"{key}={argv[i + 1]}")
+                i += 1
+            else:
+                overrides.append(f"{key}=true")
+        elif "=" in word:
+            overrides.append(word)
+        elif word.endswith((".yaml", ".yml")) and config_path is None:
+            config_path = word
+        else:
+            positionals.append(word)
+        i += 1
+    return config_path, positionals, overrides
+
+
+def _resolve(name: str, argv: list[str]) -> tuple[Any, Any]:
+    module_name, cls_name, run_name, positional = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    cls = getattr(module, cls_name)
+    config_path, positionals, overrides = _split_args(argv)
+    if positionals:
+        if positional is None or len(positionals) > 1:
+            raise ConfigError(f"'hiprm {name}' takes no positional argument {positionals!r}")
+        overrides = [f"{positional}={positionals[0]}", *overrides]
+    cfg = load_config(cls, config_path, overrides)
+    return cfg, getattr(module, run_name)
+
+
+def _command_name(argv: list[str]) -> tuple[str | None, list[str]]:
+    for width in (2, 1):
+        name = " ".join(argv[:width])
+        if name in COMMANDS:
+            return name, argv[width:]
+    return None, argv
+
+
+def _usage() -> str:
+    lines = ["usage: hiprm SUBCOMMAND [CONFIG.yaml] [key=value ...]", "", "subcommands:"]
+    for name, (module, cls, _, pos) in COMMANDS.items():
+        arg = f" {pos.upper()}" if pos else ""
+        lines.append(f"  {name}{arg}    ({module}.{cls})")
+    lines.append("  validate SUBCOMMAND [CONFIG.yaml] [key=value ...]    print the resolved config")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="hiprm", add_help=False)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("-h", "--help", action="store_true")
+    known, rest = parser.parse_known_args(argv[:1]) if argv and argv[0].startswith("-") else (None, argv)
+    if known is not None:
+        rest = argv[1:]
+    verbose = bool(known and known.verbose)
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    if not rest or (known and known.help) or rest[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    validate = rest[0] == "validate"
+    name, tail = _command_name(rest[1:] if validate else rest)
+    if name is None:
+        print(f"hiprm: unknown subcommand {' '.join(rest[:2])!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    try:
+        cfg, run = _resolve(name, tail)
+        if validate:
+            print(yaml.safe_dump(asdict(cfg), sort_keys=False, allow_unicode=True), end="")
+            return 0
+        result = run(cfg)
+    except (ConfigError, DataError) as e:
+        print(f"hiprm {name}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"hiprm {name}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    if result is not None:
+        print(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

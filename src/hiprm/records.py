@@ -1,0 +1,140 @@
+"""The shared nouns of hiprm: problems, rated solutions, reward-model examples.
+
+Every reader in `hiprm.data` turns its source into these records, and every later stage
+(reward-model training, scoring, search, annotation) consumes them. They are plain
+dataclasses with `to_dict` / `from_dict` so they round-trip through JSONL; this module
+imports nothing heavy (no torch) so it can be used anywhere.
+
+Rating convention (PRM800K): +1 good, 0 neutral (fine but no progress), -1 bad, None = not
+rated. None is never treated as 0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+RATINGS = (-1, 0, 1)
+EXAMPLE_KINDS = ("orm", "prm", "hrm_pair")
+
+
+def problem_id_for(question: str) -> str:
+    """A stable id for a problem text: the first 16 hex digits of its sha256.
+
+    Used to split train/validation by problem and to join sources that share problems;
+    surrounding white space does not change it.
+    """
+    return hashlib.sha256(question.strip().encode("utf-8")).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One candidate text for a step, with its human rating (None = unrated)."""
+
+    text: str
+    rating: int | None
+
+
+@dataclass
+class LabeledStep:
+    """One step of a labelled trajectory.
+
+    `chosen` is the text the trajectory continues with; `chosen_rating` its rating (None for a
+    human-written completion or an unrated one). `completions` are all model completions that
+    were offered at this step, rated or not (the chosen one included when it is a model
+    completion). A final step where nothing was chosen (give_up / found_error) has
+    `chosen=None`.
+    """
+
+    chosen: str | None
+    chosen_rating: int | None
+    completions: list[Completion] = field(default_factory=list)
+    chosen_is_human: bool = False
+
+    def rated(self) -> list[Completion]:
+        return [c for c in self.completions if c.rating is not None]
+
+
+@dataclass
+class Solution:
+    """A problem with one labelled trajectory (PRM800K record, ProcessBench entry, ...).
+
+    `source` is `file:line` of the record it came from, so errors downstream can point back.
+    """
+
+    problem_id: str
+    question: str
+    reference_answer: str | None
+    steps: list[LabeledStep]
+    finish_reason: str | None = None
+    source: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def trajectory(self) -> list[str]:
+        """The chosen step texts in order (a final unchosen step is left out)."""
+        return [s.chosen for s in self.steps if s.chosen is not None]
+
+
+@dataclass
+class Problem:
+    """A problem to solve with its reference final answer (MATH500, GSM8K, any JSONL)."""
+
+    problem_id: str
+    question: str
+    answer: str
+    source: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StepVerdicts:
+    """A solution split into steps with a process label (ProcessBench).
+
+    `first_error` is the 0-based index of the earliest wrong step, or -1 if all are correct.
+    """
+
+    id: str
+    problem_id: str
+    question: str
+    steps: list[str]
+    first_error: int
+    final_answer_correct: bool
+    generator: str = ""
+    source: str = ""
+
+
+@dataclass
+class RMExample:
+    """One reward-model training example: score `current_step` given `previous_steps`.
+
+    `label` is in [0, 1] (1 = positive); soft labels carry MC-scores. `ratings` are the human
+    ratings that produced it (one for `prm`, two for `hrm_pair`, empty for `orm`).
+    For `orm`, `previous_steps` holds all steps but the last and `current_step` the last, so
+    the same formatter serves every kind.
+    """
+
+    problem_id: str
+    question: str
+    previous_steps: list[str]
+    current_step: str
+    label: float
+    kind: str
+    ratings: list[int | None] = field(default_factory=list)
+    source: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RMExample:
+        return cls(
+            problem_id=str(d["problem_id"]),
+            question=d["question"],
+            previous_steps=list(d["previous_steps"]),
+            current_step=d["current_step"],
+            label=float(d["label"]),
+            kind=d["kind"],
+            ratings=list(d.get("ratings", [])),
+            source=d.get("source", ""),
+        )

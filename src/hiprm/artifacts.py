@@ -25,6 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# orjson parses and writes JSONL several times faster than the standard library, which is what
+# keeps building the 74k-example HRM set (110 MB) within a few seconds.
+import orjson
+
 
 class DataError(ValueError):
     """Bad input. The message starts with `file:line:` (line omitted when it does not apply)."""
@@ -95,12 +99,12 @@ def read_jsonl(path: str | Path, skip_bad: SkipLog | None = None) -> Iterator[tu
                 continue
             try:
                 try:
-                    text = raw.decode("utf-8")
+                    raw.decode("utf-8")
                 except UnicodeDecodeError as e:
                     raise DataError(p, f"not valid UTF-8 (column {e.start + 1})", line=lineno) from None
                 try:
-                    obj = json.loads(text)
-                except json.JSONDecodeError as e:
+                    obj = orjson.loads(raw)
+                except orjson.JSONDecodeError as e:
                     raise DataError(p, f"invalid JSON: {e.msg} (column {e.colno})", line=lineno) from None
             except DataError as err:
                 if skip_bad is None:
@@ -130,6 +134,8 @@ def atomic_write(path: str | Path, mode: str = "w") -> Iterator[Any]:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        # mkstemp creates 0600 files; artifacts are meant to be shared like any other output.
+        os.chmod(tmp, 0o644)
         os.replace(tmp, p)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -140,11 +146,10 @@ def atomic_write(path: str | Path, mode: str = "w") -> Iterator[Any]:
 def write_jsonl(path: str | Path, rows: Iterable[Any]) -> int:
     """Write rows (dicts or objects with `to_dict`) atomically; returns the count written."""
     n = 0
-    with atomic_write(path) as f:
+    with atomic_write(path, "wb") as f:
         for row in rows:
             d = row.to_dict() if hasattr(row, "to_dict") else row
-            f.write(json.dumps(d, ensure_ascii=False))
-            f.write("\n")
+            f.write(orjson.dumps(d, option=orjson.OPT_APPEND_NEWLINE | orjson.OPT_SERIALIZE_NUMPY))
             n += 1
     return n
 

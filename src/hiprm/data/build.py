@@ -1,0 +1,128 @@
+"""`hiprm data build`: PRM800K raw records -> ORM / PRM / HRM example JSONL, split by problem.
+
+    hiprm data build --kind hrm                      # shared phase-1 train -> runs/data/hrm/
+    hiprm data build --kind prm input=../shared/data/prm800k/phase1_test.jsonl val_fraction=0
+
+Writes `<out_dir>/train.jsonl`, `<out_dir>/val.jsonl` (one RMExample per line) and
+`<out_dir>/meta.json` (resolved settings, input sha256, package version, counts), each
+atomically, then prints the statistics of `hiprm data stats`. No problem is on both sides of
+the split; the split is a seeded shuffle of the sorted problem ids, so it is reproducible.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from hiprm.artifacts import DataError, SkipLog, write_jsonl, write_meta
+from hiprm.data.labels import Neutral, build_examples
+from hiprm.data.prm800k import read_prm800k
+from hiprm.data.stats import compute_stats, format_stats
+from hiprm.records import RMExample, Solution
+
+log = logging.getLogger(__name__)
+
+DEFAULT_INPUT = "../shared/data/prm800k/phase1_train.reconstructed.jsonl"
+
+
+@dataclass
+class BuildConfig:
+    kind: Literal["orm", "prm", "hrm"] = "hrm"
+    input: str = DEFAULT_INPUT
+    out_dir: str = ""  # default: runs/data/<kind>
+    neutral: Literal["negative", "positive", "drop"] = "negative"
+    merge_separator: str = "\n\n"
+    val_fraction: float = 0.05
+    seed: int = 0
+    # The reference code trains only on finished solutions; "unknown_not_solution" is the
+    # reconstruction's name for a give_up or bad_problem whose exact reason was lost.
+    skip_finish_reasons: list[str] = field(default_factory=lambda: ["give_up", "bad_problem", "unknown_not_solution"])
+    max_problems: int | None = None
+    skip_bad: bool = False
+    quiet: bool = False
+
+
+def split_by_problem(problem_ids: list[str], val_fraction: float, seed: int) -> set[str]:
+    """The problem ids that go to validation: a seeded shuffle of the sorted unique ids.
+
+    >>> sorted(split_by_problem(["a", "b", "c", "d"], 0.5, 0)) == sorted(split_by_problem(["d", "c", "b", "a"], 0.5, 0))
+    True
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    ids = sorted(set(problem_ids))
+    random.Random(seed).shuffle(ids)
+    n_val = round(len(ids) * val_fraction)
+    if val_fraction > 0 and len(ids) > 1:
+        n_val = max(n_val, 1)
+    return set(ids[:n_val])
+
+
+def select_solutions(solutions: list[Solution], cfg: BuildConfig) -> list[Solution]:
+    kept = [s for s in solutions if s.finish_reason not in cfg.skip_finish_reasons]
+    if cfg.max_problems is not None:
+        keep_ids = sorted({s.problem_id for s in kept})
+        random.Random(cfg.seed).shuffle(keep_ids)
+        chosen = set(keep_ids[: cfg.max_problems])
+        kept = [s for s in kept if s.problem_id in chosen]
+    return kept
+
+
+def _grader():
+    from hiprm.grading import extract_answer, is_equivalent
+
+    def grade(text: str, ref: str) -> bool | None:
+        pred = extract_answer(text)
+        return None if pred is None else is_equivalent(pred, ref)
+
+    return grade
+
+
+def make_examples(cfg: BuildConfig, skip_log: SkipLog | None = None) -> list[RMExample]:
+    """Read the input and return all examples of `cfg.kind` (no split, no writing)."""
+    solutions = select_solutions(read_prm800k(cfg.input, skip_log), cfg)
+    neutral: Neutral = cfg.neutral
+    grade = _grader() if cfg.kind == "orm" else None
+    return build_examples(solutions, cfg.kind, neutral, cfg.merge_separator, grade)
+
+
+def run(cfg: BuildConfig) -> Path:
+    start = time.perf_counter()
+    out_dir = Path(cfg.out_dir or f"runs/data/{cfg.kind}")
+    skip_log = SkipLog() if cfg.skip_bad else None
+    examples = make_examples(cfg, skip_log)
+    if not examples:
+        raise DataError(cfg.input, f"no {cfg.kind} examples could be built (check finish reasons and ratings)")
+    val_ids = split_by_problem([e.problem_id for e in examples], cfg.val_fraction, cfg.seed)
+    train = [e for e in examples if e.problem_id not in val_ids]
+    val = [e for e in examples if e.problem_id in val_ids]
+    write_jsonl(out_dir / "train.jsonl", train)
+    write_jsonl(out_dir / "val.jsonl", val)
+    rows = [e.to_dict() for e in examples]
+    stats = compute_stats(rows)
+    write_meta(
+        out_dir,
+        asdict(cfg),
+        inputs=[cfg.input],
+        counts={
+            "train": len(train),
+            "val": len(val),
+            "train_problems": len({e.problem_id for e in train}),
+            "val_problems": len(val_ids),
+            "skipped_bad_lines": skip_log.count if skip_log else 0,
+        },
+        stats=stats,
+    )
+    if skip_log is not None and skip_log.count:
+        log.warning("%s: %s", cfg.input, skip_log.summary())
+    if not cfg.quiet:
+        if skip_log is not None:
+            print(f"{cfg.input}: {skip_log.summary()}")
+        print(format_stats(stats, title=f"{cfg.kind} examples from {cfg.input}"))
+        print(f"train {len(train)} / val {len(val)} examples ({len(val_ids)} validation problems)")
+        print(f"built in {time.perf_counter() - start:.2f}s")
+    return out_dir

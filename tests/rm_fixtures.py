@@ -1,0 +1,52 @@
+"""A tiny reward-model checkpoint like the one `hiprm rm train` writes, and a fake scorer.
+
+`make_tiny_rm(folder, tokenizer)` saves a randomly initialised 2-label
+LlamaForSequenceClassification with the tokenizer beside it and `config.hiprm_template` set,
+so tests load it through `Scorer.from_pretrained` exactly like a trained checkpoint.
+`FakeScorer` returns rewards given by a function of the text, for metric tests with
+hand-computed answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.conftest import tiny_llama_config
+
+
+def make_tiny_rm(folder: Path, tokenizer, seed: int = 0, max_length: int = 512) -> Path:
+    import torch
+    from transformers import LlamaForSequenceClassification
+
+    from hiprm.rm.template import TemplateConfig
+
+    torch.manual_seed(seed)
+    model = LlamaForSequenceClassification(tiny_llama_config(tokenizer, num_labels=2))
+    # A random head gives rewards near 0.5 for everything; a larger head spreads them out so
+    # comparisons between paths are not trivially close.
+    with torch.no_grad():
+        model.score.weight.mul_(50.0)
+    model.config.hiprm_template = TemplateConfig(max_length=max_length).to_dict()
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+class FakeScorer:
+    """Reward of a step = `fn(question, previous_steps, step)`; counts calls."""
+
+    def __init__(self, fn: Callable[[str, list[str], str], float]):
+        self.fn = fn
+        self.calls = 0
+
+    def score(self, question: str, steps: list[str]) -> list[float]:
+        self.calls += 1
+        return [self.fn(question, steps[:i], s) for i, s in enumerate(steps)]
+
+    def score_batch(self, items):
+        return [self.score(q, s) for q, s in items]
+
+    def score_candidates(self, question: str, prefix_steps: list[str], candidates: list[str]) -> list[float]:
+        self.calls += 1
+        return [self.fn(question, list(prefix_steps), c) for c in candidates]

@@ -1,0 +1,183 @@
+"""Scorer: rewards equal a direct HF forward of the formatted text; the cached-prefix path for
+candidates matches the plain path; batching never changes a number; `rm score` is resumable."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+
+from hiprm.artifacts import DataError
+from hiprm.rm.scorer import ScoreConfig, Scorer, StepScorer, budget_batches, run
+from hiprm.rm.template import TemplateConfig, render
+from tests.rm_fixtures import FakeScorer, make_tiny_rm
+
+Q = "What is 2 + 3? Janet sells 16 duck eggs."
+STEPS = [
+    "First, 2 + 3 = 5.",
+    "Janet sells 16 - 3 - 4 = 9 duck eggs a day and makes 9 * 2 = $18 every day.",
+    "\\frac{1}{2} + \\sqrt{4} = \\boxed{2.5} so x = 7",
+    "The answer is 5. # Answer 5",
+]
+CANDIDATES = [
+    "x = 7",
+    "Janet sells 16 - 3 - 4 = 9 duck eggs a day and makes 9 * 2 = $18 every day. # Answer 18",
+    "(1, 2), 100%.",
+    "# Step 1",
+    "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ 0123456789",
+    "",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_rm_dir(tmp_path_factory, tiny_tokenizer):
+    return make_tiny_rm(tmp_path_factory.mktemp("tiny_rm"), tiny_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def scorer(tiny_rm_dir):
+    return Scorer.from_pretrained(tiny_rm_dir, device="cpu")
+
+
+def direct_reward(model, tokenizer, question, previous, current, cfg):
+    """The reference: whole text tokenized at once, batch of one, no padding, softmax[1]."""
+    enc = tokenizer(render(question, previous, current, cfg), return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**enc).logits
+    return torch.softmax(logits, -1)[0, 1].item()
+
+
+def test_loads_template_and_satisfies_protocol(scorer):
+    assert scorer.template == TemplateConfig(max_length=512)
+    assert isinstance(scorer, StepScorer)
+    assert isinstance(FakeScorer(lambda q, p, s: 0.5), StepScorer)
+
+
+def test_score_matches_direct_forward(scorer):
+    got = scorer.score(Q, STEPS)
+    want = [direct_reward(scorer.model, scorer.tokenizer, Q, STEPS[:i], s, scorer.template) for i, s in enumerate(STEPS)]
+    assert got == pytest.approx(want, abs=1e-5)
+    # The random head is scaled up so rewards differ; otherwise this test would prove little.
+    assert max(want) - min(want) > 0.05
+
+
+def test_batching_and_budget_do_not_change_results(tiny_rm_dir, scorer):
+    items = [(Q, STEPS), ("Short?", ["a"]), (Q, STEPS[:2]), ("Empty", [])]
+    batched = scorer.score_batch(items)
+    assert [len(r) for r in batched] == [4, 1, 2, 0]
+    one_by_one = [scorer.score(q, s) for q, s in items]
+    small = Scorer.from_pretrained(tiny_rm_dir, device="cpu", batch_size=2, max_tokens_per_batch=64)
+    tiny_batches = small.score_batch(items)
+    for a, b, c in zip(batched, one_by_one, tiny_batches, strict=True):
+        assert a == pytest.approx(b, abs=1e-5)
+        assert a == pytest.approx(c, abs=1e-5)
+    assert small.stats.forward_passes > scorer.stats.forward_passes or small.stats.forward_passes >= 4
+
+
+def test_candidates_cached_prefix_matches_plain_path(tiny_rm_dir, tiny_tokenizer):
+    cached = Scorer.from_pretrained(tiny_rm_dir, device="cpu")
+    plain = Scorer.from_pretrained(tiny_rm_dir, device="cpu", prefix_cache=False)
+    got = cached.score_candidates(Q, STEPS[:3], CANDIDATES)
+    assert cached.stats.cached_prefixes == 1 and cached._prefix_cache_ok is True
+    ref = plain.score_candidates(Q, STEPS[:3], CANDIDATES)
+    assert plain.stats.cached_prefixes == 0
+    assert torch.allclose(torch.tensor(got), torch.tensor(ref), atol=1e-5)
+    direct = [direct_reward(plain.model, tiny_tokenizer, Q, STEPS[:3], c, plain.template) for c in CANDIDATES]
+    assert got == pytest.approx(direct, abs=1e-5)
+    # Same as scoring each candidate as the last step of a full solution.
+    assert got[0] == pytest.approx(cached.score(Q, [*STEPS[:3], CANDIDATES[0]])[-1], abs=1e-5)
+    # The self-check ran once; later calls take the cached path only (1 prefix + 1 suffix batch).
+    before = cached.stats.forward_passes
+    again = cached.score_candidates(Q, STEPS[:3], CANDIDATES)
+    assert again == pytest.approx(got, abs=1e-5)
+    assert cached.stats.forward_passes - before == 2
+
+
+def test_cached_prefix_chunks_by_budget(tiny_rm_dir):
+    s = Scorer.from_pretrained(tiny_rm_dir, device="cpu", batch_size=2)
+    ref = Scorer.from_pretrained(tiny_rm_dir, device="cpu", prefix_cache=False)
+    assert s.score_candidates(Q, STEPS[:2], CANDIDATES) == pytest.approx(
+        ref.score_candidates(Q, STEPS[:2], CANDIDATES), abs=1e-5
+    )
+
+
+def test_self_check_falls_back_when_cached_path_is_wrong(tiny_rm_dir, monkeypatch, caplog):
+    s = Scorer.from_pretrained(tiny_rm_dir, device="cpu")
+    monkeypatch.setattr(s, "_score_shared", lambda prefix, suffixes: [0.0] * len(suffixes))
+    with caplog.at_level(logging.WARNING):
+        got = s.score_candidates(Q, STEPS[:1], CANDIDATES[:3])
+    assert s._prefix_cache_ok is False
+    assert "using the plain path" in caplog.text
+    ref = Scorer.from_pretrained(tiny_rm_dir, device="cpu", prefix_cache=False)
+    assert got == pytest.approx(ref.score_candidates(Q, STEPS[:1], CANDIDATES[:3]), abs=1e-5)
+
+
+def test_long_inputs_are_fitted_and_counted(tiny_rm_dir, caplog):
+    s = Scorer.from_pretrained(tiny_rm_dir, device="cpu")
+    s.template = TemplateConfig(max_length=48)
+    long_steps = [f"Step {i}: 2 + 3 = 5 and x = 7, y = -3." for i in range(6)]
+    with caplog.at_level(logging.WARNING):
+        rewards = s.score(Q, long_steps)
+        cands = s.score_candidates(Q, long_steps, ["x = 7", "the answer is 5 " * 20])
+    assert len(rewards) == 6 and len(cands) == 2
+    assert "old steps dropped" in caplog.text and "max_length=48" in caplog.text
+    # Every input was cut down to the budget.
+    encoded = s._encode(Q, long_steps, "the answer is 5 " * 20)
+    assert len(encoded[0]) + len(encoded[1]) <= 48
+
+
+def test_budget_batches_cover_every_index_within_budget():
+    lengths = [3, 50, 7, 7, 120, 1, 64, 64]
+    batches = budget_batches(lengths, batch_size=3, max_tokens=130)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for b in batches:
+        assert len(b) <= 3
+        assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 130
+
+
+# ---- hiprm rm score -----------------------------------------------------------------------------
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+def test_rm_score_runner_writes_rewards_and_resumes(tmp_path, tiny_rm_dir, scorer):
+    src = tmp_path / "in.jsonl"
+    rows = [{"question": Q, "steps": STEPS, "id": 1}, {"question": "Short?", "steps": ["a", "b"], "id": 2}]
+    _write(src, rows)
+    out = tmp_path / "out" / "scored.jsonl"
+    cfg = ScoreConfig(model=str(tiny_rm_dir), input=str(src), output=str(out), device="cpu", chunk_size=1)
+    assert run(cfg) == out
+    got = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [g["id"] for g in got] == [1, 2]
+    assert got[0]["step_rewards"] == pytest.approx(scorer.score(Q, STEPS), abs=1e-5)
+    assert (out.parent / "meta.json").is_file()
+
+    # Grow the input and pretend a previous run died after one record, mid-way through a line.
+    rows.append({"question": "New?", "steps": ["c"], "id": 3})
+    _write(src, rows)
+    partial = out.with_name(out.name + ".partial")
+    first = out.read_text().splitlines()[0]
+    partial.write_text(first + "\n" + '{"question": "Sho', encoding="utf-8")
+    out.unlink()
+    run(cfg)
+    again = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [g["id"] for g in again] == [1, 2, 3]
+    assert again[1]["step_rewards"] == pytest.approx(got[1]["step_rewards"], abs=1e-6)
+    assert not partial.exists()
+
+    # A rerun with nothing new keeps the output as is.
+    before = out.read_text()
+    run(cfg)
+    assert out.read_text() == before
+
+
+def test_rm_score_errors_name_file_line_field(tmp_path, tiny_rm_dir):
+    src = tmp_path / "bad.jsonl"
+    _write(src, [{"question": "q", "steps": ["a"]}, {"question": "q", "steps": ["a", 3]}])
+    cfg = ScoreConfig(model=str(tiny_rm_dir), input=str(src), output=str(tmp_path / "o.jsonl"))
+    with pytest.raises(DataError, match=r"bad\.jsonl:2: field 'steps\[1\]'"):
+        run(cfg)

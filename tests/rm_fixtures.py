@@ -1,6 +1,6 @@
 """A tiny reward-model checkpoint like the one `hiprm rm train` writes, and a fake scorer.
 
-`make_tiny_rm(folder, tokenizer)` saves a randomly initialised 2-label
+`make_tiny_rm(folder, tokenizer)` (built once per session by `shared_tiny_rm`) saves a randomly initialised 2-label
 LlamaForSequenceClassification with the tokenizer beside it and `config.hiprm_template` set,
 so tests load it through `Scorer.from_pretrained` exactly like a trained checkpoint.
 `FakeScorer` returns rewards given by a function of the text, for metric tests with
@@ -31,6 +31,16 @@ def make_tiny_rm(folder: Path, tokenizer, seed: int = 0, max_length: int = 512) 
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+_SESSION: dict[str, Path] = {}
+
+
+def shared_tiny_rm(tmp_path_factory, tokenizer) -> Path:
+    """One tiny checkpoint per test session, shared by every module's `tiny_rm_dir` fixture."""
+    if "rm" not in _SESSION:
+        _SESSION["rm"] = make_tiny_rm(tmp_path_factory.mktemp("tiny_rm"), tokenizer)
+    return _SESSION["rm"]
 
 
 class FakeScorer:

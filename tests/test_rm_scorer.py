@@ -12,7 +12,12 @@ import torch
 from hiprm.artifacts import DataError
 from hiprm.rm.scorer import ScoreConfig, Scorer, StepScorer, budget_batches, run
 from hiprm.rm.template import TemplateConfig, render
-from tests.rm_fixtures import FakeScorer, make_tiny_rm
+from tests.rm_fixtures import FakeScorer, shared_tiny_rm
+
+
+@pytest.fixture(scope="session")
+def tiny_rm_dir(tmp_path_factory, tiny_tokenizer):
+    return shared_tiny_rm(tmp_path_factory, tiny_tokenizer)
 
 Q = "What is 2 + 3? Janet sells 16 duck eggs."
 STEPS = [
@@ -29,11 +34,6 @@ CANDIDATES = [
     "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ 0123456789",
     "",
 ]
-
-
-@pytest.fixture(scope="session")
-def tiny_rm_dir(tmp_path_factory, tiny_tokenizer):
-    return make_tiny_rm(tmp_path_factory.mktemp("tiny_rm"), tiny_tokenizer)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,216 @@
+"""HTTP server around a reward model: `POST /v1/score`, `GET /health` (shapes in protocol.py).
+
+Command: `hiprm serve --model runs/rm_hrm/final [--port 8000] [configs/serve.yaml]`
+
+Concurrent requests are scored together: each request's solutions go on an asyncio queue, and a
+single worker takes the first waiting request, keeps collecting for up to `batch_window_ms` or
+until `max_batch` solutions, and runs `scorer.score_batch` on all of them in a worker thread (the
+event loop keeps accepting requests meanwhile). The scorer then sorts and packs the steps by
+length, so many small requests cost about as much as one large one.
+
+`create_app(scorer, cfg)` builds the app around any `StepScorer` (a fake one in tests), so the
+HTTP layer is tested without a model or a socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from hiprm.rm.scorer import StepScorer, score_many
+from hiprm.serve.protocol import (
+    ErrorResponse,
+    HealthResponse,
+    Limits,
+    RequestError,
+    ScoreItem,
+    ScoreResponse,
+    parse_request,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServeConfig:
+    """`hiprm serve --model CKPT`: where to listen, how to batch, what a request may hold."""
+
+    model: str = ""
+    host: str = "127.0.0.1"
+    port: int = 8000
+    batch_window_ms: float = 5.0
+    max_batch: int = 64  # solutions per scorer call
+    max_items_per_request: int = 64
+    max_steps_per_item: int = 128
+    max_chars_per_step: int = 8_000
+    max_chars_per_question: int = 8_000
+    max_body_bytes: int = 4_000_000
+    device: str = "auto"
+    dtype: str = "auto"
+    batch_size: int = 32
+    max_tokens_per_batch: int = 16384
+    log_level: str = "info"
+
+    def limits(self) -> Limits:
+        return Limits(self.max_body_bytes, self.max_items_per_request, self.max_steps_per_item,
+                      self.max_chars_per_step, self.max_chars_per_question)
+
+
+class Batcher:
+    """Queue + one worker: gathers concurrent requests into one `score_batch` call."""
+
+    def __init__(self, scorer: StepScorer, window_s: float, max_batch: int):
+        self.scorer = scorer
+        self.window_s = window_s
+        self.max_batch = max(1, max_batch)
+        self.queue: asyncio.Queue[tuple[list[tuple[str, list[str]]], asyncio.Future]] | None = None
+        self.task: asyncio.Task | None = None
+        # One thread: the model is not called concurrently, and it keeps torch's threads busy.
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hiprm-score")
+        self.batches = 0
+        self.items = 0
+        self.max_items_per_batch = 0
+        self.max_requests_per_batch = 0
+
+    def start(self) -> None:
+        if self.task is None or self.task.done():
+            self.queue = asyncio.Queue()
+            self.task = asyncio.get_running_loop().create_task(self._work())
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+            self.task = None
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    async def submit(self, items: list[tuple[str, list[str]]]) -> list[list[float]]:
+        self.start()  # lazily, for ASGI transports that skip the lifespan
+        assert self.queue is not None
+        fut = asyncio.get_running_loop().create_future()
+        await self.queue.put((items, fut))
+        return await fut
+
+    async def _collect(self, first: tuple[Any, asyncio.Future]) -> tuple[list[tuple[Any, asyncio.Future]], Any]:
+        """Jobs for one call, and a job that did not fit (carried to the next call) or None."""
+        assert self.queue is not None
+        loop = asyncio.get_running_loop()
+        jobs, n = [first], len(first[0])
+        deadline = loop.time() + self.window_s
+        while n < self.max_batch:
+            try:
+                left = deadline - loop.time()
+                job = self.queue.get_nowait() if left <= 0 else await asyncio.wait_for(self.queue.get(), left)
+            except (asyncio.QueueEmpty, TimeoutError):
+                break
+            if n + len(job[0]) > self.max_batch:
+                return jobs, job
+            jobs.append(job)
+            n += len(job[0])
+        return jobs, None
+
+    async def _work(self) -> None:
+        assert self.queue is not None
+        loop = asyncio.get_running_loop()
+        carry = None
+        while True:
+            first = carry if carry is not None else await self.queue.get()
+            jobs, carry = await self._collect(first)
+            jobs = [j for j in jobs if not j[1].done()]  # clients that went away
+            flat = [it for items, _ in jobs for it in items]
+            if not flat:
+                for _, fut in jobs:
+                    fut.set_result([])
+                continue
+            self.batches += 1
+            self.items += len(flat)
+            self.max_items_per_batch = max(self.max_items_per_batch, len(flat))
+            self.max_requests_per_batch = max(self.max_requests_per_batch, len(jobs))
+            try:
+                rewards = await loop.run_in_executor(self.executor, score_many, self.scorer, flat)
+            except Exception as e:  # noqa: BLE001 - every waiting request gets the error as a 500
+                log.exception("scorer failed on a batch of %d solutions", len(flat))
+                for _, fut in jobs:
+                    if not fut.done():
+                        fut.set_exception(e)
+                continue
+            k = 0
+            for items, fut in jobs:
+                if not fut.done():
+                    fut.set_result([list(map(float, r)) for r in rewards[k : k + len(items)]])
+                k += len(items)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refusing (413) as soon as it passes `limit` bytes, declared or streamed."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestError(413, f"body is {declared} bytes; the limit is {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(413, f"body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(scorer: StepScorer, cfg: ServeConfig | None = None, model_name: str = "") -> FastAPI:
+    cfg = cfg or ServeConfig()
+    limits = cfg.limits()
+    batcher = Batcher(scorer, cfg.batch_window_ms / 1000.0, cfg.max_batch)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        batcher.start()
+        yield
+        await batcher.stop()
+
+    app = FastAPI(title="hiprm reward model", lifespan=lifespan)
+    app.state.batcher = batcher
+
+    @app.post("/v1/score", response_model=ScoreResponse,
+              responses={413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}, 500: {"model": ErrorResponse}})
+    async def score(request: Request) -> Any:
+        try:
+            items: list[ScoreItem] = parse_request(await _read_body(request, limits.max_body_bytes), limits)
+        except RequestError as e:
+            return JSONResponse({"detail": e.message}, status_code=e.status)
+        try:
+            rewards = await batcher.submit([(it.question, list(it.steps)) for it in items])
+        except Exception as e:  # noqa: BLE001 - the scorer's failure, reported to the client
+            return JSONResponse({"detail": f"scorer failed: {type(e).__name__}: {e}"}, status_code=500)
+        return ScoreResponse(rewards=rewards)
+
+    @app.get("/health", response_model=HealthResponse)
+    async def health() -> HealthResponse:
+        return HealthResponse(
+            status="ok", model=model_name, batches=batcher.batches, items=batcher.items,
+            max_items_per_batch=batcher.max_items_per_batch, max_requests_per_batch=batcher.max_requests_per_batch,
+            queued=batcher.queue.qsize() if batcher.queue is not None else 0,
+        )
+
+    return app
+
+
+def run(cfg: ServeConfig) -> None:
+    import uvicorn
+
+    from hiprm.config import ConfigError
+    from hiprm.rm.scorer import Scorer
+
+    if not cfg.model:
+        raise ConfigError("model: required (hiprm serve --model CKPT)")
+    scorer = Scorer.from_pretrained(cfg.model, cfg.device, cfg.dtype, cfg.batch_size, cfg.max_tokens_per_batch)
+    app = create_app(scorer, cfg, model_name=cfg.model)
+    log.info("serving %s on http://%s:%d (POST /v1/score, GET /health)", cfg.model, cfg.host, cfg.port)
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level)

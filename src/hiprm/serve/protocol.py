@@ -1,0 +1,130 @@
+"""The HTTP scoring protocol: request / response shapes and their validation, with no server.
+
+    POST /v1/score
+      body: {"question": str, "steps": [str, ...]}                  one solution, or
+            [{"question": str, "steps": [str, ...]}, ...]            several
+      200:  {"rewards": [[float, ...], ...]}   one list per solution, in request order, one
+                                               reward in [0, 1] per step (step i given steps[:i])
+      413:  {"detail": str}   body larger than max_body_bytes
+      422:  {"detail": str}   not JSON, wrong shape, unknown keys, or over a limit (steps per
+                              solution, characters per step / question, solutions per request)
+      500:  {"detail": str}   the scorer raised
+
+    GET /health
+      200:  {"status": "ok", "model": str, "batches": int, "items": int,
+             "max_items_per_batch": int, "max_requests_per_batch": int, "queued": int}
+
+A single-solution body still gets `rewards` as a list of one list, so clients handle one shape.
+`parse_request(body, limits)` turns raw bytes into `ScoreItem`s or raises `RequestError` with the
+HTTP status to answer; the app calls it, and tests call it directly.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+
+
+class ScoreItem(BaseModel):
+    """One solution to score."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    question: str
+    steps: list[str]
+
+
+class ScoreResponse(BaseModel):
+    rewards: list[list[float]]
+
+
+class ErrorResponse(BaseModel):
+    detail: str
+
+
+class HealthResponse(BaseModel):
+    status: str
+    model: str
+    batches: int
+    items: int
+    max_items_per_batch: int
+    max_requests_per_batch: int
+    queued: int
+
+
+@dataclass
+class Limits:
+    """What one request may contain; anything over a limit is a 413 (body) or 422 (content)."""
+
+    max_body_bytes: int = 4_000_000
+    max_items_per_request: int = 64
+    max_steps_per_item: int = 128
+    max_chars_per_step: int = 8_000
+    max_chars_per_question: int = 8_000
+
+
+class RequestError(Exception):
+    """A request the server refuses: `status` is the HTTP code, the message says why."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+_REQUEST = TypeAdapter(ScoreItem | list[ScoreItem])
+
+
+def _where(loc: tuple) -> str:
+    # Pydantic names union branches ("ScoreItem", "list[ScoreItem]"); keep only the data path.
+    parts = [str(p) for p in loc if not (isinstance(p, str) and ("ScoreItem" in p))]
+    return ".".join(parts) or "body"
+
+
+def parse_request(body: bytes, limits: Limits) -> list[ScoreItem]:
+    """Validate a request body; raises RequestError(413 | 422, message).
+
+    >>> [i.steps for i in parse_request(b'{"question": "q", "steps": ["a", "b"]}', Limits())]
+    [['a', 'b']]
+    >>> parse_request(b'[]', Limits())
+    []
+    """
+    if len(body) > limits.max_body_bytes:
+        raise RequestError(413, f"body is {len(body)} bytes; the limit is {limits.max_body_bytes}")
+    try:
+        raw = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RequestError(422, f"body is not valid JSON: {e}") from None
+    try:
+        parsed = _REQUEST.validate_python(raw)
+    except ValidationError as e:
+        errs = e.errors()
+        # A list body fails the single-object branch too; report the branch that matches the shape.
+        want = "list[ScoreItem]" if isinstance(raw, list) else "ScoreItem"
+        errs = [x for x in errs if not x["loc"] or x["loc"][0] == want] or errs
+        first = errs[0]
+        raise RequestError(
+            422,
+            f"expected {{question: str, steps: [str]}} or a list of them; at {_where(first['loc'])}: {first['msg']}"
+            + (f" (and {len(errs) - 1} more problems)" if len(errs) > 1 else ""),
+        ) from None
+    items = parsed if isinstance(parsed, list) else [parsed]
+    check_limits(items, limits)
+    return items
+
+
+def check_limits(items: list[ScoreItem], limits: Limits) -> None:
+    if len(items) > limits.max_items_per_request:
+        raise RequestError(422, f"{len(items)} solutions in one request; the limit is {limits.max_items_per_request}")
+    for n, item in enumerate(items):
+        if len(item.question) > limits.max_chars_per_question:
+            raise RequestError(422, f"[{n}].question has {len(item.question)} characters; "
+                                    f"the limit is {limits.max_chars_per_question}")
+        if len(item.steps) > limits.max_steps_per_item:
+            raise RequestError(422, f"[{n}].steps has {len(item.steps)} steps; the limit is {limits.max_steps_per_item}")
+        for i, s in enumerate(item.steps):
+            if len(s) > limits.max_chars_per_step:
+                raise RequestError(422, f"[{n}].steps[{i}] has {len(s)} characters; "
+                                        f"the limit is {limits.max_chars_per_step}")

@@ -1,0 +1,475 @@
+"""Evaluate reward models without a policy: PRM800K step classification and step selection,
+and ProcessBench earliest-error identification.
+
+Command: `hiprm rm eval configs/rm_eval.yaml models=[runs/rm_hrm/final] out=runs/rm_eval`
+Output: `<out>/rm_eval.json` (every number with its 95% interval) and `<out>/rm_eval.md` (tables),
+plus `<out>/rewards.jsonl`, a cache of step rewards keyed by model and input content, so an
+interrupted run resumes where it stopped and a rerun with more data only scores what is new.
+
+- Step classification (PRM800K phase 1 test): each rated completion at step i, conditioned on the
+  chosen steps before it, labelled like training data (+1 -> 1, -1 -> 0, neutral per `neutral`).
+  Accuracy and F1 at `classification_threshold`, AUROC; Wilson / bootstrap intervals.
+- Step selection: at steps with >= 2 rated alternatives, is the RM's top-ranked alternative rated
+  +1? Reported on the steps that also mix +1 and non-+1 ratings (where choosing matters) and on
+  all of them, against picking at random (the mean fraction of +1 among alternatives).
+- ProcessBench: predicted earliest wrong step = first step whose reward < threshold (-1 if none).
+  The threshold maximizes F1 on `threshold_split` (as in the ProcessBench paper, on GSM8K) and is
+  applied to every split. F1 = harmonic mean of accuracy on erroneous samples (exact index) and
+  on correct samples (predicted -1).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from hiprm.artifacts import append_jsonl, atomic_write, write_json, write_meta
+from hiprm.config import ConfigError, to_dict
+from hiprm.records import Solution, StepVerdicts
+from hiprm.rm.metrics import binary_metrics, bootstrap_ci, wilson_ci
+
+log = logging.getLogger(__name__)
+
+Neutral = Literal["negative", "positive", "drop"]
+
+
+# ---- pure parts: examples and metrics ---------------------------------------------------------
+
+
+@dataclass
+class StepGroup:
+    """The rated alternatives at one PRM800K step, sharing the question and previous steps."""
+
+    question: str
+    prefix: list[str]
+    texts: list[str]
+    ratings: list[int]
+
+
+def step_groups(solutions: Sequence[Solution]) -> list[StepGroup]:
+    """One group per step that has rated completions; prefix = chosen steps before it.
+
+    Same conditioning as `hiprm.data.labels.prm_examples` (the training data).
+    """
+    groups = []
+    for sol in solutions:
+        prefix: list[str] = []
+        for step in sol.steps:
+            rated = step.rated()
+            if rated:
+                groups.append(StepGroup(sol.question, list(prefix), [c.text for c in rated],
+                                        [int(c.rating) for c in rated]))  # type: ignore[arg-type]
+            if step.chosen is None:
+                break
+            prefix.append(step.chosen)
+    return groups
+
+
+def label_of(rating: int, neutral: Neutral) -> float | None:
+    """+1 -> 1.0, -1 -> 0.0, 0 -> per `neutral` (None = dropped), as in data building."""
+    if rating == 1:
+        return 1.0
+    if rating == -1:
+        return 0.0
+    return {"negative": 0.0, "positive": 1.0, "drop": None}[neutral]
+
+
+def classification_rows(groups: Sequence[StepGroup], rewards: Sequence[Sequence[float]],
+                        neutral: Neutral) -> tuple[list[float], list[float]]:
+    """(labels, scores) of every rated completion, neutral ones labelled per `neutral`."""
+    labels, scores = [], []
+    for g, r in zip(groups, rewards, strict=True):
+        for rating, s in zip(g.ratings, r, strict=True):
+            y = label_of(rating, neutral)
+            if y is not None:
+                labels.append(y)
+                scores.append(s)
+    return labels, scores
+
+
+def selection_stats(groups: Sequence[StepGroup], rewards: Sequence[Sequence[float]]) -> dict[str, Any]:
+    """Top-1 selection among rated alternatives vs random choice.
+
+    A step counts when it has >= 2 rated alternatives; it is "mixed" when at least one is +1 and
+    one is not. The RM picks the highest reward (the first one on ties); a hit is a +1 pick.
+    Random = mean over steps of the fraction of +1 alternatives.
+
+    >>> g = [StepGroup("q", [], ["a", "b"], [1, -1]), StepGroup("q", [], ["a", "b", "c"], [1, 1, 0]),
+    ...      StepGroup("q", [], ["a", "b"], [1, 1])]
+    >>> s = selection_stats(g, [[0.2, 0.8], [0.9, 0.1, 0.5], [0.3, 0.4]])
+    >>> s["mixed"]["hits"], s["mixed"]["n"], round(s["mixed"]["random"], 4), s["all"]["hits"], s["all"]["n"]
+    (1, 2, 0.5833, 2, 3)
+    """
+    out: dict[str, Any] = {}
+    for name, keep in (("mixed", lambda rs: 1 in rs and any(x != 1 for x in rs)), ("all", lambda rs: True)):
+        hits, fractions = [], []
+        for g, r in zip(groups, rewards, strict=True):
+            if len(g.ratings) < 2 or not keep(g.ratings):
+                continue
+            best = int(np.argmax(r))
+            hits.append(int(g.ratings[best] == 1))
+            fractions.append(sum(x == 1 for x in g.ratings) / len(g.ratings))
+        out[name] = {
+            "n": len(hits),
+            "hits": int(sum(hits)),
+            "top1_positive": float(np.mean(hits)) if hits else float("nan"),
+            "random": float(np.mean(fractions)) if fractions else float("nan"),
+            "_hits": hits,
+            "_fractions": fractions,
+        }
+    return out
+
+
+def first_error(rewards: Sequence[float], threshold: float) -> int:
+    """Index of the first step with reward < threshold, or -1.
+
+    >>> first_error([0.9, 0.6, 0.2, 0.1], 0.5), first_error([0.9, 0.6], 0.5)
+    (2, -1)
+    """
+    for i, r in enumerate(rewards):
+        if r < threshold:
+            return i
+    return -1
+
+
+def processbench_scores(labels: Sequence[int], preds: Sequence[int]) -> dict[str, float]:
+    """ProcessBench's official F1: harmonic mean of the accuracy on erroneous samples
+    (pred == label) and on correct samples (pred == -1).
+
+    >>> processbench_scores([2, 0, -1, -1], [2, 1, -1, 0])
+    {'acc_erroneous': 0.5, 'acc_correct': 0.5, 'f1': 0.5, 'n_erroneous': 2, 'n_correct': 2}
+    """
+    y = np.asarray(labels)
+    p = np.asarray(preds)
+    err, cor = y != -1, y == -1
+    acc_e = float((p[err] == y[err]).mean()) if err.any() else float("nan")
+    acc_c = float((p[cor] == -1).mean()) if cor.any() else float("nan")
+    if np.isnan(acc_e) or np.isnan(acc_c):
+        f1 = float("nan")
+    else:
+        f1 = 0.0 if acc_e + acc_c == 0 else 2 * acc_e * acc_c / (acc_e + acc_c)
+    return {"acc_erroneous": acc_e, "acc_correct": acc_c, "f1": f1,
+            "n_erroneous": int(err.sum()), "n_correct": int(cor.sum())}
+
+
+def choose_threshold(rewards: Sequence[Sequence[float]], labels: Sequence[int],
+                     grid: Sequence[float]) -> tuple[float, float]:
+    """The grid value with the highest ProcessBench F1 (the lowest one on ties) and that F1.
+
+    >>> choose_threshold([[0.9, 0.3], [0.8, 0.7]], [1, -1], [0.2, 0.5, 0.75])
+    (0.5, 1.0)
+    """
+    best_t, best_f1 = float(grid[0]), -1.0
+    for t in grid:
+        f1 = processbench_scores(labels, [first_error(r, t) for r in rewards])["f1"]
+        if f1 > best_f1:
+            best_t, best_f1 = float(t), f1
+    return best_t, best_f1
+
+
+# ---- the runner -----------------------------------------------------------------------------------
+
+
+@dataclass
+class EvalConfig:
+    """`hiprm rm eval [configs/rm_eval.yaml] models=[CKPT, ...] out=DIR`; paths relative to data_dir."""
+
+    models: list[str] = field(default_factory=list)
+    out: str = "runs/rm_eval"
+    data_dir: str = "../shared/data"
+    prm800k: str = "prm800k/phase1_test.jsonl"  # empty = skip classification and selection
+    prm800k_limit: int | None = None  # first N solutions
+    # Same default as `hiprm data build`: solutions abandoned by the labeler are left out.
+    skip_finish_reasons: list[str] = field(default_factory=lambda: ["give_up", "bad_problem", "unknown_not_solution"])
+    neutral: Neutral = "negative"
+    classification_threshold: float = 0.5
+    processbench_dir: str = "processbench"
+    processbench_splits: list[str] = field(default_factory=lambda: ["gsm8k", "math", "olympiadbench", "omnimath"])
+    limit: int | None = None  # N ProcessBench entries per split, drawn at random with `seed` (CPU runs)
+    threshold_split: str = "gsm8k"
+    threshold: float | None = None  # fixed threshold: skip the search
+    threshold_grid: int = 99  # search thresholds 1/(g+1) .. g/(g+1)
+    bootstrap: int = 1000
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "auto"
+    batch_size: int = 32
+    max_tokens_per_batch: int = 16384
+
+
+def _key(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, ensure_ascii=False).encode()).hexdigest()[:24]
+
+
+def model_key(path: str) -> str:
+    """Identity of a checkpoint for the cache: its config and weight files' sizes and mtimes."""
+    p = Path(path).resolve()
+    stamp = [(f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in sorted(p.glob("*")) if f.is_file()]
+    return f"{p.name}-{_key(str(p), stamp)[:12]}"
+
+
+class RewardCache:
+    """`rewards.jsonl` in the out dir: one line per scored item, read back on restart."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.data: dict[tuple[str, str], list[float]] = {}
+        if path.is_file():
+            with path.open(encoding="utf-8") as f:
+                for raw in f:
+                    try:
+                        row = json.loads(raw)
+                        self.data[(row["model"], row["key"])] = row["rewards"]
+                    except (json.JSONDecodeError, KeyError, TypeError):
+                        continue  # a half-written last line from an interrupted run
+
+    def get(self, model: str, key: str) -> list[float] | None:
+        return self.data.get((model, key))
+
+    def put(self, model: str, key: str, task: str, rewards: list[float]) -> None:
+        self.data[(model, key)] = rewards
+        append_jsonl(self.path, {"model": model, "task": task, "key": key, "rewards": rewards})
+
+
+def candidate_rewards(scorer: Any, question: str, prefix: list[str], candidates: list[str]) -> list[float]:
+    """`score_candidates` when the scorer has it, else the last reward of each full prefix."""
+    if hasattr(scorer, "score_candidates"):
+        return list(scorer.score_candidates(question, prefix, candidates))
+    return [scorer.score(question, [*prefix, c])[-1] for c in candidates]
+
+
+def _value(v: float, ci: tuple[float, float]) -> dict[str, Any]:
+    return {"value": v, "ci95": [ci[0], ci[1]]}
+
+
+def eval_prm800k(scorer: Any, mkey: str, groups: list[StepGroup], cache: RewardCache, cfg: EvalConfig) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    rewards = []
+    for g in tqdm(groups, desc="prm800k steps", unit="step"):
+        key = _key("prm800k", g.question, g.prefix, g.texts)
+        r = cache.get(mkey, key)
+        if r is None:
+            r = candidate_rewards(scorer, g.question, g.prefix, g.texts)
+            cache.put(mkey, key, "prm800k", r)
+        rewards.append(r)
+    labels, scores = classification_rows(groups, rewards, cfg.neutral)
+    t = cfg.classification_threshold
+    m = binary_metrics(labels, scores, t)
+    y, s = np.asarray(labels), np.asarray(scores)
+    correct = int(((s >= t) == (y >= 0.5)).sum())
+    cls = {
+        "n": m["n"], "n_positive": m["n_pos"], "threshold": t, "neutral": cfg.neutral,
+        "accuracy": _value(m["accuracy"], wilson_ci(correct, m["n"])),
+        "f1": _value(m["f1"], bootstrap_ci(lambda a, b: binary_metrics(a, b, t)["f1"], y, s,
+                                           n_boot=cfg.bootstrap, seed=cfg.seed)),
+        "auroc": _value(m["auroc"], bootstrap_ci(lambda a, b: binary_metrics(a, b, t)["auroc"], y, s,
+                                                 n_boot=cfg.bootstrap, seed=cfg.seed)),
+    }
+    sel = selection_stats(groups, rewards)
+    selection: dict[str, Any] = {"n_steps_2plus": sel["all"]["n"], "n_steps_mixed": sel["mixed"]["n"]}
+    for name, st in sel.items():
+        fr = st.pop("_fractions")
+        st.pop("_hits")
+        selection[name] = {
+            "n": st["n"], "hits": st["hits"],
+            "top1_positive": _value(st["top1_positive"], wilson_ci(st["hits"], st["n"])),
+            "random": _value(st["random"], bootstrap_ci(np.mean, fr, n_boot=cfg.bootstrap, seed=cfg.seed)),
+        }
+    return {"classification": cls, "selection": selection}
+
+
+def eval_processbench(scorer: Any, mkey: str, splits: dict[str, list[StepVerdicts]], cache: RewardCache,
+                      cfg: EvalConfig) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    from hiprm.rm.scorer import score_many
+
+    rewards: dict[str, list[list[float]]] = {}
+    for name, entries in splits.items():
+        keys = [_key("processbench", e.question, e.steps) for e in entries]
+        todo = [i for i, k in enumerate(keys) if cache.get(mkey, k) is None]
+        with tqdm(total=len(entries), initial=len(entries) - len(todo), desc=f"processbench {name}",
+                  unit="sol") as bar:
+            for start in range(0, len(todo), 8):
+                chunk = todo[start : start + 8]
+                for i, r in zip(chunk, score_many(scorer, [(entries[i].question, entries[i].steps) for i in chunk]),
+                                strict=True):
+                    cache.put(mkey, keys[i], f"processbench/{name}", list(r))
+                bar.update(len(chunk))
+        rewards[name] = [cache.get(mkey, k) for k in keys]  # type: ignore[misc]
+    labels = {name: [e.first_error for e in entries] for name, entries in splits.items()}
+    if cfg.threshold is not None:
+        threshold, tuned_f1 = cfg.threshold, None
+    else:
+        grid = [(i + 1) / (cfg.threshold_grid + 1) for i in range(cfg.threshold_grid)]
+        threshold, tuned_f1 = choose_threshold(rewards[cfg.threshold_split], labels[cfg.threshold_split], grid)
+    out: dict[str, Any] = {"threshold": threshold, "threshold_split": None if cfg.threshold is not None
+                           else cfg.threshold_split, "threshold_split_f1": tuned_f1, "splits": {}}
+    for name in splits:
+        y = np.asarray(labels[name])
+        p = np.asarray([first_error(r, threshold) for r in rewards[name]])
+        sc = processbench_scores(y, p)
+        err = y != -1
+        hits_e = int((p[err] == y[err]).sum())
+        hits_c = int((p[~err] == -1).sum())
+        f1_ci = bootstrap_ci(lambda a, b: processbench_scores(a, b)["f1"], y, p, n_boot=cfg.bootstrap,
+                             seed=cfg.seed, strata=err)
+        out["splits"][name] = {
+            "n": int(len(y)), "n_erroneous": sc["n_erroneous"], "n_correct": sc["n_correct"],
+            "acc_erroneous": _value(sc["acc_erroneous"], wilson_ci(hits_e, sc["n_erroneous"])),
+            "acc_correct": _value(sc["acc_correct"], wilson_ci(hits_c, sc["n_correct"])),
+            "f1": _value(sc["f1"], f1_ci),
+        }
+    f1s = [s["f1"]["value"] for s in out["splits"].values()]
+    out["average_f1"] = float(np.mean(f1s)) if f1s else float("nan")
+    return out
+
+
+def _num(x: float | None) -> str:
+    return "n/a" if x is None or x != x else f"{x:.3f}"
+
+
+def _fmt(v: dict[str, Any]) -> str:
+    if v["value"] is None or v["value"] != v["value"]:
+        return "n/a"
+    lo, hi = v["ci95"]
+    return f"{_num(v['value'])} [{_num(lo)}, {_num(hi)}]"
+
+
+def markdown_report(report: dict[str, Any]) -> str:
+    """Tables of rm_eval.json: one row per model, values with [95% interval]."""
+    models = report["models"]
+    lines = ["# Reward-model evaluation", ""]
+    if any("prm800k" in r for r in models.values()):
+        first = next(r["prm800k"] for r in models.values() if "prm800k" in r)
+        c, s = first["classification"], first["selection"]
+        lines += [
+            f"## PRM800K step classification ({c['n']} rated completions, {c['n_positive']} positive, "
+            f"neutral = {c['neutral']}, threshold {c['threshold']})", "",
+            "| model | accuracy | F1 | AUROC |", "|---|---|---|---|",
+        ]
+        for name, r in models.items():
+            if "prm800k" in r:
+                c = r["prm800k"]["classification"]
+                lines.append(f"| {name} | {_fmt(c['accuracy'])} | {_fmt(c['f1'])} | {_fmt(c['auroc'])} |")
+        lines += [
+            "", f"## PRM800K step selection ({s['n_steps_2plus']} steps with >= 2 rated alternatives, "
+            f"{s['n_steps_mixed']} of them mixing +1 and non-+1)", "",
+            "Rate at which the RM's top-ranked alternative is rated +1, against picking at random.", "",
+            "| model | top-1 is +1 (mixed) | random (mixed) | top-1 is +1 (all >= 2) | random (all >= 2) |",
+            "|---|---|---|---|---|",
+        ]
+        for name, r in models.items():
+            if "prm800k" in r:
+                s = r["prm800k"]["selection"]
+                lines.append(f"| {name} | {_fmt(s['mixed']['top1_positive'])} | {_fmt(s['mixed']['random'])} | "
+                             f"{_fmt(s['all']['top1_positive'])} | {_fmt(s['all']['random'])} |")
+    if any("processbench" in r for r in models.values()):
+        lines += ["", "## ProcessBench (F1 of earliest-error identification)", ""]
+        split_names = list(next(r["processbench"] for r in models.values() if "processbench" in r)["splits"])
+        lines += ["| model | threshold | " + " | ".join(split_names) + " | average |",
+                  "|---|---|" + "---|" * len(split_names) + "---|"]
+        for name, r in models.items():
+            if "processbench" in r:
+                pb = r["processbench"]
+                tuned = f" (on {pb['threshold_split']})" if pb["threshold_split"] else " (fixed)"
+                cells = " | ".join(_fmt(pb["splits"][k]["f1"]) for k in split_names)
+                lines.append(f"| {name} | {pb['threshold']:.2f}{tuned} | {cells} | {_num(pb['average_f1'])} |")
+        lines += ["", "The threshold is tuned on one split (F1 there is optimistic) and applied unchanged to the others.",
+                  "", "Per split (accuracy on erroneous / correct samples):", ""]
+        for name, r in models.items():
+            for k, v in r.get("processbench", {}).get("splits", {}).items():
+                lines.append(f"- {name} / {k}: n={v['n']} ({v['n_erroneous']} erroneous, {v['n_correct']} correct); "
+                             f"erroneous {_fmt(v['acc_erroneous'])}, correct {_fmt(v['acc_correct'])}")
+    return "\n".join(lines) + "\n"
+
+
+def _data_path(cfg: EvalConfig, rel: str) -> Path:
+    p = Path(rel)
+    return p if p.is_absolute() else Path(cfg.data_dir) / p
+
+
+def sample(entries: list[StepVerdicts], limit: int | None, seed: int) -> list[StepVerdicts]:
+    """`limit` entries drawn at random (seeded, file order kept): ProcessBench files are sorted
+    so that the first entries are all erroneous, and a head would have no correct samples."""
+    if limit is None or limit >= len(entries):
+        return entries
+    import random
+
+    keep = sorted(random.Random(seed).sample(range(len(entries)), limit))
+    return [entries[i] for i in keep]
+
+
+def _no_nan(obj: Any) -> Any:
+    """NaN (an undefined rate) -> None, so rm_eval.json is strict JSON."""
+    if isinstance(obj, float) and obj != obj:
+        return None
+    if isinstance(obj, dict):
+        return {k: _no_nan(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_no_nan(v) for v in obj]
+    return obj
+
+
+def load_data(cfg: EvalConfig) -> tuple[list[StepGroup], dict[str, list[StepVerdicts]], list[Path]]:
+    inputs: list[Path] = []
+    groups: list[StepGroup] = []
+    if cfg.prm800k:
+        from hiprm.data.prm800k import read_prm800k
+
+        path = _data_path(cfg, cfg.prm800k)
+        sols = [s for s in read_prm800k(path) if s.finish_reason not in cfg.skip_finish_reasons]
+        sols = sols[: cfg.prm800k_limit]
+        groups = step_groups(sols)
+        inputs.append(path)
+    splits: dict[str, list[StepVerdicts]] = {}
+    if cfg.processbench_splits:
+        from hiprm.data.processbench import read_processbench
+
+        for name in cfg.processbench_splits:
+            path = _data_path(cfg, f"{cfg.processbench_dir}/{name}.json")
+            splits[name] = sample(read_processbench(path), cfg.limit, cfg.seed)
+            inputs.append(path)
+    return groups, splits, inputs
+
+
+def run(cfg: EvalConfig) -> Path:
+    from hiprm.rm.scorer import Scorer
+
+    if not cfg.models:
+        raise ConfigError("models: give at least one checkpoint (models=[PATH] or --models PATH)")
+    if cfg.processbench_splits and cfg.threshold is None and cfg.threshold_split not in cfg.processbench_splits:
+        raise ConfigError(f"threshold_split: {cfg.threshold_split!r} is not one of processbench_splits "
+                          f"{cfg.processbench_splits}")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    groups, splits, inputs = load_data(cfg)
+    cache = RewardCache(out / "rewards.jsonl")
+    results: dict[str, Any] = {}
+    for path in cfg.models:
+        log.info("evaluating %s", path)
+        scorer = Scorer.from_pretrained(path, cfg.device, cfg.dtype, cfg.batch_size, cfg.max_tokens_per_batch)
+        mkey = model_key(path)
+        res: dict[str, Any] = {"path": str(path), "cache_key": mkey}
+        if groups:
+            res["prm800k"] = eval_prm800k(scorer, mkey, groups, cache, cfg)
+        if splits:
+            res["processbench"] = eval_processbench(scorer, mkey, splits, cache, cfg)
+        results[str(path)] = res
+        del scorer
+    report = {"config": to_dict(cfg), "models": results,
+              "data": {"prm800k_steps": len(groups), "processbench": {k: len(v) for k, v in splits.items()}}}
+    report = _no_nan(report)
+    write_json(out / "rm_eval.json", report)
+    with atomic_write(out / "rm_eval.md") as f:
+        f.write(markdown_report(report))
+    write_meta(out, to_dict(cfg), inputs=inputs)
+    return out / "rm_eval.json"

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from hiprm.artifacts import DataError, SkipLog
+from hiprm.artifacts import DataError, SkipLog, read_jsonl
 from hiprm.cli import main
 from hiprm.data.prm800k import read_prm800k
 from hiprm.data.problems import read_gsm8k, read_math500, read_problems_jsonl
@@ -130,3 +130,16 @@ def test_cli_bad_input_exits_2_and_leaves_no_output(tmp_path, capsys):
 def test_cli_unknown_config_key(capsys):
     assert main(["data", "build", "kindd=hrm"]) == 2
     assert "unknown key(s) kindd" in capsys.readouterr().err
+
+
+def test_cli_build_orm_on_real_test_file(shared_data, tmp_path, capsys):
+    out = tmp_path / "orm"
+    inp = shared_data / "prm800k" / "phase1_test.jsonl"
+    assert main(["data", "build", "--kind", "orm", f"input={inp}", f"out_dir={out}", "val_fraction=0"]) == 0
+    rows = [o for _, o in read_jsonl(out / "train.jsonl")]
+    labels = [r["label"] for r in rows]
+    # 66 finished solutions; their chosen final answers are almost all right, alternatives less so
+    assert len({r["problem_id"] for r in rows}) >= 60
+    assert labels.count(1.0) >= 100 and labels.count(0.0) >= 4
+    assert all(r["kind"] == "orm" and "# Answer" in r["current_step"] for r in rows)
+    assert "orm" in capsys.readouterr().out

@@ -9,6 +9,8 @@ so training (validation metrics) and evaluation share one definition.
 - `wilson_ci(successes, n)` -> (low, high) for a proportion.
 - `bootstrap_ci(stat, *arrays, strata=None)` -> (low, high) percentile interval of `stat` over
   resamples of the rows (optionally resampling within strata, e.g. erroneous / correct).
+- ProcessBench: `first_error(rewards, threshold)`, `processbench_scores(labels, preds)` (the
+  official F1) and `choose_threshold(rewards, labels, grid)`.
 """
 
 from __future__ import annotations
@@ -134,3 +136,53 @@ def bootstrap_ci(
         return (float("nan"), float("nan"))
     lo, hi = np.quantile(values, [alpha / 2, 1 - alpha / 2])
     return (float(lo), float(hi))
+
+
+# ---- ProcessBench: earliest-error identification ----------------------------------------------
+
+
+def first_error(rewards: Sequence[float], threshold: float) -> int:
+    """Index of the first step with reward < threshold, or -1.
+
+    >>> first_error([0.9, 0.6, 0.2, 0.1], 0.5), first_error([0.9, 0.6], 0.5)
+    (2, -1)
+    """
+    for i, r in enumerate(rewards):
+        if r < threshold:
+            return i
+    return -1
+
+
+def processbench_scores(labels: Sequence[int], preds: Sequence[int]) -> dict[str, float]:
+    """ProcessBench's official F1: harmonic mean of the accuracy on erroneous samples
+    (pred == label) and on correct samples (pred == -1).
+
+    >>> processbench_scores([2, 0, -1, -1], [2, 1, -1, 0])
+    {'acc_erroneous': 0.5, 'acc_correct': 0.5, 'f1': 0.5, 'n_erroneous': 2, 'n_correct': 2}
+    """
+    y = np.asarray(labels)
+    p = np.asarray(preds)
+    err, cor = y != -1, y == -1
+    acc_e = float((p[err] == y[err]).mean()) if err.any() else float("nan")
+    acc_c = float((p[cor] == -1).mean()) if cor.any() else float("nan")
+    if np.isnan(acc_e) or np.isnan(acc_c):
+        f1 = float("nan")
+    else:
+        f1 = 0.0 if acc_e + acc_c == 0 else 2 * acc_e * acc_c / (acc_e + acc_c)
+    return {"acc_erroneous": acc_e, "acc_correct": acc_c, "f1": f1,
+            "n_erroneous": int(err.sum()), "n_correct": int(cor.sum())}
+
+
+def choose_threshold(rewards: Sequence[Sequence[float]], labels: Sequence[int],
+                     grid: Sequence[float]) -> tuple[float, float]:
+    """The grid value with the highest ProcessBench F1 (the lowest one on ties) and that F1.
+
+    >>> choose_threshold([[0.9, 0.3], [0.8, 0.7]], [1, -1], [0.2, 0.5, 0.75])
+    (0.5, 1.0)
+    """
+    best_t, best_f1 = float(grid[0]), -1.0
+    for t in grid:
+        f1 = processbench_scores(labels, [first_error(r, t) for r in rewards])["f1"]
+        if f1 > best_f1:
+            best_t, best_f1 = float(t), f1
+    return best_t, best_f1

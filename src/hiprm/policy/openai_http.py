@@ -1,0 +1,216 @@
+"""Policy over any OpenAI-compatible `/v1/completions` server: vLLM, SGLang, llama.cpp, ...
+
+    policy = OpenAIPolicy(base_url="http://127.0.0.1:8000/v1", model="Qwen2.5-7B-Instruct")
+    policy.generate(prompts, SamplingParams(n=8, stop=["# END!"], max_tokens=1024))
+
+Only `httpx` is needed; no server library is imported. What it does for you:
+- bounded concurrency (`concurrency` requests in flight, one worker thread each);
+- retries with exponential backoff (+ jitter, honouring `Retry-After`) on 429, 5xx, timeouts and
+  connection errors; other 4xx fail at once. Every error names the URL and the HTTP status;
+- servers that ignore `n` (llama.cpp's servers return one choice) are asked again for the missing
+  samples, each request with its own seed so the samples differ;
+- stop strings are re-applied on the client (`cut_at_stop`) so every backend returns the same
+  shape of text. vLLM's `include_stop_str_in_output` is sent so the stop string comes back; for a
+  server that drops it but says which one matched (`stop_reason`), it is put back.
+The API key is read from the environment variable named by `api_key_env` (default
+OPENAI_API_KEY); a local server needs none.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+
+from hiprm.policy.protocol import SamplingParams, cut_at_stop
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+
+
+class PolicyServerError(RuntimeError):
+    """A request to the policy server failed for good (the message names URL and status)."""
+
+
+class OpenAIPolicy:
+    """Client for an OpenAI-compatible completions endpoint.
+
+    `base_url` ends in `/v1`; `model` is the served model name; `tokenizer` (optional, a local HF
+    folder or embedded model name) makes `count_tokens` exact, otherwise it estimates 4 characters
+    per token. `transport` is for tests (`httpx.MockTransport`).
+    """
+
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000/v1",
+        model: str = "default",
+        api_key_env: str = "OPENAI_API_KEY",
+        concurrency: int = 8,
+        timeout: float = 120.0,
+        max_retries: int = 5,
+        backoff: float = 1.0,
+        max_backoff: float = 30.0,
+        tokenizer: str = "",
+        extra_body: dict[str, Any] | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ):
+        self.url = base_url.rstrip("/") + "/completions"
+        self.model = model
+        self.concurrency = max(1, concurrency)
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.extra_body = dict(extra_body or {})
+        headers = {"Content-Type": "application/json"}
+        key = os.environ.get(api_key_env, "") if api_key_env else ""
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        self.client = httpx.Client(
+            headers=headers,
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            limits=httpx.Limits(max_connections=self.concurrency),
+            transport=transport,
+        )
+        self._tokenizer = None
+        if tokenizer:
+            from transformers import AutoTokenizer
+
+            from hiprm.policy.hf import resolve_policy_model
+
+            self._tokenizer = AutoTokenizer.from_pretrained(resolve_policy_model(tokenizer))
+        self.token_counts_exact = self._tokenizer is not None
+        self._lock = threading.Lock()
+        self.tokens_generated = 0  # from the server's `usage`, when it reports it
+        self.requests = 0
+        self.retries = 0
+        self._warned_stop = False
+
+    def close(self) -> None:
+        self.client.close()
+
+    def render_chat(self, user_text: str) -> str:
+        # /v1/completions takes raw text, as in the paper; serve an instruct model's template
+        # yourself (or use a base model) if you want one.
+        return user_text
+
+    def count_tokens(self, text: str) -> int:
+        if self._tokenizer is not None:
+            return len(self._tokenizer(text, add_special_tokens=False)["input_ids"])
+        return math.ceil(len(text) / 4)
+
+    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[str]]:
+        if not prompts:
+            return []
+        jobs = list(enumerate(prompts))
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(jobs))) as pool:
+            return list(pool.map(lambda job: self._samples_for(job[0], job[1], params), jobs))
+
+    def _samples_for(self, index: int, prompt: str, params: SamplingParams) -> list[str]:
+        """`params.n` samples for one prompt, asking again while the server returns fewer."""
+        texts: list[str] = []
+        rounds = 0
+        while len(texts) < params.n:
+            need = params.n - len(texts)
+            # Distinct seeds per prompt and round: a server that ignores `n` and is asked again
+            # with the same seed would return the same sample.
+            seed = None if params.seed is None else (params.seed * 1_000_003 + index * 1009 + rounds) % 2**31
+            choices = self._request(prompt, params, need, seed)
+            if not choices:
+                raise PolicyServerError(f"{self.url}: response had no choices (model {self.model!r})")
+            texts.extend(self._choice_text(c, params) for c in choices[:need])
+            rounds += 1
+            if rounds > params.n + 3:
+                raise PolicyServerError(f"{self.url}: still {params.n - len(texts)} samples short after {rounds} requests")
+        return texts
+
+    def _choice_text(self, choice: dict[str, Any], params: SamplingParams) -> str:
+        text = choice.get("text")
+        if not isinstance(text, str):
+            raise PolicyServerError(f"{self.url}: choice without a 'text' string: {str(choice)[:200]}")
+        text, matched = cut_at_stop(text, params.stop, params.include_stop)
+        if matched is None and params.include_stop and params.stop:
+            reason = choice.get("stop_reason")
+            if isinstance(reason, str) and reason in params.stop:
+                text += reason
+            elif choice.get("finish_reason") == "stop" and not self._warned_stop:
+                # Stopped by a stop string or by end-of-sequence: this server does not say which.
+                self._warned_stop = True
+                log.warning(
+                    "%s: server dropped the stop string and did not report which one matched; "
+                    "step delimiters cannot be restored (vLLM/SGLang report them)",
+                    self.url,
+                )
+        return text
+
+    def _request(self, prompt: str, params: SamplingParams, n: int, seed: int | None) -> list[dict[str, Any]]:
+        payload: dict[str, Any] = {
+            "model": self.model,
+            "prompt": prompt,
+            "n": n,
+            "max_tokens": params.max_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            **self.extra_body,
+        }
+        if params.stop:
+            payload["stop"] = list(params.stop)
+            payload["include_stop_str_in_output"] = params.include_stop
+        if seed is not None:
+            payload["seed"] = seed
+        data = self._post(payload)
+        choices = data.get("choices") if isinstance(data, dict) else None
+        if not isinstance(choices, list):
+            raise PolicyServerError(f"{self.url}: response has no 'choices' list: {str(data)[:200]}")
+        usage = data.get("usage") or {}
+        with self._lock:
+            self.requests += 1
+            if isinstance(usage.get("completion_tokens"), int):
+                self.tokens_generated += usage["completion_tokens"]
+        return sorted(choices, key=lambda c: c.get("index", 0) if isinstance(c, dict) else 0)
+
+    def _post(self, payload: dict[str, Any]) -> Any:
+        last = ""
+        for attempt in range(self.max_retries + 1):
+            retry_after: float | None = None
+            try:
+                r = self.client.post(self.url, json=payload)
+            except httpx.TimeoutException as e:
+                last = f"timed out ({type(e).__name__})"
+            except httpx.TransportError as e:
+                last = f"connection failed ({type(e).__name__}: {e})"
+            else:
+                if r.status_code == 200:
+                    try:
+                        return r.json()
+                    except ValueError:
+                        raise PolicyServerError(f"{self.url}: HTTP 200 but the body is not JSON: {r.text[:200]!r}") from None
+                last = f"HTTP {r.status_code}: {r.text[:300]}"
+                if r.status_code not in RETRY_STATUS:
+                    raise PolicyServerError(f"{self.url}: {last}")
+                retry_after = _retry_after(r)
+            if attempt == self.max_retries:
+                break
+            delay = min(self.max_backoff, self.backoff * 2**attempt) * (0.5 + random.random() / 2)
+            if retry_after is not None:
+                delay = min(self.max_backoff, max(delay, retry_after))
+            with self._lock:
+                self.retries += 1
+            log.debug("%s: %s; retry %d in %.2fs", self.url, last, attempt + 1, delay)
+            time.sleep(delay)
+        raise PolicyServerError(f"{self.url}: {last} (gave up after {self.max_retries + 1} attempts)")
+
+
+def _retry_after(r: httpx.Response) -> float | None:
+    value = r.headers.get("retry-after")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None

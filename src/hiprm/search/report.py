@@ -1,0 +1,187 @@
+"""Per-problem results -> accuracy vs N with 95% CIs, a paper-style table, a plot, a cost summary.
+
+Input: the per-problem records `hiprm eval` appends to `problems.jsonl`; each holds, per method
+and N, the 0/1 correctness of every subsample (`results[method][N] = {"correct": [...]}`) and
+the problem's cost counters. Output (pure functions plus two writers):
+- `accuracy(records, methods, n_values)`: `{method: {N: {accuracy, ci95, problems, subsamples}}}`.
+  A problem's accuracy at N is the mean over its subsamples; the reported accuracy is the mean
+  over problems, and the CI is mean +- 1.96 * sd / sqrt(#problems) of those per-problem means,
+  i.e. problems are the unit of sampling (subsamples of one problem are not independent);
+- `markdown_table`: rows = methods, columns = N, like the paper's Tables 2-5;
+- `plot_accuracy`: accuracy vs N (log2 axis) with CI bands, one line per method;
+- `cost_summary`: tokens generated with the shared pools vs. one run per N, reward-model inputs
+  and calls, seconds per problem.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from hiprm.artifacts import atomic_write
+
+Z95 = 1.96
+
+
+def mean_ci(values: list[float]) -> tuple[float, float | None]:
+    """(mean, half-width of a normal 95% interval); no interval from fewer than 2 values.
+
+    >>> [round(x, 4) for x in mean_ci([1.0, 0.0, 1.0, 0.0])]
+    [0.5, 0.5658]
+    """
+    if not values:
+        return math.nan, None
+    m = sum(values) / len(values)
+    if len(values) < 2:
+        return m, None
+    var = sum((v - m) ** 2 for v in values) / (len(values) - 1)
+    return m, Z95 * math.sqrt(var / len(values))
+
+
+def accuracy(records: list[dict[str, Any]], methods: list[str], n_values: list[int]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for m in methods:
+        out[m] = {}
+        for n in n_values:
+            per_problem = []
+            subsamples = 0
+            for r in records:
+                slot = r.get("results", {}).get(m, {}).get(str(n))
+                if slot and slot["correct"]:
+                    per_problem.append(sum(slot["correct"]) / len(slot["correct"]))
+                    subsamples += len(slot["correct"])
+            acc, ci = mean_ci(per_problem)
+            out[m][str(n)] = {
+                "accuracy": None if math.isnan(acc) else acc,
+                "ci95": ci,
+                "problems": len(per_problem),
+                "subsamples": subsamples,
+            }
+    return out
+
+
+def _cell(entry: dict[str, Any]) -> str:
+    if entry["accuracy"] is None:
+        return "-"
+    text = f"{100 * entry['accuracy']:.1f}"
+    if entry["ci95"] is not None:
+        text += f" ± {100 * entry['ci95']:.1f}"
+    return text
+
+
+METHOD_LABELS = {
+    "majority": "Majority vote",
+    "pass": "pass@N (oracle)",
+    "orm": "ORM best-of-N",
+    "orm-vote": "ORM weighted vote",
+    "prm-step": "PRM step search",
+    "hrm-step": "HRM step search",
+}
+
+
+def method_label(name: str) -> str:
+    if name in METHOD_LABELS:
+        return METHOD_LABELS[name]
+    rm, _, rest = name.partition("-")
+    if rest.startswith("vote-"):
+        return f"{rm.upper()} weighted vote ({rest[5:]})"
+    return f"{rm.upper()} best-of-N ({rest})"
+
+
+def markdown_table(acc: dict[str, dict[str, Any]], n_values: list[int], title: str = "") -> str:
+    """Accuracy (%) ± 95% CI half-width; rows = methods, columns = N."""
+    lines = [f"**{title}**", ""] if title else []
+    lines.append("| method | " + " | ".join(f"N={n}" for n in n_values) + " |")
+    lines.append("|---|" + "---:|" * len(n_values))
+    for m, row in acc.items():
+        lines.append(f"| {method_label(m)} | " + " | ".join(_cell(row[str(n)]) for n in n_values) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_accuracy(acc: dict[str, dict[str, Any]], n_values: list[int], path: str | Path, title: str = "") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    for m, row in acc.items():
+        pts = [(n, row[str(n)]) for n in n_values if row[str(n)]["accuracy"] is not None]
+        if not pts:
+            continue
+        xs = [n for n, _ in pts]
+        ys = [100 * e["accuracy"] for _, e in pts]
+        style = "--" if m == "pass" else "-"
+        (line,) = ax.plot(xs, ys, style, marker="o", label=method_label(m))
+        lo = [100 * (e["accuracy"] - (e["ci95"] or 0)) for _, e in pts]
+        hi = [100 * (e["accuracy"] + (e["ci95"] or 0)) for _, e in pts]
+        ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.12, linewidth=0)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(n_values, [str(n) for n in n_values])
+    ax.set_xlabel("N (candidates per problem / per step)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title or "accuracy vs N")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    p = Path(path)
+    with atomic_write(p, "wb") as f:
+        fig.savefig(f, format="png")
+    plt.close(fig)
+    return p
+
+
+COST_KEYS = (
+    "solution_pool_tokens",
+    "solution_one_run_per_n_tokens",
+    "step_pool_tokens",
+    "step_one_run_per_n_tokens",
+    "step_independent_runs_tokens",
+    "rm_inputs",
+    "rm_calls",
+    "generate_calls",
+    "policy_seconds",
+    "rm_seconds",
+    "seconds",
+)
+
+
+def cost_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Totals of the per-problem cost counters, the pool's token saving, and means per problem."""
+    total = {k: sum(r.get("cost", {}).get(k, 0) for r in records) for k in COST_KEYS}
+    n = len(records)
+    pool = total["solution_pool_tokens"] + total["step_pool_tokens"]
+    per_n = total["solution_one_run_per_n_tokens"] + total["step_one_run_per_n_tokens"]
+    out: dict[str, Any] = {"problems": n, **{k: round(v, 3) if isinstance(v, float) else v for k, v in total.items()}}
+    out["tokens_generated"] = pool
+    out["one_run_per_n_tokens"] = per_n
+    out["saving_vs_one_run_per_n"] = None if not per_n else round(1 - pool / per_n, 4)
+    indep = total["solution_one_run_per_n_tokens"] + total["step_independent_runs_tokens"]
+    out["independent_runs_tokens"] = indep
+    out["saving_vs_independent_runs"] = None if not indep else round(1 - pool / indep, 4)
+    out["seconds_per_problem"] = round(total["seconds"] / n, 3) if n else None
+    out["tokens_per_problem"] = round(pool / n, 1) if n else None
+    return out
+
+
+def cost_markdown(cost: dict[str, Any]) -> str:
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.1f}%"
+
+    rows = [
+        ("problems", cost["problems"]),
+        ("tokens generated (shared pools)", cost["tokens_generated"]),
+        ("  of which whole solutions", cost["solution_pool_tokens"]),
+        ("  of which step candidates", cost["step_pool_tokens"]),
+        ("tokens one run per N would generate", cost["one_run_per_n_tokens"]),
+        ("saving of the pool vs one run per N", pct(cost["saving_vs_one_run_per_n"])),
+        ("tokens independent runs per (N, subsample) would generate", cost["independent_runs_tokens"]),
+        ("saving of the pool vs independent runs", pct(cost["saving_vs_independent_runs"])),
+        ("reward-model inputs scored", cost["rm_inputs"]),
+        ("reward-model calls", cost["rm_calls"]),
+        ("policy generate calls", cost["generate_calls"]),
+        ("seconds per problem", cost["seconds_per_problem"]),
+        ("  policy / reward model seconds (total)", f"{cost['policy_seconds']:.1f} / {cost['rm_seconds']:.1f}"),
+    ]
+    return "| cost | value |\n|---|---:|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows) + "\n"

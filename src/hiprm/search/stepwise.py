@@ -1,0 +1,227 @@
+"""Step-level search with a PRM/HRM (the paper's best-of-N): at each step sample N candidate next
+steps, keep the one the reward model scores highest, continue until an answer or `max_steps`.
+
+One pool per *prefix*, shared by every N. Each (reward model, N, subsample s) follows its own
+path, because a different choice at step 1 leads to a different prefix at step 2. What is shared:
+- candidate pools are cached per (problem, prefix): slot i of the pool at a prefix is one i.i.d.
+  sample from the policy given that prefix. At depth d, path (N, s) looks at the slots
+  `subsets(N_max, N, ...)` chosen from (seed, problem, N, s, d) alone, never from what the
+  candidates say, so those N slots are N i.i.d. samples, exactly what a separate run with that N
+  would draw. Slots are generated lazily, only when some path asks for them;
+- so paths that coincide share generations: all paths start at the same root (one pool of N_max),
+  the PRM and HRM paths of the same (N, s) look at the same slots, and paths that choose the same
+  step stay together;
+- rewards are cached per (reward model, prefix, slot).
+`SearchResult.cost` counts the tokens of every generated candidate (`pool_tokens`) against what
+one independent run per N would generate for each reward model (`one_run_per_n_tokens`: the
+tokens of the N candidates on each step of the path, averaged over subsamples) and against
+independent runs for every subsample (`independent_runs_tokens`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from hiprm.grading import is_equivalent
+from hiprm.policy.prompts import PromptStyle
+from hiprm.policy.protocol import Policy, SamplingParams
+from hiprm.policy.steps import final_answer, is_final, step_texts
+from hiprm.search.aggregate import best_index
+from hiprm.search.best_of_n import subsets
+
+Prefix = tuple[str, ...]
+
+
+@dataclass
+class StepCandidate:
+    text: str
+    tokens: int
+    final: bool
+
+
+@dataclass
+class Path:
+    rm: str
+    n: int
+    subsample: int
+    prefix: Prefix = ()
+    choices: list[int] = field(default_factory=list)
+    looked_at: list[list[int]] = field(default_factory=list)
+    tokens: int = 0
+    done: bool = False
+
+
+@dataclass
+class SearchResult:
+    """Everything one problem's step-level search produced (see `to_records`)."""
+
+    pools: dict[Prefix, dict[int, StepCandidate]]
+    rewards: dict[tuple[str, Prefix, int], float]
+    paths: list[Path]
+    answers: dict[tuple[str, int, int], tuple[str | None, bool]]
+    cost: dict[str, int]
+    generate_calls: int = 0
+
+
+def step_search(
+    policy: Policy,
+    style: PromptStyle,
+    question: str,
+    reference: str,
+    scorers: dict[str, Any],
+    n_values: list[int],
+    n_subsamples: int,
+    params: SamplingParams,
+    max_steps: int,
+    seed: list[int],
+) -> SearchResult:
+    """Run every (reward model, N, subsample) path for one problem, in lockstep by depth.
+
+    `scorers` maps a reward-model name ("prm", "hrm") to an object with `score_candidates`;
+    `params` gives temperature/top_p/max_tokens (its `n`, `stop` and `seed` are set per call).
+    """
+    n_max = max(n_values)
+    paths = [
+        Path(rm, n, s)
+        for rm in scorers
+        for n in n_values
+        for s in range(1 if n == n_max else n_subsamples)
+    ]
+    pools: dict[Prefix, dict[int, StepCandidate]] = {}
+    rewards: dict[tuple[str, Prefix, int], float] = {}
+    calls = 0
+    for depth in range(max_steps):
+        active = [p for p in paths if not p.done]
+        if not active:
+            break
+        for p in active:
+            p.looked_at.append(subsets(n_max, p.n, 1, [*seed, p.subsample, depth])[0])
+        # 1. generate the slots some path needs, batching prefixes that need equally many
+        missing: dict[Prefix, set[int]] = {}
+        for p in active:
+            have = pools.setdefault(p.prefix, {})
+            missing.setdefault(p.prefix, set()).update(i for i in p.looked_at[-1] if i not in have)
+        by_count: dict[int, list[Prefix]] = {}
+        for prefix, slots in missing.items():
+            if slots:
+                by_count.setdefault(len(slots), []).append(prefix)
+        for count, prefixes in sorted(by_count.items()):
+            prompts = [style.prompt_for(question, "".join(pr), policy.render_chat) for pr in prefixes]
+            call_params = SamplingParams(
+                n=count,
+                temperature=params.temperature,
+                top_p=params.top_p,
+                max_tokens=params.max_tokens,
+                stop=style.stops_at(depth),
+                seed=_call_seed(seed, depth, calls),
+                include_stop=True,  # the kept delimiter tells a finished step from a cut one
+            )
+            calls += 1
+            for prefix, texts in zip(prefixes, policy.generate(prompts, call_params), strict=True):
+                for slot, text in zip(sorted(missing[prefix]), texts, strict=True):
+                    pools[prefix][slot] = StepCandidate(
+                        text=text,
+                        tokens=policy.count_tokens(text),
+                        final=is_final(text, style) or not text.strip(),
+                    )
+        # 2. score the candidates each reward model needs, one call per (model, prefix)
+        need: dict[tuple[str, Prefix], set[int]] = {}
+        for p in active:
+            need.setdefault((p.rm, p.prefix), set()).update(
+                i for i in p.looked_at[-1] if (p.rm, p.prefix, i) not in rewards
+            )
+        for (rm, prefix), slots in need.items():
+            if not slots:
+                continue
+            order = sorted(slots)
+            steps = [step_texts([*prefix, pools[prefix][i].text], style) for i in order]
+            scores = scorers[rm].score_candidates(question, steps[0][:-1], [s[-1] for s in steps])
+            for i, r in zip(order, scores, strict=True):
+                rewards[(rm, prefix, i)] = float(r)
+        # 3. every path keeps its best candidate
+        for p in active:
+            looked = p.looked_at[-1]
+            pool = pools[p.prefix]
+            pick = looked[best_index([rewards[(p.rm, p.prefix, i)] for i in looked])]
+            p.tokens += sum(pool[i].tokens for i in looked)
+            p.choices.append(pick)
+            chosen = pool[pick]
+            p.prefix = (*p.prefix, chosen.text)
+            p.done = chosen.final
+    answers: dict[tuple[str, int, int], tuple[str | None, bool]] = {}
+    for p in paths:
+        p.done = True
+        answer = final_answer("".join(p.prefix), style)
+        answers[(p.rm, p.n, p.subsample)] = (answer, answer is not None and is_equivalent(answer, reference))
+    return SearchResult(pools, rewards, paths, answers, _cost(pools, paths, n_values), calls)
+
+
+def _call_seed(seed: list[int], depth: int, call: int) -> int:
+    blob = ",".join(str(x) for x in (*seed, depth, call)).encode()
+    return int.from_bytes(hashlib.sha256(blob).digest()[:4], "big") >> 1
+
+
+def _cost(pools: dict[Prefix, dict[int, StepCandidate]], paths: list[Path], n_values: list[int]) -> dict[str, int]:
+    pool_tokens = sum(c.tokens for pool in pools.values() for c in pool.values())
+    per_n = 0.0
+    for rm in {p.rm for p in paths}:
+        for n in n_values:
+            mine = [p.tokens for p in paths if p.rm == rm and p.n == n]
+            per_n += sum(mine) / len(mine)
+    return {
+        "pool_tokens": pool_tokens,
+        "one_run_per_n_tokens": round(per_n),
+        "independent_runs_tokens": sum(p.tokens for p in paths),
+        "step_candidates": sum(len(pool) for pool in pools.values()),
+        "prefixes": len(pools),
+    }
+
+
+def to_records(result: SearchResult) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(step candidates, paths) as JSON-ready rows.
+
+    Step rows form a tree: `node` numbers a prefix, `parent` is `[node, slot]` of the step that
+    led there (None at the root), `slot` the candidate's place in its pool.
+    """
+    node_of = {prefix: k for k, prefix in enumerate(sorted(result.pools, key=lambda pr: (len(pr), pr)))}
+    rms = sorted({rm for rm, _, _ in result.rewards})
+    steps = []
+    for prefix, pool in sorted(result.pools.items(), key=lambda kv: node_of[kv[0]]):
+        parent = None
+        if prefix:
+            parent_pool = result.pools[prefix[:-1]]
+            slot = next(i for i, c in sorted(parent_pool.items()) if c.text == prefix[-1])
+            parent = [node_of[prefix[:-1]], slot]
+        for i, c in sorted(pool.items()):
+            steps.append(
+                {
+                    "node": node_of[prefix],
+                    "parent": parent,
+                    "depth": len(prefix),
+                    "slot": i,
+                    "text": c.text,
+                    "tokens": c.tokens,
+                    "final": c.final,
+                    "rewards": {rm: result.rewards[(rm, prefix, i)] for rm in rms if (rm, prefix, i) in result.rewards},
+                }
+            )
+    paths = []
+    for p in result.paths:
+        answer, correct = result.answers[(p.rm, p.n, p.subsample)]
+        paths.append(
+            {
+                "method": f"{p.rm}-step",
+                "n": p.n,
+                "subsample": p.subsample,
+                "choices": p.choices,
+                "looked_at": p.looked_at,
+                "steps": len(p.prefix),
+                "tokens": p.tokens,
+                "answer": answer,
+                "correct": correct,
+                "text": "".join(p.prefix),
+            }
+        )
+    return steps, paths

@@ -1,0 +1,476 @@
+"""`hiprm eval`: a policy proposes, reward models select, the grader decides; accuracy vs N.
+
+    hiprm eval configs/eval_gsm8k_cpu.yaml [key=value ...]
+
+parse -> load problems (prm800k-test / math500 / gsm8k from `data_dir`, or any JSONL) -> build
+the policy and the reward models -> for each problem: one pool of N_max whole solutions for the
+best-of-N methods and one pool per prefix for step-level search (`hiprm.search.best_of_n`,
+`hiprm.search.stepwise`) -> append the problem's record to `problems.jsonl` -> report.
+
+Output folder (`out_dir`; `shard=i/n` runs write to `out_dir/shards/i-of-n/`):
+- `problems.jsonl`: one line per finished problem, appended as it finishes. A rerun skips the
+  problems already there, so an interrupted run resumes with no problem lost or counted twice;
+- `samples.jsonl`: every candidate: whole solutions (steps, step rewards per reward model,
+  extracted answer, correctness), step candidates (a tree per problem) and search paths;
+- `metrics.json`: accuracy vs N per method with 95% CIs, and the cost summary;
+- `table.md` (rows = methods, columns = N, like the paper's Tables 2-5), `report.md` (table and
+  cost), `accuracy.png`;
+- `meta.json` + `config.yaml`: the resolved config. Resuming with a different config (other
+  than operational keys such as `limit` or batch sizes) is refused.
+A run without `shard` (or `report_only=true`) also reads `out_dir/shards/*/problems.jsonl`, so
+shards computed on several machines and copied into one folder are reported together.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hiprm.artifacts import (
+    DataError,
+    append_jsonl,
+    atomic_write,
+    read_json,
+    write_json,
+    write_jsonl,
+    write_meta,
+)
+from hiprm.config import ConfigError, to_dict
+from hiprm.policy.prompts import make_style
+from hiprm.policy.protocol import SamplingParams
+from hiprm.records import Problem
+from hiprm.search import report
+from hiprm.search.best_of_n import (
+    Method,
+    evaluate,
+    parse_method,
+    pool_cost,
+    problem_seed,
+    sample_pool,
+    score_pool,
+)
+from hiprm.search.stepwise import step_search, to_records
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PolicyConfig:
+    """`backend`: hf | openai | scripted. `model`: HF folder / embedded name (hf, and the
+    served model name for openai). `tokenizer` (openai): a local tokenizer for exact token
+    counts. `script` (scripted): a JSON file `{"rules": {substring: [texts]}, "default": [...]}`."""
+
+    backend: str = "hf"
+    model: str = "smollm2-135m-instruct"
+    chat_template: bool = True
+    batch_size: int = 16
+    device: str = "cpu"
+    base_url: str = "http://127.0.0.1:8000/v1"
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = 8
+    timeout: float = 120.0
+    max_retries: int = 5
+    tokenizer: str = ""
+    script: str = ""
+
+
+@dataclass
+class PromptConfig:
+    """`style`: step | formula | paragraph (see `hiprm.policy.prompts`); `template` (with
+    {question} and {previous_steps}) and `step_stops` replace the style's own."""
+
+    style: str = "step"
+    template: str = ""
+    step_stops: list[str] = field(default_factory=list)
+    end_stop: str = "# END!"
+
+
+@dataclass
+class EvalConfig:
+    out_dir: str = "runs/eval"
+    dataset: str = "gsm8k"  # prm800k-test | math500 | gsm8k | path/to/problems.jsonl
+    data_dir: str = "../shared/data"
+    question_field: str = "question"  # for a JSONL path
+    answer_field: str = "answer"
+    limit: int = 0  # first `limit` problems (0 = all)
+    shard: str = ""  # "i/n": every n-th problem starting at i (0-based)
+    methods: list[str] = field(default_factory=list)  # empty = every method the given RMs allow
+    n_values: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    subsamples: int = 4  # seeded subsets of the pool per N < N_max
+    seed: int = 0
+    orm: str = ""  # reward-model checkpoint folders (any subset)
+    prm: str = ""
+    hrm: str = ""
+    rm_device: str = "auto"
+    rm_batch_size: int = 32
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    temperature: float = 0.7
+    top_p: float = 0.95
+    max_solution_tokens: int = 512
+    max_step_tokens: int = 128
+    max_steps: int = 10
+    progress: bool = True
+    report_only: bool = False
+
+
+# Keys that may change between a run and its resumption without changing any result's meaning.
+OPERATIONAL_KEYS = {
+    "limit", "progress", "report_only", "rm_batch_size", "rm_device",
+    "policy.batch_size", "policy.concurrency", "policy.timeout", "policy.max_retries", "policy.device",
+}
+
+
+def _hf_policy(c: PolicyConfig) -> Any:
+    from hiprm.policy.hf import HFPolicy
+
+    return HFPolicy(c.model, chat_template=c.chat_template, batch_size=c.batch_size, device=c.device)
+
+
+def _openai_policy(c: PolicyConfig) -> Any:
+    from hiprm.policy.openai_http import OpenAIPolicy
+
+    return OpenAIPolicy(
+        base_url=c.base_url, model=c.model, api_key_env=c.api_key_env, concurrency=c.concurrency,
+        timeout=c.timeout, max_retries=c.max_retries, tokenizer=c.tokenizer,
+    )
+
+
+def _scripted_policy(c: PolicyConfig) -> Any:
+    from hiprm.policy.scripted import ScriptedPolicy
+
+    if not c.script:
+        raise ConfigError("policy.script: the scripted backend needs a JSON file of texts")
+    spec = read_json(c.script)
+    if not isinstance(spec, dict) or not isinstance(spec.get("rules", {}), dict):
+        raise DataError(c.script, "expected {\"rules\": {substring: [texts]}, \"default\": [texts]}")
+    return ScriptedPolicy(spec.get("rules", {}), default=spec.get("default"))
+
+
+POLICIES = {"hf": _hf_policy, "openai": _openai_policy, "scripted": _scripted_policy}
+
+
+def resolve_methods(cfg: EvalConfig) -> list[Method]:
+    given = {rm: getattr(cfg, rm) for rm in ("orm", "prm", "hrm") if getattr(cfg, rm)}
+    names = list(cfg.methods)
+    if not names:
+        names = ["majority", "pass"] + (["orm"] if "orm" in given else [])
+        for rm in ("prm", "hrm"):
+            if rm in given:
+                names += [f"{rm}-step", f"{rm}-min", f"{rm}-last"]
+    try:
+        methods = [parse_method(n) for n in names]
+    except ValueError as e:
+        raise ConfigError(f"methods: {e}") from None
+    missing = sorted({m.rm for m in methods if m.rm and m.rm not in given})
+    if missing:
+        raise ConfigError(f"methods need reward model(s) {missing}; set {', '.join(f'{r}=PATH' for r in missing)}")
+    if len({m.name for m in methods}) != len(methods):
+        raise ConfigError(f"methods: listed twice in {names}")
+    return methods
+
+
+def parse_shard(shard: str) -> tuple[int, int] | None:
+    """ "2/4" -> (2, 4); "" -> None."""
+    if not shard:
+        return None
+    try:
+        i, n = (int(x) for x in shard.split("/"))
+    except ValueError:
+        raise ConfigError(f"shard: expected 'i/n' (e.g. 0/4), got {shard!r}") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise ConfigError(f"shard: need 0 <= i < n, got {shard!r}")
+    return i, n
+
+
+def _prm800k_problems(path: Path) -> list[Problem]:
+    """Distinct problems (with a reference answer) of a PRM800K file, in file order."""
+    from hiprm.data.prm800k import read_prm800k
+
+    out: dict[str, Problem] = {}
+    for sol in read_prm800k(path):
+        if sol.reference_answer and sol.problem_id not in out:
+            out[sol.problem_id] = Problem(sol.problem_id, sol.question, sol.reference_answer, source=sol.source)
+    return list(out.values())
+
+
+def load_problems(cfg: EvalConfig) -> tuple[list[Problem], Path]:
+    from hiprm.data.problems import read_gsm8k, read_math500, read_problems_jsonl
+
+    datasets = {
+        "gsm8k": ("gsm8k/test.jsonl", read_gsm8k),
+        "math500": ("math500/test.jsonl", read_math500),
+        "prm800k-test": ("prm800k/phase1_test.jsonl", _prm800k_problems),
+    }
+    if cfg.dataset in datasets:
+        rel, reader = datasets[cfg.dataset]
+        path = Path(cfg.data_dir) / rel
+        if not path.is_file():
+            raise ConfigError(f"dataset {cfg.dataset!r}: {path} not found (set data_dir=)")
+        problems = reader(path)
+    elif Path(cfg.dataset).is_file():
+        path = Path(cfg.dataset)
+        problems = read_problems_jsonl(path, cfg.question_field, cfg.answer_field)
+    else:
+        raise ConfigError(f"dataset: {cfg.dataset!r} is neither one of {sorted(datasets)} nor a JSONL file")
+    seen: set[str] = set()
+    unique = [p for p in problems if not (p.problem_id in seen or seen.add(p.problem_id))]
+    if len(unique) < len(problems):
+        log.info("%s: %d duplicate problems dropped", path, len(problems) - len(unique))
+    if cfg.limit > 0:
+        unique = unique[: cfg.limit]
+    shard = parse_shard(cfg.shard)
+    if shard:
+        unique = unique[shard[0] :: shard[1]]
+    return unique, path
+
+
+class _CountingScorer:
+    """Counts reward-model calls, inputs and seconds around a scorer."""
+
+    def __init__(self, inner: Any):
+        self.inner, self.calls, self.inputs, self.seconds = inner, 0, 0, 0.0
+
+    def _timed(self, fn: Any, n_inputs: int, *args: Any) -> Any:
+        t = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            self.seconds += time.perf_counter() - t
+            self.calls += 1
+            self.inputs += n_inputs
+
+    def score(self, question: str, steps: list[str]) -> list[float]:
+        return self._timed(self.inner.score, len(steps), question, steps)
+
+    def score_batch(self, items: list[tuple[str, list[str]]]) -> list[list[float]]:
+        from hiprm.rm.scorer import score_many
+
+        return self._timed(lambda it: score_many(self.inner, it), sum(len(s) for _, s in items), items)
+
+    def score_candidates(self, question: str, prefix: list[str], candidates: list[str]) -> list[float]:
+        return self._timed(self.inner.score_candidates, len(candidates), question, prefix, candidates)
+
+
+class _CountingPolicy:
+    """Counts generate calls and seconds around a policy."""
+
+    def __init__(self, inner: Any):
+        self.inner, self.calls, self.seconds = inner, 0, 0.0
+        self.render_chat, self.count_tokens = inner.render_chat, inner.count_tokens
+
+    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[str]]:
+        t = time.perf_counter()
+        try:
+            return self.inner.generate(prompts, params)
+        finally:
+            self.seconds += time.perf_counter() - t
+            self.calls += 1
+
+
+def solve_problem(
+    problem: Problem, cfg: EvalConfig, methods: list[Method], policy: Any, scorers: dict[str, Any]
+) -> dict[str, Any]:
+    """Every method at every N for one problem -> its record for `problems.jsonl`."""
+    t0 = time.perf_counter()
+    style = make_style(cfg.prompt.style, cfg.prompt.template, cfg.prompt.step_stops, cfg.prompt.end_stop)
+    pol = _CountingPolicy(policy)
+    rms = {name: _CountingScorer(s) for name, s in scorers.items()}
+    n_values = sorted(set(cfg.n_values))
+    n_max = n_values[-1]
+    seed = problem_seed(cfg.seed, problem.problem_id)
+    rec: dict[str, Any] = {"problem_id": problem.problem_id, "question": problem.question,
+                           "reference": problem.answer, "source": problem.source, "results": {}}
+    cost: dict[str, Any] = {}
+    whole = [m for m in methods if m.kind != "step"]
+    if whole:
+        params = SamplingParams(
+            n=n_max, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_solution_tokens,
+            stop=[style.end_stop], seed=seed[1] ^ cfg.seed, include_stop=True,
+        )
+        cands = sample_pool(pol, style, problem.question, problem.answer, n_max, params)
+        score_pool(cands, problem.question, {m.rm: rms[m.rm] for m in whole if m.rm})
+        rec["results"].update(evaluate(whole, cands, n_values, cfg.subsamples, seed))
+        rec["candidates"] = [c.to_dict() for c in cands]
+        pc = pool_cost(cands, n_values, cfg.subsamples, seed)
+        cost.update(solution_pool_tokens=pc["pool_tokens"], solution_one_run_per_n_tokens=pc["one_run_per_n_tokens"])
+    stepwise = [m for m in methods if m.kind == "step"]
+    if stepwise:
+        params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_step_tokens)
+        sr = step_search(
+            pol, style, problem.question, problem.answer, {m.rm: rms[m.rm] for m in stepwise},
+            n_values, cfg.subsamples, params, cfg.max_steps, seed,
+        )
+        for (rm, n, _s), (_answer, ok) in sorted(sr.answers.items()):
+            slot = rec["results"].setdefault(f"{rm}-step", {}).setdefault(str(n), {"correct": [], "chosen": []})
+            slot["correct"].append(int(ok))
+        rec["step_candidates"], rec["paths"] = to_records(sr)
+        for path in rec["paths"]:
+            rec["results"][path["method"]][str(path["n"])]["chosen"].append(path["choices"])
+        cost.update(
+            step_pool_tokens=sr.cost["pool_tokens"],
+            step_one_run_per_n_tokens=sr.cost["one_run_per_n_tokens"],
+            step_independent_runs_tokens=sr.cost["independent_runs_tokens"],
+            step_prefixes=sr.cost["prefixes"],
+        )
+    cost.update(
+        rm_calls=sum(s.calls for s in rms.values()),
+        rm_inputs=sum(s.inputs for s in rms.values()),
+        rm_seconds=round(sum(s.seconds for s in rms.values()), 3),
+        generate_calls=pol.calls,
+        policy_seconds=round(pol.seconds, 3),
+        seconds=round(time.perf_counter() - t0, 3),
+    )
+    rec["cost"] = cost
+    return rec
+
+
+def read_done(path: Path) -> list[dict[str, Any]]:
+    """Finished problem records. A last line cut short by a crash is dropped (and removed from
+    the file) so the problem is simply solved again; a bad line elsewhere is an error."""
+    if not path.is_file():
+        return []
+    lines = path.read_bytes().split(b"\n")
+    out = []
+    for k, raw in enumerate(lines):
+        if not raw.strip():
+            continue
+        try:
+            out.append(json.loads(raw))
+        except ValueError:
+            if k == len(lines) - 1:  # no newline after it: an interrupted write
+                log.warning("%s:%d: dropping a partly written last line; that problem is redone", path, k + 1)
+                with atomic_write(path, "wb") as f:
+                    f.write(b"\n".join(lines[:k]) + (b"\n" if k else b""))
+                break
+            raise DataError(path, "invalid JSON (not the last line, so not an interrupted write)", line=k + 1) from None
+    return out
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _check_resumable(run_dir: Path, config: dict[str, Any]) -> None:
+    meta = run_dir / "meta.json"
+    if not meta.is_file() or not (run_dir / "problems.jsonl").is_file():
+        return
+    old = _flat(read_json(meta).get("config", {}))
+    new = _flat(config)
+    diff = sorted(k for k in set(old) | set(new) if k not in OPERATIONAL_KEYS and old.get(k) != new.get(k))
+    if diff:
+        changes = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
+        raise ConfigError(f"{run_dir} holds a run with another config ({changes}); use a new out_dir or the old config")
+
+
+def _build_scorers(cfg: EvalConfig, methods: list[Method]) -> dict[str, Any]:
+    from hiprm.rm.scorer import Scorer
+
+    names = sorted({m.rm for m in methods if m.rm})
+    return {rm: Scorer.from_pretrained(getattr(cfg, rm), device=cfg.rm_device, batch_size=cfg.rm_batch_size) for rm in names}
+
+
+def run(cfg: EvalConfig, *, policy: Any = None, scorers: dict[str, Any] | None = None) -> Path:
+    """Evaluate; returns the run folder. `policy` / `scorers` override the configured ones (tests)."""
+    methods = resolve_methods(cfg)
+    if not cfg.n_values or min(cfg.n_values) < 1:
+        raise ConfigError(f"n_values: need positive integers, got {cfg.n_values}")
+    if cfg.policy.backend not in POLICIES:
+        raise ConfigError(f"policy.backend: {cfg.policy.backend!r} is not one of {sorted(POLICIES)}")
+    try:
+        make_style(cfg.prompt.style, cfg.prompt.template, cfg.prompt.step_stops, cfg.prompt.end_stop)
+    except ValueError as e:
+        raise ConfigError(f"prompt: {e}") from None
+    shard = parse_shard(cfg.shard)
+    out_dir = Path(cfg.out_dir)
+    run_dir = out_dir / "shards" / f"{shard[0]}-of-{shard[1]}" if shard else out_dir
+    problems, data_path = load_problems(cfg)
+    config = to_dict(cfg)
+    results_path = run_dir / "problems.jsonl"
+    if not cfg.report_only:
+        _check_resumable(run_dir, config)
+        write_meta(run_dir, config, inputs=[data_path], dataset_path=str(data_path), problems=len(problems))
+        done = {r["problem_id"] for r in read_done(results_path)}
+        todo = [p for p in problems if p.problem_id not in done]
+        log.info("%d problems, %d already done, %d to go -> %s", len(problems), len(problems) - len(todo), len(todo), run_dir)
+        if todo:
+            _solve_all(cfg, methods, todo, len(problems), results_path, policy, scorers)
+    write_report(cfg, methods, problems, run_dir, [results_path] if shard else _all_results(out_dir))
+    return run_dir
+
+
+def _solve_all(cfg, methods, todo, total, results_path, policy, scorers) -> None:
+    from tqdm import tqdm
+
+    own_policy = policy is None
+    policy = policy if policy is not None else POLICIES[cfg.policy.backend](cfg.policy)
+    scorers = scorers if scorers is not None else _build_scorers(cfg, methods)
+    try:
+        with tqdm(total=total, initial=total - len(todo), desc="eval", unit="problem", disable=not cfg.progress) as bar:
+            for problem in todo:
+                rec = solve_problem(problem, cfg, methods, policy, scorers)
+                append_jsonl(results_path, rec)
+                bar.update(1)
+    finally:
+        if own_policy and hasattr(policy, "close"):
+            policy.close()
+
+
+def _all_results(out_dir: Path) -> list[Path]:
+    return [out_dir / "problems.jsonl", *sorted(out_dir.glob("shards/*/problems.jsonl"))]
+
+
+def write_report(cfg: EvalConfig, methods: list[Method], problems: list[Problem], run_dir: Path, sources: list[Path]) -> None:
+    """samples.jsonl, metrics.json, table.md, report.md and accuracy.png for `problems`."""
+    by_id: dict[str, dict[str, Any]] = {}
+    for src in sources:
+        for rec in read_done(src):
+            by_id.setdefault(rec["problem_id"], rec)
+    records = [by_id[p.problem_id] for p in problems if p.problem_id in by_id]
+    names = [m.name for m in methods]
+    n_values = sorted(set(cfg.n_values))
+    acc = report.accuracy(records, names, n_values)
+    cost = report.cost_summary(records)
+    title = f"{cfg.dataset}: accuracy (%) vs N, {len(records)}/{len(problems)} problems, policy {cfg.policy.model}"
+    metrics = {
+        "dataset": cfg.dataset,
+        "problems": len(records),
+        "problems_planned": len(problems),
+        "n_values": n_values,
+        "subsamples": cfg.subsamples,
+        "accuracy": acc,
+        "cost": cost,
+        "ci": "mean over problems of per-problem accuracy (averaged over subsamples) +- 1.96 sd/sqrt(problems)",
+    }
+    write_json(run_dir / "metrics.json", metrics)
+    table = report.markdown_table(acc, n_values, title)
+    with atomic_write(run_dir / "table.md") as f:
+        f.write(table)
+    with atomic_write(run_dir / "report.md") as f:
+        f.write(f"# hiprm eval: {cfg.dataset}\n\n{table}\n{report.cost_markdown(cost)}\n"
+                f"CI: {metrics['ci']}. Subsamples per N < N_max: {cfg.subsamples}.\n")
+    write_jsonl(run_dir / "samples.jsonl", _sample_rows(records))
+    if records:
+        report.plot_accuracy(acc, n_values, run_dir / "accuracy.png", title=f"{cfg.dataset} ({len(records)} problems)")
+    log.info("report: %s (%d problems)", run_dir / "report.md", len(records))
+
+
+def _sample_rows(records: list[dict[str, Any]]):
+    for rec in records:
+        pid = rec["problem_id"]
+        for c in rec.get("candidates", []):
+            yield {"problem_id": pid, "kind": "solution", **c}
+        for s in rec.get("step_candidates", []):
+            yield {"problem_id": pid, "kind": "step", **s}
+        for p in rec.get("paths", []):
+            yield {"problem_id": pid, "kind": "path", **p}

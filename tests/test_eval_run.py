@@ -1,0 +1,252 @@
+"""`hiprm eval` end to end with the scripted policy and fake reward models: outputs, resume after
+an interruption, shards, config checks, datasets; one slow run with the tiny hf policy and a real
+`Scorer` on a tiny reward model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hiprm.cli import main as cli_main
+from hiprm.config import ConfigError, load_config
+from hiprm.policy.scripted import ScriptedPolicy
+from hiprm.search.run import EvalConfig, load_problems, read_done, run
+
+PROBLEMS = [(f"What is {a}+{b}?", str(a + b)) for a, b in [(2, 3), (4, 4), (1, 6), (5, 5), (7, 2)]]
+
+
+def _texts(a_plus_b: str, right: str) -> list[str]:
+    wrong = str(int(right) + 1)
+    return [
+        f"# Step 1\ngood {a_plus_b}={right}\n\n# Step 2\ngood so {right}\n\n# Answer\n\n{right}\n# END!",
+        f"# Step 1\ngood {a_plus_b}={right}\n\n# Step 2\nbad so {wrong}\n\n# Answer\n\n{wrong}\n# END!",
+        f"# Step 1\nbad {a_plus_b}={wrong}\n\n# Answer\n\n{wrong}\n# END!",
+    ]
+
+
+RULES = {q: _texts(q[8:-1], ans) for q, ans in PROBLEMS}
+
+
+class FakeRM:
+    def __init__(self, word="good"):
+        self.word = word
+
+    def _r(self, s):
+        return 0.9 if self.word in s else 0.2
+
+    def score(self, q, steps):
+        return [self._r(s) for s in steps]
+
+    def score_batch(self, items):
+        return [self.score(q, s) for q, s in items]
+
+    def score_candidates(self, q, prefix, cands):
+        return [self._r(c) for c in cands]
+
+
+SCORERS = {"orm": FakeRM(), "prm": FakeRM(), "hrm": FakeRM("bad")}
+METHODS = "[majority,pass,orm,prm-step,hrm-step,prm-min,hrm-last,prm-vote-prod]"
+
+
+class InterruptingPolicy:
+    """Behaves like the scripted policy until it meets the k-th distinct question."""
+
+    def __init__(self, k: int):
+        self.inner, self.k, self.seen = ScriptedPolicy(RULES), k, []
+        self.render_chat, self.count_tokens = self.inner.render_chat, self.inner.count_tokens
+
+    def generate(self, prompts, params):
+        for p in prompts:
+            q = next(q for q, _ in PROBLEMS if q in p)
+            if q not in self.seen:
+                self.seen.append(q)
+            if len(self.seen) >= self.k:
+                raise KeyboardInterrupt
+        return self.inner.generate(prompts, params)
+
+
+@pytest.fixture
+def data(tmp_path) -> Path:
+    p = tmp_path / "problems.jsonl"
+    p.write_text("".join(json.dumps({"q": q, "a": a}) + "\n" for q, a in PROBLEMS))
+    return p
+
+
+def _cfg(data: Path, out: Path, *extra: str) -> EvalConfig:
+    return load_config(EvalConfig, None, [
+        f"dataset={data}", "question_field=q", "answer_field=a", f"out_dir={out}", f"methods={METHODS}",
+        "n_values=[1,2,4]", "subsamples=3", "orm=fake", "prm=fake", "hrm=fake", "policy.backend=scripted",
+        "progress=false", *extra,
+    ])
+
+
+def _results(run_dir: Path) -> dict[str, dict]:
+    return {r["problem_id"]: r["results"] for r in read_done(run_dir / "problems.jsonl")}
+
+
+def test_outputs(data, tmp_path):
+    out = run(_cfg(data, tmp_path / "out"), policy=ScriptedPolicy(RULES), scorers=SCORERS)
+    assert {p.name for p in out.iterdir()} >= {
+        "problems.jsonl", "samples.jsonl", "metrics.json", "table.md", "report.md", "accuracy.png", "meta.json",
+        "config.yaml",
+    }
+    metrics = json.loads((out / "metrics.json").read_text())
+    acc = metrics["accuracy"]
+    assert metrics["problems"] == 5
+    for m in ("majority", "orm", "prm-min", "hrm-last", "prm-vote-prod"):  # same pool as the oracle
+        assert all(acc["pass"][n]["accuracy"] >= acc[m][n]["accuracy"] for n in ("1", "2", "4"))
+    assert acc["prm-step"]["4"]["accuracy"] == 1.0  # follows the "good" steps
+    assert acc["hrm-step"]["4"]["accuracy"] == 0.0  # this fake HRM prefers the bad ones
+    for m in acc:
+        for n in ("1", "2"):
+            assert acc[m][n]["subsamples"] == 15, (m, n)
+        assert acc[m]["4"]["subsamples"] == 5
+    rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    kinds = {r["kind"] for r in rows}
+    assert kinds == {"solution", "step", "path"}
+    sol = next(r for r in rows if r["kind"] == "solution")
+    assert {"text", "steps", "answer", "correct", "rewards", "tokens"} <= set(sol)
+    assert set(sol["rewards"]) == {"orm", "prm", "hrm"}
+    assert len(sol["rewards"]["prm"]) == len(sol["steps"])
+    assert sum(r["kind"] == "solution" for r in rows) == 5 * 4
+    table = (out / "table.md").read_text()
+    assert "| method | N=1 | N=2 | N=4 |" in table and "| PRM step search |" in table
+    cost = metrics["cost"]
+    assert cost["tokens_generated"] > 0 and cost["rm_inputs"] > 0 and cost["seconds_per_problem"] >= 0
+    assert cost["solution_pool_tokens"] < cost["solution_one_run_per_n_tokens"]  # 4 < 1+2+4 samples
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["config"]["n_values"] == [1, 2, 4]
+
+
+def test_interrupted_run_resumes_without_losing_or_repeating_a_problem(data, tmp_path):
+    full = run(_cfg(data, tmp_path / "full"), policy=ScriptedPolicy(RULES), scorers=SCORERS)
+    part = tmp_path / "part"
+    with pytest.raises(KeyboardInterrupt):
+        run(_cfg(data, part), policy=InterruptingPolicy(k=3), scorers=SCORERS)
+    assert len(read_done(part / "problems.jsonl")) == 2
+    resumed_policy = ScriptedPolicy(RULES)
+    run(_cfg(data, part), policy=resumed_policy, scorers=SCORERS)
+    # only the 3 unfinished problems were solved again
+    asked = {q for p, _ in resumed_policy.calls for q, _ in PROBLEMS if q in p}
+    assert len(asked) == 3
+    done = read_done(part / "problems.jsonl")
+    assert len(done) == 5 and len({r["problem_id"] for r in done}) == 5
+    assert _results(part) == _results(full)
+    m_full = json.loads((full / "metrics.json").read_text())["accuracy"]
+    assert json.loads((part / "metrics.json").read_text())["accuracy"] == m_full
+    # a finished run is not redone
+    again = ScriptedPolicy(RULES)
+    run(_cfg(data, part), policy=again, scorers=SCORERS)
+    assert again.calls == []
+
+
+def test_a_half_written_last_line_is_redone(data, tmp_path):
+    out = tmp_path / "out"
+    run(_cfg(data, out, "limit=2"), policy=ScriptedPolicy(RULES), scorers=SCORERS)
+    path = out / "problems.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text(lines[0] + lines[1][:40])  # crash in the middle of writing problem 2
+    run(_cfg(data, out, "limit=3"), policy=ScriptedPolicy(RULES), scorers=SCORERS)
+    done = read_done(path)
+    assert [r["question"] for r in done] == [q for q, _ in PROBLEMS[:3]]
+    path.write_text(path.read_text() + "not json\n" + lines[0])
+    with pytest.raises(Exception, match=r"problems.jsonl:4: invalid JSON"):
+        read_done(path)
+
+
+def test_resume_with_another_config_is_refused(data, tmp_path):
+    out = tmp_path / "out"
+    run(_cfg(data, out, "limit=1"), policy=ScriptedPolicy(RULES), scorers=SCORERS)
+    with pytest.raises(ConfigError, match=r"n_values: \[1, 2, 4\] -> \[1, 2\]"):
+        run(_cfg(data, out, "n_values=[1,2]"), policy=ScriptedPolicy(RULES), scorers=SCORERS)
+    run(_cfg(data, out, "limit=2", "rm_batch_size=4"), policy=ScriptedPolicy(RULES), scorers=SCORERS)
+    assert len(read_done(out / "problems.jsonl")) == 2
+
+
+def test_shards_cover_every_problem_once_and_merge(data, tmp_path):
+    out = tmp_path / "sharded"
+    dirs = [run(_cfg(data, out, f"shard={i}/2"), policy=ScriptedPolicy(RULES), scorers=SCORERS) for i in range(2)]
+    ids = [set(_results(d)) for d in dirs]
+    assert len(ids[0]) == 3 and len(ids[1]) == 2 and not ids[0] & ids[1]
+    merged = run(_cfg(data, out, "report_only=true"), policy=ScriptedPolicy(RULES), scorers=SCORERS)
+    full = run(_cfg(data, tmp_path / "full"), policy=ScriptedPolicy(RULES), scorers=SCORERS)
+    assert json.loads((merged / "metrics.json").read_text())["accuracy"] == json.loads(
+        (full / "metrics.json").read_text()
+    )["accuracy"]
+
+
+def test_config_errors(data, tmp_path):
+    with pytest.raises(ConfigError, match=r"prm=PATH"):
+        run(load_config(EvalConfig, None, [f"dataset={data}", "methods=[prm-step]", "question_field=q",
+                                           "answer_field=a"]))
+    with pytest.raises(ConfigError, match="unknown method"):
+        run(_cfg(data, tmp_path, "methods=[prm-best]"))
+    with pytest.raises(ConfigError, match="shard"):
+        run(_cfg(data, tmp_path, "shard=2/2"))
+    with pytest.raises(ConfigError, match="neither one of"):
+        run(_cfg(data, tmp_path, "dataset=nope"))
+
+
+def test_cli_eval_with_a_scripted_policy_file(data, tmp_path, capsys):
+    script = tmp_path / "script.json"
+    script.write_text(json.dumps({"rules": RULES}))
+    out = tmp_path / "cli"
+    code = cli_main(["eval", f"dataset={data}", "question_field=q", "answer_field=a", f"out_dir={out}",
+                     "methods=[majority,pass]", "n_values=[1,2]", "policy.backend=scripted",
+                     f"policy.script={script}", "progress=false", "limit=2"])
+    assert code == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    assert json.loads((out / "metrics.json").read_text())["problems"] == 2
+
+
+def test_shared_datasets_load(shared_data):
+    for name, n in (("gsm8k", 3), ("math500", 3), ("prm800k-test", 3)):
+        cfg = load_config(EvalConfig, None, [f"dataset={name}", f"data_dir={shared_data}", f"limit={n}"])
+        problems, path = load_problems(cfg)
+        assert len(problems) == n and path.is_file()
+        assert all(p.answer and p.question for p in problems)
+    cfg = load_config(EvalConfig, None, ["dataset=gsm8k", f"data_dir={shared_data}", "limit=1"])
+    assert load_problems(cfg)[0][0].answer == "18"  # the number after ####, not the worked solution
+    prm = load_config(EvalConfig, None, ["dataset=prm800k-test", f"data_dir={shared_data}"])
+    problems, _ = load_problems(prm)
+    assert len({p.problem_id for p in problems}) == len(problems)
+
+
+def _save_tiny_rm(path: Path, tokenizer) -> Path:
+    """A randomly initialised 2-label reward model in the layout `hiprm rm train` writes."""
+    import torch
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id, num_labels=2,
+    )
+    LlamaForSequenceClassification(cfg).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.mark.slow
+def test_hf_policy_and_real_scorer_end_to_end(tmp_path, tiny_lm_dir, tiny_tokenizer, data):
+    """The real pieces together: HFPolicy generating, Scorer.from_pretrained scoring."""
+    rm = _save_tiny_rm(tmp_path / "rm", tiny_tokenizer)
+    out = tmp_path / "hf"
+    cfg = load_config(EvalConfig, None, [
+        f"dataset={data}", "question_field=q", "answer_field=a", f"out_dir={out}", "limit=2",
+        "methods=[majority,orm,prm-step,prm-min]", "n_values=[1,2]", "subsamples=2", f"orm={rm}",
+        f"prm={rm}", "rm_device=cpu", f"policy.model={tiny_lm_dir}", "max_solution_tokens=24",
+        "max_step_tokens=8", "max_steps=2", "progress=false", "prompt.style=paragraph",
+    ])
+    run(cfg)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["problems"] == 2
+    assert metrics["cost"]["tokens_generated"] > 0 and metrics["cost"]["rm_inputs"] > 0
+    rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    sol = [r for r in rows if r["kind"] == "solution"]
+    assert len(sol) == 4 and all(0.0 <= x <= 1.0 for r in sol for x in r["rewards"]["prm"])
+    assert all(len(r["rewards"]["prm"]) == len(r["steps"]) for r in sol)

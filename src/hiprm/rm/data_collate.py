@@ -1,0 +1,188 @@
+"""Reward-model examples -> token ids -> padded batches, and the soft-label loss.
+
+- `read_examples(path)` reads RMExample JSONL (as written by `hiprm data build`), with errors
+  that name file, line and field.
+- `encode_examples(tokenizer, examples, template)` turns each example into `input_ids` through
+  the one formatter (`hiprm.rm.template`), once, up front, and counts what had to be cut.
+  The ids are `tokenizer(text)["input_ids"]` with the tokenizer's own special tokens, exactly
+  what `hiprm.rm.scorer.Scorer` feeds the model at scoring time.
+- `PadCollator(pad_id)` pads a batch to its longest row only (dynamic padding); paired with
+  length-grouped sampling this keeps padding small, where padding every row to `max_length`
+  (as the paper's setup does) spends most of the compute on pad tokens.
+- `soft_label_loss(logits, labels)` is cross-entropy against `[1 - label, label]`, so hard
+  labels (0/1) and soft MC-score labels share one code path.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hiprm.artifacts import DataError, read_jsonl
+from hiprm.records import EXAMPLE_KINDS, RMExample
+from hiprm.rm.template import TemplateConfig, render, render_fitted
+
+log = logging.getLogger(__name__)
+
+
+def _check_example(obj: Any, path: Path, line: int) -> RMExample:
+    if not isinstance(obj, dict):
+        raise DataError(path, f"expected an object, got {type(obj).__name__}", line)
+    for key, kind in (("question", str), ("current_step", str), ("previous_steps", list)):
+        if not isinstance(obj.get(key), kind):
+            raise DataError(path, f"expected {kind.__name__}, got {type(obj.get(key)).__name__}", line, key)
+    for i, step in enumerate(obj["previous_steps"]):
+        if not isinstance(step, str):
+            raise DataError(
+                path, f"expected a string, got {type(step).__name__}", line, f"previous_steps[{i}]"
+            )
+    label = obj.get("label")
+    if isinstance(label, bool) or not isinstance(label, int | float) or not 0.0 <= label <= 1.0:
+        raise DataError(path, f"expected a number in [0, 1], got {label!r}", line, "label")
+    if obj.get("kind") not in EXAMPLE_KINDS:
+        raise DataError(path, f"expected one of {list(EXAMPLE_KINDS)}, got {obj.get('kind')!r}", line, "kind")
+    try:
+        return RMExample.from_dict(obj)
+    except (KeyError, TypeError, ValueError) as e:
+        raise DataError(path, f"not an RMExample: {e}", line) from None
+
+
+def read_examples(path: str | Path, limit: int | None = None) -> list[RMExample]:
+    """The first `limit` (all when None) RMExamples of a JSONL file; bad lines raise DataError."""
+    p = Path(path)
+    out: list[RMExample] = []
+    for line, obj in read_jsonl(p):
+        if limit is not None and len(out) >= limit:
+            break
+        out.append(_check_example(obj, p, line))
+    if not out:
+        raise DataError(p, "no examples in file")
+    return out
+
+
+@dataclass
+class CutCounts:
+    """How many encoded examples lost old steps, and how many had question/step text cut."""
+
+    examples: int = 0
+    dropped_steps: int = 0
+    examples_with_dropped_steps: int = 0
+    truncated_text: int = 0
+
+    def warn_if_cut(self, name: str, max_length: int) -> None:
+        if self.examples_with_dropped_steps or self.truncated_text:
+            log.warning(
+                "%s: %d of %d examples exceed max_length=%d: %d lost old steps (%d steps in all), "
+                "%d had question/current-step text cut",
+                name,
+                self.examples_with_dropped_steps + self.truncated_text,
+                self.examples,
+                max_length,
+                self.examples_with_dropped_steps,
+                self.dropped_steps,
+                self.truncated_text,
+            )
+
+
+def special_token_count(tokenizer: Any) -> int:
+    """How many ids the tokenizer adds around a text (BOS/EOS), found on a probe text."""
+    probe = "1 + 1 = 2"
+    return len(tokenizer(probe)["input_ids"]) - len(tokenizer(probe, add_special_tokens=False)["input_ids"])
+
+
+def encode_examples(
+    tokenizer: Any, examples: Sequence[RMExample], template: TemplateConfig
+) -> tuple[list[dict[str, Any]], CutCounts]:
+    """Features `{"input_ids": [...], "labels": float}` for each example, and what was cut.
+
+    The text of each example is what `render_fitted(tokenizer, ...)` returns. Most examples
+    fit as rendered, so all are rendered and tokenized in one batched call first and
+    `render_fitted` is called only for those over the budget; for those that fit it would
+    return the rendered text unchanged, so the result is the same, ~10x faster.
+
+    >>> feats, cuts = encode_examples(tok, [RMExample("p", "1+1?", [], "2", 1.0, "prm")], TemplateConfig())
+    >>> feats[0]["labels"], cuts.truncated_text    # doctest: +SKIP
+    (1.0, 0)
+    """
+    n_special = special_token_count(tokenizer)
+    budget = template.max_length - 2  # render_fitted's default reserve for special tokens
+    texts = [render(ex.question, ex.previous_steps, ex.current_step, template) for ex in examples]
+    ids = tokenizer(texts)["input_ids"] if texts else []
+    cuts = CutCounts(examples=len(examples))
+    features = []
+    for i, ex in enumerate(examples):
+        row = ids[i]
+        if len(row) - n_special > budget:
+            text, report = render_fitted(tokenizer, ex.question, ex.previous_steps, ex.current_step, template)
+            row = tokenizer(text)["input_ids"][: template.max_length]
+            cuts.dropped_steps += report.dropped_steps
+            cuts.examples_with_dropped_steps += int(report.dropped_steps > 0 and not report.truncated)
+            cuts.truncated_text += int(report.truncated)
+        features.append({"input_ids": list(row), "labels": float(ex.label)})
+    return features, cuts
+
+
+class FeatureDataset:
+    """A list of features as a map-style dataset (what Trainer and its samplers expect)."""
+
+    def __init__(self, features: list[dict[str, Any]]):
+        self.features = features
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.features[i]
+
+    def lengths(self) -> list[int]:
+        return [len(f["input_ids"]) for f in self.features]
+
+
+class PadCollator:
+    """Right-pads a batch to its longest row (optionally a multiple of `pad_to_multiple_of`).
+
+    Output: input_ids (batch, longest) long, attention_mask (batch, longest) long,
+    labels (batch,) float. The classification head reads the last token that is not
+    `pad_id`, so `pad_id` must be `model.config.pad_token_id` (and differ from eos).
+    """
+
+    def __init__(self, pad_id: int, pad_to_multiple_of: int | None = None, pad_to_length: int | None = None):
+        self.pad_id = pad_id
+        self.multiple = pad_to_multiple_of
+        # Only the benchmark sets this: the paper's pad-everything-to-max_length baseline.
+        self.pad_to_length = pad_to_length
+
+    def __call__(self, batch: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        width = self.pad_to_length or max(len(f["input_ids"]) for f in batch)
+        if self.multiple and not self.pad_to_length:
+            width = -(-width // self.multiple) * self.multiple
+        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for r, f in enumerate(batch):
+            n = len(f["input_ids"])
+            ids[r, :n] = torch.tensor(f["input_ids"], dtype=torch.long)
+            mask[r, :n] = 1
+        labels = torch.tensor([float(f["labels"]) for f in batch], dtype=torch.float32)
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def soft_label_loss(logits: Any, labels: Any) -> Any:
+    """Mean cross-entropy of `logits` (batch, 2) against targets [1 - label, label], labels (batch,).
+
+    A hard label 1 gives -log softmax(logits)[1]; a soft label 0.7 mixes both classes.
+
+    >>> import torch
+    >>> round(soft_label_loss(torch.tensor([[0.0, 0.0]]), torch.tensor([1.0])).item(), 4)
+    0.6931
+    """
+    import torch
+
+    labels = labels.to(torch.float32)
+    target = torch.stack([1.0 - labels, labels], dim=-1)  # (batch, 2)
+    logp = torch.log_softmax(logits.float(), dim=-1)  # (batch, 2)
+    return -(target * logp).sum(dim=-1).mean()

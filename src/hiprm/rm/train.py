@@ -1,0 +1,389 @@
+"""`hiprm rm train CONFIG [key=value ...]`: fine-tune a 2-label reward model on RMExample JSONL.
+
+    hiprm rm train configs/rm_train_prm.yaml optim.max_steps=200
+    accelerate launch --num_processes 2 --cpu -m hiprm.cli rm train configs/rm_train_prm.yaml
+
+Input: `data.train` / `data.val` RMExample JSONL (from `hiprm data build`). Every text comes
+from the one formatter (`hiprm.rm.template`), tokenized once up front. The model is
+`AutoModelForSequenceClassification` (num_labels=2, class 1 = positive) on `model.name`
+(default: the embedded SmolLM2-135M-Instruct, see `hiprm.rm.backbone`); the loss is
+cross-entropy against [1 - label, label] so hard and soft (MC-score) labels share one path;
+reward = softmax(logits)[..., 1]. Training runs on transformers' Trainer with dynamic padding
+and length-grouped batches, `max_grad_norm` 0.01 as in the paper, optional LoRA (merged into
+the saved model).
+
+Output (`output_dir`, returned):
+    checkpoints/checkpoint-N/   resume points (rerunning the same command continues from the
+                                newest; the best by `eval.metric` is kept)
+    model/                      final model (best checkpoint when validating) + tokenizer;
+                                loads with plain from_pretrained, `config.hiprm_template` set
+    metrics.jsonl, loss.png     every log row; train/validation loss curves
+    meta.json, config.yaml      resolved config, input sha256s, final validation metrics
+Rerunning a finished run returns at once; a different config in the same folder is an error
+(set `overwrite=true` to start over).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from transformers import Trainer, TrainerCallback
+
+from hiprm.artifacts import check_input_file, write_meta
+from hiprm.config import ConfigError, to_dict
+from hiprm.rm.backbone import load_tokenizer, resolve_model_path
+from hiprm.rm.data_collate import FeatureDataset, PadCollator, encode_examples, read_examples, soft_label_loss
+from hiprm.rm.template import TemplateConfig
+from hiprm.rm.train_log import (
+    MetricsLog,
+    checkpoint_step,
+    last_complete_checkpoint,
+    plot_losses,
+    prepare_output_dir,
+    trim_metrics,
+    validation_metrics,
+)
+
+log = logging.getLogger(__name__)
+
+LABELS = {0: "negative", 1: "positive"}
+
+
+@dataclass
+class ModelConfig:
+    name: str = "smollm2-135m-instruct"  # or a local folder / HF name (resolve_model_path)
+    cache_dir: str | None = None  # where the embedded GGUF is converted; default $HIPRM_CACHE
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class DataConfig:
+    train: str = "runs/data/prm/train.jsonl"
+    val: str | None = "runs/data/prm/val.jsonl"  # null or "" = no validation
+    max_train: int | None = None  # first N examples only (quick runs)
+    max_val: int | None = None
+
+
+@dataclass
+class OptimConfig:
+    learning_rate: float = 1e-5
+    batch_size: int = 8  # per process
+    grad_accum: int = 1
+    epochs: float = 1.0
+    max_steps: int = -1  # > 0 overrides epochs
+    warmup: float = 0.0  # steps when >= 1, else a fraction of all steps
+    weight_decay: float = 0.0
+    scheduler: str = "linear"
+    max_grad_norm: float = 0.01  # the paper's clipping
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    seed: int = 42
+    group_by_length: bool = True
+
+
+@dataclass
+class ValidationConfig:
+    every_steps: int = 50
+    batch_size: int = 16
+    metric: Literal["f1", "accuracy", "auroc", "loss"] = "f1"  # picks the kept best checkpoint
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 50  # a multiple of eval.every_steps when validating
+    keep: int = 2  # newest checkpoints kept (the best one is kept as well)
+
+
+@dataclass
+class LoraConfig:
+    r: int = 0  # 0 = full fine-tuning
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/rm/prm"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    template: TemplateConfig = field(default_factory=TemplateConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: ValidationConfig = field(default_factory=ValidationConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    logging_steps: int = 10
+    overwrite: bool = False
+
+
+class RMTrainer(Trainer):
+    """Trainer with the soft-label loss; everything else (DDP, accumulation, clipping,
+    checkpoints, resume) is Trainer's own."""
+
+    # compute_loss returns a per-batch mean: Trainer divides it by the accumulation steps.
+    loss_is_scaled_for_ga = False
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.model_accepts_loss_kwargs = False  # no token counting / num_items_in_batch
+
+    def compute_loss(
+        self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, **kw: Any
+    ) -> Any:
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")  # (batch,) in [0, 1]
+        outputs = model(**inputs, use_cache=False)  # logits: (batch, 2)
+        loss = soft_label_loss(outputs.logits, labels)
+        return (loss, outputs) if return_outputs else loss
+
+
+def run_config(cfg: TrainConfig) -> dict[str, Any]:
+    """The config recorded in meta.json and compared on rerun (`overwrite` is not part of it)."""
+    return {k: v for k, v in to_dict(cfg).items() if k != "overwrite"}
+
+
+def has_val(cfg: TrainConfig) -> bool:
+    return bool(cfg.data.val)
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Errors a config can be caught on before any model is loaded."""
+    checks = [
+        (cfg.optim.batch_size >= 1, "optim.batch_size must be >= 1"),
+        (cfg.optim.grad_accum >= 1, "optim.grad_accum must be >= 1"),
+        (cfg.checkpoint.every_steps >= 1, "checkpoint.every_steps must be >= 1"),
+        (cfg.template.max_length >= 16, "template.max_length must be >= 16"),
+        (cfg.lora.r >= 0, "lora.r must be >= 0 (0 = no LoRA)"),
+        (cfg.optim.max_steps > 0 or cfg.optim.epochs > 0, "set optim.max_steps > 0 or optim.epochs > 0"),
+    ]
+    if has_val(cfg):
+        every = cfg.eval.every_steps
+        checks.append((every >= 1, "eval.every_steps must be >= 1"))
+        checks.append(
+            (every >= 1 and cfg.checkpoint.every_steps % every == 0,
+             f"checkpoint.every_steps ({cfg.checkpoint.every_steps}) must be a multiple of eval.every_steps "
+             f"({every}) so the best checkpoint can be kept"),
+        )  # fmt: skip
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    check_input_file(cfg.data.train)
+    if has_val(cfg):
+        check_input_file(cfg.data.val)
+
+
+def training_arguments(cfg: TrainConfig, out: Path) -> Any:
+    import torch
+    from transformers import TrainingArguments
+
+    o, v, c = cfg.optim, cfg.eval, cfg.checkpoint
+    validating = has_val(cfg)
+    launcher_precision = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    if o.precision == "fp32" and launcher_precision not in ("no", "fp32"):
+        # Trainer would silently take the launcher's setting over ours.
+        raise ConfigError(
+            f"optim.precision is fp32 but the accelerate launcher asks for {launcher_precision}; set "
+            f"optim.precision={launcher_precision} or mixed_precision: 'no' in the accelerate config"
+        )
+    return TrainingArguments(
+        output_dir=str(out / "checkpoints"),
+        per_device_train_batch_size=o.batch_size,
+        per_device_eval_batch_size=v.batch_size,
+        gradient_accumulation_steps=o.grad_accum,
+        learning_rate=o.learning_rate,
+        weight_decay=o.weight_decay,
+        lr_scheduler_type=o.scheduler,
+        warmup_steps=o.warmup,
+        num_train_epochs=o.epochs,
+        max_steps=o.max_steps,
+        max_grad_norm=o.max_grad_norm,
+        bf16=o.precision == "bf16",
+        fp16=o.precision == "fp16",
+        seed=o.seed,
+        data_seed=o.seed,
+        train_sampling_strategy="group_by_length" if o.group_by_length else "random",
+        eval_strategy="steps" if validating else "no",
+        eval_steps=v.every_steps if validating else None,
+        save_strategy="steps",
+        save_steps=c.every_steps,
+        save_total_limit=c.keep,
+        load_best_model_at_end=validating,
+        metric_for_best_model=v.metric if validating else None,
+        greater_is_better=v.metric != "loss",
+        logging_steps=cfg.logging_steps,
+        logging_first_step=True,
+        activation_checkpointing=cfg.model.gradient_checkpointing,
+        report_to="none",
+        label_names=["labels"],
+        remove_unused_columns=False,
+        ddp_find_unused_parameters=False,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        use_cpu=not _has_accelerator(),
+    )
+
+
+def _has_accelerator() -> bool:
+    """Without a GPU, Trainer must be told `use_cpu` or, under torchrun (`accelerate launch
+    --multi_gpu`), it joins no process group and every process trains alone."""
+    import torch
+
+    mps = getattr(torch.backends, "mps", None)
+    return torch.cuda.is_available() or bool(mps and mps.is_available())
+
+
+def load_sets(
+    cfg: TrainConfig, tokenizer: Any
+) -> tuple[FeatureDataset, FeatureDataset | None, dict[str, Any]]:
+    """Read and tokenize train/validation examples once; warn with counts about cut inputs."""
+    sets: list[FeatureDataset | None] = []
+    stats: dict[str, Any] = {}
+    for name, path, limit in (
+        ("train", cfg.data.train, cfg.data.max_train),
+        ("val", cfg.data.val, cfg.data.max_val),
+    ):
+        if not path:
+            sets.append(None)
+            continue
+        examples = read_examples(path, limit)
+        features, cuts = encode_examples(tokenizer, examples, cfg.template)
+        cuts.warn_if_cut(str(path), cfg.template.max_length)
+        ds = FeatureDataset(features)
+        lengths = ds.lengths()
+        stats[name] = {
+            "examples": len(ds),
+            "tokens": sum(lengths),
+            "max_tokens": max(lengths),
+            "soft_labels": sum(1 for f in features if 0.0 < f["labels"] < 1.0),
+            "inputs_cut": cuts.examples_with_dropped_steps + cuts.truncated_text,
+        }
+        sets.append(ds)
+    return sets[0], sets[1], stats
+
+
+def build_model(path: str, tokenizer: Any, cfg: TrainConfig) -> Any:
+    """A 2-label classifier on the backbone, pad id and formatter settings in its config."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path,
+        num_labels=2,
+        id2label=LABELS,
+        label2id={v: k for k, v in LABELS.items()},
+        dtype=torch.float32,
+    )
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))  # load_tokenizer had to add a pad token
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.config.hiprm_template = cfg.template.to_dict()
+    if cfg.lora.r > 0:
+        from peft import LoraConfig as PeftLoraConfig
+        from peft import get_peft_model
+
+        peft_cfg = PeftLoraConfig(
+            task_type="SEQ_CLS",  # keeps the new `score` head fully trainable (modules_to_save)
+            r=cfg.lora.r,
+            lora_alpha=cfg.lora.alpha,
+            lora_dropout=cfg.lora.dropout,
+            target_modules=list(cfg.lora.target_modules),
+        )
+        model = get_peft_model(model, peft_cfg)
+    return model
+
+
+def save_final(trainer: Trainer, cfg: TrainConfig, backbone: str, tokenizer: Any, out: Path) -> Path:
+    """Write `out/model` atomically: the trained (best) weights, LoRA merged, tokenizer beside.
+
+    `trainer.save_model` runs on every process (it gathers sharded ZeRO-3 / FSDP weights); with
+    LoRA it saves the adapter, which the main process merges into a fresh copy of the backbone.
+    """
+    tmp, final = out / ".model.tmp", out / "model"
+    is_main = trainer.is_world_process_zero()
+    if is_main and tmp.exists():
+        shutil.rmtree(tmp)
+    # Trainer turns the KV cache off for training; scoring with a shared prefix wants it on.
+    trainer.accelerator.unwrap_model(trainer.model).config.use_cache = True
+    trainer.save_model(str(tmp))
+    if not is_main:
+        return final
+    (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle; config.yaml says it all
+    if cfg.lora.r > 0:
+        from peft import PeftModel
+
+        merged = PeftModel.from_pretrained(build_model(backbone, tokenizer, _without_lora(cfg)), str(tmp))
+        merged = merged.merge_and_unload()
+        shutil.rmtree(tmp)
+        merged.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return final
+
+
+def _without_lora(cfg: TrainConfig) -> TrainConfig:
+    from dataclasses import replace
+
+    return replace(cfg, lora=replace(cfg.lora, r=0))
+
+
+def run(cfg: TrainConfig, callbacks: list[TrainerCallback] | None = None) -> Path:
+    """Train (or resume, or return a finished run); returns the output directory."""
+    from transformers import set_seed
+
+    check_config(cfg)
+    out = Path(cfg.output_dir)
+    args = training_arguments(cfg, out)
+    is_main = args.process_index == 0
+    inputs = [p for p in (cfg.data.train, cfg.data.val) if p]
+    with args.main_process_first(desc="output dir"):
+        if prepare_output_dir(out, run_config(cfg), inputs, cfg.overwrite, is_main):
+            log.info("%s: already trained; returning it (overwrite=true to retrain)", out)
+            return out
+        if is_main:
+            last_complete_checkpoint(out / "checkpoints", clean=True)
+    resume = last_complete_checkpoint(out / "checkpoints")
+    with args.main_process_first(desc="backbone"):
+        backbone = resolve_model_path(cfg.model.name, cfg.model.cache_dir)
+    tokenizer = load_tokenizer(backbone, padding_side="right")
+    train_set, val_set, data_stats = load_sets(cfg, tokenizer)
+    set_seed(cfg.optim.seed)  # the new classification head is initialised from this seed
+    model = build_model(backbone, tokenizer, cfg)
+    trainer = RMTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=val_set,
+        data_collator=PadCollator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        compute_metrics=validation_metrics if val_set is not None else None,
+        callbacks=[MetricsLog(out / "metrics.jsonl"), *(callbacks or [])],
+    )
+    if resume is not None:
+        log.info("resuming from %s", resume)
+        if is_main:
+            trim_metrics(out / "metrics.jsonl", checkpoint_step(resume))
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    final_metrics = trainer.evaluate() if val_set is not None else {}
+    save_final(trainer, cfg, backbone, tokenizer, out)
+    if is_main:
+        plot_losses(out / "metrics.jsonl", out / "loss.png")
+        write_meta(
+            out,
+            run_config(cfg),
+            inputs,
+            status="done",
+            backbone=backbone,
+            data=data_stats,
+            global_step=trainer.state.global_step,
+            train_loss=result.training_loss,
+            best_checkpoint=trainer.state.best_model_checkpoint,
+            validation=final_metrics,
+            world_size=args.world_size,
+        )
+    return out

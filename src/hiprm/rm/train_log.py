@@ -1,0 +1,198 @@
+"""What `hiprm rm train` leaves behind besides the model: metrics.jsonl, a loss plot, the
+validation metrics, and the checkpoint bookkeeping that makes a rerun resume cleanly.
+
+- `MetricsLog` (a transformers callback) appends every Trainer log row to `metrics.jsonl` as
+  `{"step": N, ...}` (train rows carry `loss`, validation rows `eval_loss`, `eval_f1`, ...).
+- `trim_metrics(path, step)` drops rows logged after the checkpoint a rerun resumes from, so a
+  resumed run's file reads as one uninterrupted run.
+- `plot_losses(metrics_path, png_path)` draws train/validation loss against step (Agg backend).
+- `prepare_output_dir(out, config, ...)` decides what a rerun does: resume the same run, return
+  a finished one, refuse a different config in the same folder, or start over (`overwrite`).
+- `last_complete_checkpoint(folder)` is the newest `checkpoint-N` whose `trainer_state.json`
+  (written last by Trainer) exists; a checkpoint cut short by a crash is moved aside.
+- `validation_metrics(eval_pred)` -> accuracy / F1 / AUROC of softmax(logits)[:, 1] against
+  labels thresholded at 0.5 (the shared definition in `hiprm.rm.metrics`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from hiprm.artifacts import append_jsonl, atomic_write, read_json, sha256_file, write_meta
+from hiprm.config import ConfigError
+from hiprm.rm.metrics import binary_metrics
+
+log = logging.getLogger(__name__)
+
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe numbers: NaN / inf (e.g. AUROC with one class) become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class MetricsLog(TrainerCallback):
+    """Appends each Trainer log row to `path` (main process only)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def on_log(
+        self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any
+    ) -> None:
+        if logs and state.is_world_process_zero:
+            row = {"step": state.global_step, **{k: _clean(v) for k, v in logs.items()}}
+            append_jsonl(self.path, row)
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    if not Path(path).is_file():
+        return []
+    rows = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a line cut by a crash ends the usable part
+    return rows
+
+
+def trim_metrics(path: Path, step: int) -> int:
+    """Keep rows with `step <= step`; returns how many were dropped."""
+    rows = read_metrics(path)
+    keep = [r for r in rows if r.get("step", 0) <= step]
+    if len(keep) != len(rows) or (Path(path).is_file() and not rows):
+        with atomic_write(path) as f:
+            for r in keep:
+                f.write(json.dumps(r) + "\n")
+    return len(rows) - len(keep)
+
+
+def plot_losses(metrics_path: Path, png_path: Path) -> Path | None:
+    """Train and validation loss against step; None when there is nothing to draw."""
+    rows = read_metrics(metrics_path)
+    train = [(r["step"], r["loss"]) for r in rows if r.get("loss") is not None]
+    val = [(r["step"], r["eval_loss"]) for r in rows if r.get("eval_loss") is not None]
+    if not train and not val:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if train:
+        ax.plot(*zip(*train, strict=True), label="train loss", lw=1)
+    if val:
+        ax.plot(*zip(*val, strict=True), "o-", label="validation loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_write(png_path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
+    plt.close(fig)
+    return Path(png_path)
+
+
+def last_complete_checkpoint(folder: Path, clean: bool = False) -> Path | None:
+    """The newest finished `checkpoint-N` under `folder`.
+
+    Trainer writes `trainer_state.json` last, so a checkpoint without it was cut short by a
+    crash; with `clean` (main process only) such newer ones are deleted.
+    """
+    if not Path(folder).is_dir():
+        return None
+    found = sorted(
+        (
+            (int(m.group(1)), p)
+            for p in Path(folder).iterdir()
+            if (m := _CHECKPOINT.match(p.name)) and p.is_dir()
+        ),
+        reverse=True,
+    )
+    for _, path in found:
+        if (path / "trainer_state.json").is_file():
+            return path
+        if clean:
+            aside = path.with_name(f".partial-{path.name}.{os.getpid()}")
+            log.warning("%s: incomplete checkpoint (no trainer_state.json), deleting it", path)
+            os.rename(path, aside)
+            shutil.rmtree(aside, ignore_errors=True)
+    return None
+
+
+def _config_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = sorted(set(old) | set(new))
+    diff = []
+    for k in keys:
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diff += _config_diff(a, b, f"{prefix}{k}.")
+        elif a != b:
+            diff.append(f"{prefix}{k}")
+    return diff
+
+
+def prepare_output_dir(
+    out: Path, config: dict[str, Any], inputs: list[str], overwrite: bool, is_main: bool
+) -> bool:
+    """Check `out` against an earlier run; True when that run already finished.
+
+    The same config and inputs resume (or return at once when done); anything else in the
+    folder is an error unless `overwrite=true`, which starts over.
+    """
+    hashes = {str(p): sha256_file(p) for p in inputs}
+    meta_path = out / "meta.json"
+    if meta_path.is_file() and overwrite:
+        if is_main:
+            log.warning("%s: overwrite=true, deleting the earlier run", out)
+            shutil.rmtree(out)
+    elif meta_path.is_file():
+        meta = read_json(meta_path)
+        changed = _config_diff(meta.get("config", {}), config)
+        changed += [f"input {p}" for p, h in hashes.items() if meta.get("inputs", {}).get(p) != h]
+        if changed:
+            raise ConfigError(
+                f"{out} holds a run with a different config or input ({', '.join(changed)}); use another "
+                f"output_dir or overwrite=true"
+            )
+        if meta.get("status") == "done" and (out / "model" / "config.json").is_file():
+            return True
+    if is_main:
+        write_meta(out, config, inputs, status="running")
+    return False
+
+
+def checkpoint_step(path: Path) -> int:
+    m = _CHECKPOINT.match(Path(path).name)
+    if not m:
+        raise ValueError(f"{path} is not a checkpoint-N folder")
+    return int(m.group(1))
+
+
+def validation_metrics(eval_pred: Any) -> dict[str, float]:
+    """Trainer `compute_metrics`: predictions (n, 2) logits, label_ids (n,) labels in [0, 1]."""
+    import numpy as np
+
+    logits = eval_pred.predictions
+    if isinstance(logits, tuple):
+        logits = logits[0]
+    logits = np.asarray(logits, dtype=np.float64)
+    z = logits - logits.max(axis=-1, keepdims=True)
+    probs = np.exp(z[:, 1]) / np.exp(z).sum(axis=-1)
+    m = binary_metrics(np.asarray(eval_pred.label_ids).reshape(-1), probs)
+    return {"accuracy": m["accuracy"], "f1": m["f1"], "auroc": m["auroc"]}

@@ -174,6 +174,20 @@ def test_stop_strings_reapplied_and_restored_from_stop_reason():
     assert dropped == [["x = 1 "]]
 
 
+def test_client_side_stops_for_servers_that_drop_them():
+    bodies = []
+
+    def handler(request):
+        bodies.append(json.loads(request.content))
+        return _ok(request, texts=["x = 1 \\]\n\ny = 2 \\]\n\n"])
+
+    pol = _policy(handler, server_stops=False)
+    out = pol.generate(["p"], SamplingParams(stop=["\\]\n\n", "# END!"], max_tokens=9))
+    assert out == [["x = 1 \\]\n\n"]]
+    assert "stop" not in bodies[0] and "include_stop_str_in_output" not in bodies[0]
+    assert bodies[0]["max_tokens"] == 9
+
+
 def test_malformed_responses_name_the_url():
     with pytest.raises(PolicyServerError, match="not JSON"):
         _policy(lambda r: httpx.Response(200, text="<html>")).generate(["p"], SamplingParams())
@@ -219,6 +233,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# `python -m llama_cpp.server`, with llama.cpp's extra weight buffers (AMX / repacking) turned off:
+# a build on a CPU that advertises AMX (as this VM's does) uses AMX kernels that crash with
+# SIGSEGV on the first forward pass when the VM does not grant AMX tile state.
+SERVER_MAIN = """
+import sys
+import llama_cpp.llama_cpp as C
+_default = C.llama_model_default_params
+def _no_extra_buffers():
+    params = _default()
+    params.use_extra_bufts = False
+    return params
+C.llama_model_default_params = _no_extra_buffers
+from llama_cpp.server.__main__ import main
+sys.argv[0] = "llama_cpp.server"
+main()
+"""
+
+
 @pytest.fixture(scope="module")
 def llama_server():
     if importlib.util.find_spec("llama_cpp") is None:
@@ -230,7 +262,7 @@ def llama_server():
     log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"hiprm-llama-server-{port}.log"
     with log_path.open("w") as log_file:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
+            [sys.executable, "-c", SERVER_MAIN, "--model", str(gguf), "--host", "127.0.0.1",
              "--port", str(port), "--n_ctx", "2048", "--n_threads", "2", "--model_alias", "smollm2"],
             stdout=log_file, stderr=subprocess.STDOUT,
         )
@@ -282,3 +314,36 @@ def test_llama_cpp_server_unknown_route_gives_a_clear_error(llama_server):
     pol = OpenAIPolicy(base_url=llama_server + "/nope", model="smollm2", max_retries=0)
     with pytest.raises(PolicyServerError, match=r"/v1/nope/completions: HTTP 404"):
         pol.generate(["x"], SamplingParams(max_tokens=2))
+
+
+@pytest.mark.server
+def test_hiprm_eval_runs_against_the_llama_cpp_server(llama_server, tmp_path):
+    """ORM best-of-N, step-level search and aggregated best-of-N with the policy on llama.cpp
+    (reward models faked: this test is about the policy backend)."""
+    from hiprm.config import load_config
+    from hiprm.search.run import EvalConfig, run
+
+    class FakeRM:
+        def score_batch(self, items):
+            return [[min(1.0, len(s) / 100) for s in steps] for _, steps in items]
+
+        def score_candidates(self, question, prefix, candidates):
+            return [min(1.0, len(c) / 100) for c in candidates]
+
+    data = tmp_path / "p.jsonl"
+    data.write_text(json.dumps({"question": "What is 2 + 3?", "answer": "5"}) + "\n")
+    cfg = load_config(EvalConfig, None, [
+        f"dataset={data}", f"out_dir={tmp_path / 'out'}", "methods=[majority,orm,prm-step,prm-min]",
+        "n_values=[1,2]", "subsamples=2", "orm=fake", "prm=fake", "policy.backend=openai",
+        f"policy.base_url={llama_server}", "policy.model=smollm2", "policy.server_stops=false",
+        "policy.concurrency=2", "prompt.style=paragraph", "max_solution_tokens=48", "max_step_tokens=24",
+        "max_steps=2", "progress=false",
+    ])
+    out = run(cfg, scorers={"orm": FakeRM(), "prm": FakeRM()})
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["problems"] == 1
+    assert set(metrics["accuracy"]) == {"majority", "orm", "prm-step", "prm-min"}
+    rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if r["kind"] == "step"]
+    assert steps and all("\n\n" not in r["text"].rstrip("\n") for r in steps)  # cut at the step stop
+    assert metrics["cost"]["tokens_generated"] > 0

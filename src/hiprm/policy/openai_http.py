@@ -11,7 +11,10 @@ Only `httpx` is needed; no server library is imported. What it does for you:
   samples, each request with its own seed so the samples differ;
 - stop strings are re-applied on the client (`cut_at_stop`) so every backend returns the same
   shape of text. vLLM's `include_stop_str_in_output` is sent so the stop string comes back; for a
-  server that drops it but says which one matched (`stop_reason`), it is put back.
+  server that drops it but says which one matched (`stop_reason`), it is put back. A server that
+  drops it silently (llama-cpp-python) cannot tell a step delimiter from end-of-sequence, which
+  step-level search needs: use `server_stops=False` there, so the server generates up to
+  `max_tokens` and the client cuts at the first stop string (costs the tokens past the stop).
 The API key is read from the environment variable named by `api_key_env` (default
 OPENAI_API_KEY); a local server needs none.
 """
@@ -60,6 +63,7 @@ class OpenAIPolicy:
         max_backoff: float = 30.0,
         tokenizer: str = "",
         extra_body: dict[str, Any] | None = None,
+        server_stops: bool = True,
         transport: httpx.BaseTransport | None = None,
     ):
         self.url = base_url.rstrip("/") + "/completions"
@@ -69,6 +73,7 @@ class OpenAIPolicy:
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.extra_body = dict(extra_body or {})
+        self.server_stops = server_stops
         headers = {"Content-Type": "application/json"}
         key = os.environ.get(api_key_env, "") if api_key_env else ""
         if key:
@@ -140,12 +145,13 @@ class OpenAIPolicy:
             reason = choice.get("stop_reason")
             if isinstance(reason, str) and reason in params.stop:
                 text += reason
-            elif choice.get("finish_reason") == "stop" and not self._warned_stop:
+            elif self.server_stops and choice.get("finish_reason") == "stop" and not self._warned_stop:
                 # Stopped by a stop string or by end-of-sequence: this server does not say which.
                 self._warned_stop = True
                 log.warning(
-                    "%s: server dropped the stop string and did not report which one matched; "
-                    "step delimiters cannot be restored (vLLM/SGLang report them)",
+                    "%s: server dropped the stop string and did not say which one matched, so a step "
+                    "delimiter cannot be told from end-of-sequence; use server_stops=False "
+                    "(policy.server_stops=false) with this server",
                     self.url,
                 )
         return text
@@ -160,7 +166,7 @@ class OpenAIPolicy:
             "top_p": params.top_p,
             **self.extra_body,
         }
-        if params.stop:
+        if params.stop and self.server_stops:
             payload["stop"] = list(params.stop)
             payload["include_stop_str_in_output"] = params.include_stop
         if seed is not None:

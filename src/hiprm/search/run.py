@@ -62,7 +62,9 @@ log = logging.getLogger(__name__)
 class PolicyConfig:
     """`backend`: hf | openai | scripted. `model`: HF folder / embedded name (hf, and the
     served model name for openai). `tokenizer` (openai): a local tokenizer for exact token
-    counts. `script` (scripted): a JSON file `{"rules": {substring: [texts]}, "default": [...]}`."""
+    counts. `server_stops` (openai): false for servers that drop stop strings without saying which
+    matched (llama-cpp-python); the client then cuts. `script` (scripted): a JSON file
+    `{"rules": {substring: [texts]}, "default": [...]}`."""
 
     backend: str = "hf"
     model: str = "smollm2-135m-instruct"
@@ -75,6 +77,7 @@ class PolicyConfig:
     timeout: float = 120.0
     max_retries: int = 5
     tokenizer: str = ""
+    server_stops: bool = True
     script: str = ""
 
 
@@ -136,7 +139,7 @@ def _openai_policy(c: PolicyConfig) -> Any:
 
     return OpenAIPolicy(
         base_url=c.base_url, model=c.model, api_key_env=c.api_key_env, concurrency=c.concurrency,
-        timeout=c.timeout, max_retries=c.max_retries, tokenizer=c.tokenizer,
+        timeout=c.timeout, max_retries=c.max_retries, tokenizer=c.tokenizer, server_stops=c.server_stops,
     )
 
 

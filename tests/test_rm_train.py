@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -185,6 +186,12 @@ def test_train_learns_saves_and_reruns(toy_data, tiny_backbone_dir):
     with torch.no_grad():
         probs = model(**tok([good, bad], return_tensors="pt", padding=True)).logits.softmax(-1)[:, 1]
     assert probs[0] > 0.5 > probs[1]
+    # Scoring reads the same checkpoint and gives the same reward (one formatter, same ids).
+    from hiprm.rm.scorer import Scorer
+
+    scorer = Scorer.from_pretrained(out / "model", device="cpu", dtype="float32")
+    rewards = [scorer.score("What is 7 + 3?", [s])[0] for s in ("The answer is 5.", "x = -3, y = 7%.")]
+    assert rewards == pytest.approx(probs.tolist(), abs=1e-5)
 
     mtime = (out / "model" / "model.safetensors").stat().st_mtime
     assert run(cfg) == out  # finished: returns without training again
@@ -242,6 +249,15 @@ def test_resume_after_interrupt_continues_step_count(toy_data, tiny_backbone_dir
     assert train_steps == sorted(set(train_steps)) and train_steps[-1] == 12  # no duplicates
     state = json.loads((out / "checkpoints" / "checkpoint-12" / "trainer_state.json").read_text())
     assert state["global_step"] == 12
+
+    # Cut short after the last checkpoint (during the final save): a rerun only saves.
+    shutil.rmtree(out / "model")
+    meta = json.loads((out / "meta.json").read_text())
+    (out / "meta.json").write_text(json.dumps({**meta, "status": "running"}))
+    run(cfg)
+    assert json.loads((out / "meta.json").read_text())["global_step"] == 12
+    assert (out / "model" / "config.json").is_file()
+    assert not (out / "checkpoints" / "checkpoint-13").exists()
 
 
 def test_lora_is_merged_into_a_plain_model(toy_data, tiny_backbone_dir):

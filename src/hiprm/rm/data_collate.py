@@ -6,6 +6,7 @@
   the one formatter (`hiprm.rm.template`), once, up front, and counts what had to be cut.
   The ids are `tokenizer(text)["input_ids"]` with the tokenizer's own special tokens, exactly
   what `hiprm.rm.scorer.Scorer` feeds the model at scoring time.
+- `load_split(path, tokenizer, template)` does both for one file -> (dataset, statistics).
 - `PadCollator(pad_id)` pads a batch to its longest row only (dynamic padding); paired with
   length-grouped sampling this keeps padding small, where padding every row to `max_length`
   (as the paper's setup does) spends most of the compute on pad tokens.
@@ -139,6 +140,25 @@ class FeatureDataset:
 
     def lengths(self) -> list[int]:
         return [len(f["input_ids"]) for f in self.features]
+
+
+def load_split(
+    path: str | Path, tokenizer: Any, template: TemplateConfig, limit: int | None = None
+) -> tuple[FeatureDataset, dict[str, Any]]:
+    """Read, encode and wrap one JSONL file; warns with counts about inputs that were cut."""
+    examples = read_examples(path, limit)
+    features, cuts = encode_examples(tokenizer, examples, template)
+    cuts.warn_if_cut(str(path), template.max_length)
+    ds = FeatureDataset(features)
+    lengths = ds.lengths()
+    stats = {
+        "examples": len(ds),
+        "tokens": sum(lengths),
+        "max_tokens": max(lengths),
+        "soft_labels": sum(1 for f in features if 0.0 < f["labels"] < 1.0),
+        "inputs_cut": cuts.examples_with_dropped_steps + cuts.truncated_text,
+    }
+    return ds, stats
 
 
 class PadCollator:

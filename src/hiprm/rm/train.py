@@ -37,7 +37,7 @@ from transformers import Trainer, TrainerCallback
 from hiprm.artifacts import check_input_file, write_meta
 from hiprm.config import ConfigError, to_dict
 from hiprm.rm.backbone import load_tokenizer, resolve_model_path
-from hiprm.rm.data_collate import FeatureDataset, PadCollator, encode_examples, read_examples, soft_label_loss
+from hiprm.rm.data_collate import FeatureDataset, PadCollator, load_split, soft_label_loss
 from hiprm.rm.template import TemplateConfig
 from hiprm.rm.train_log import (
     MetricsLog,
@@ -239,30 +239,13 @@ def _has_accelerator() -> bool:
 def load_sets(
     cfg: TrainConfig, tokenizer: Any
 ) -> tuple[FeatureDataset, FeatureDataset | None, dict[str, Any]]:
-    """Read and tokenize train/validation examples once; warn with counts about cut inputs."""
-    sets: list[FeatureDataset | None] = []
-    stats: dict[str, Any] = {}
-    for name, path, limit in (
-        ("train", cfg.data.train, cfg.data.max_train),
-        ("val", cfg.data.val, cfg.data.max_val),
-    ):
-        if not path:
-            sets.append(None)
-            continue
-        examples = read_examples(path, limit)
-        features, cuts = encode_examples(tokenizer, examples, cfg.template)
-        cuts.warn_if_cut(str(path), cfg.template.max_length)
-        ds = FeatureDataset(features)
-        lengths = ds.lengths()
-        stats[name] = {
-            "examples": len(ds),
-            "tokens": sum(lengths),
-            "max_tokens": max(lengths),
-            "soft_labels": sum(1 for f in features if 0.0 < f["labels"] < 1.0),
-            "inputs_cut": cuts.examples_with_dropped_steps + cuts.truncated_text,
-        }
-        sets.append(ds)
-    return sets[0], sets[1], stats
+    """Train and validation features (tokenized once) and their statistics for meta.json."""
+    train, stats = load_split(cfg.data.train, tokenizer, cfg.template, cfg.data.max_train)
+    all_stats = {"train": stats}
+    val = None
+    if has_val(cfg):
+        val, all_stats["val"] = load_split(cfg.data.val, tokenizer, cfg.template, cfg.data.max_val)
+    return train, val, all_stats
 
 
 def build_model(path: str, tokenizer: Any, cfg: TrainConfig) -> Any:
@@ -326,6 +309,26 @@ def save_final(trainer: Trainer, cfg: TrainConfig, backbone: str, tokenizer: Any
     return final
 
 
+def train_or_restore(trainer: Trainer, resume: Path | None) -> float | None:
+    """`trainer.train`, resuming from `resume`; returns the mean training loss.
+
+    A run cut short after its last checkpoint (during the final evaluation or save) resumes
+    from a checkpoint that already reached max_steps; Trainer 5.x would then take one step
+    more, so the best (or last) weights are loaded from it instead.
+    """
+    from transformers import TrainerState
+
+    if resume is not None:
+        state = TrainerState.load_from_json(str(resume / "trainer_state.json"))
+        if state.max_steps and state.global_step >= state.max_steps:
+            best = state.best_model_checkpoint
+            trainer.state = state
+            trainer._load_from_checkpoint(best if best and Path(best).is_dir() else str(resume))
+            return None
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    return result.training_loss
+
+
 def _without_lora(cfg: TrainConfig) -> TrainConfig:
     from dataclasses import replace
 
@@ -368,7 +371,7 @@ def run(cfg: TrainConfig, callbacks: list[TrainerCallback] | None = None) -> Pat
         log.info("resuming from %s", resume)
         if is_main:
             trim_metrics(out / "metrics.jsonl", checkpoint_step(resume))
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    train_loss = train_or_restore(trainer, resume)
     final_metrics = trainer.evaluate() if val_set is not None else {}
     save_final(trainer, cfg, backbone, tokenizer, out)
     if is_main:
@@ -381,7 +384,7 @@ def run(cfg: TrainConfig, callbacks: list[TrainerCallback] | None = None) -> Pat
             backbone=backbone,
             data=data_stats,
             global_step=trainer.state.global_step,
-            train_loss=result.training_loss,
+            train_loss=train_loss,
             best_checkpoint=trainer.state.best_model_checkpoint,
             validation=final_metrics,
             world_size=args.world_size,

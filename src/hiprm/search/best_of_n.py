@@ -94,6 +94,20 @@ def subsets(n_max: int, n: int, count: int, seed: list[int]) -> list[list[int]]:
     return [sorted(int(i) for i in rng.choice(n_max, size=n, replace=False)) for _ in range(count)]
 
 
+def nested_subset(n_max: int, n: int, seed: list[int]) -> list[int]:
+    """The first `n` of a seeded permutation of range(n_max), sorted: for a fixed seed the subsets
+    of growing n are nested, and for each n alone it is a uniform random size-n subset.
+
+    >>> a, b = nested_subset(8, 2, [1]), nested_subset(8, 5, [1])
+    >>> set(a) <= set(b), nested_subset(4, 4, [1])
+    (True, [0, 1, 2, 3])
+    """
+    if not 1 <= n <= n_max:
+        raise ValueError(f"N={n} outside 1..N_max={n_max}")
+    perm = np.random.default_rng(seed).permutation(n_max)
+    return sorted(int(i) for i in perm[:n])
+
+
 @dataclass
 class Candidate:
     """One complete solution in the pool, with its steps, answer and rewards per reward model."""

@@ -4,13 +4,14 @@ steps, keep the one the reward model scores highest, continue until an answer or
 One pool per *prefix*, shared by every N. Each (reward model, N, subsample s) follows its own
 path, because a different choice at step 1 leads to a different prefix at step 2. What is shared:
 - candidate pools are cached per (problem, prefix): slot i of the pool at a prefix is one i.i.d.
-  sample from the policy given that prefix. At depth d, path (N, s) looks at the slots
-  `subsets(N_max, N, ...)` chosen from (seed, problem, N, s, d) alone, never from what the
+  sample from the policy given that prefix. At depth d, path (N, s) looks at the first N slots of
+  a permutation of range(N_max) drawn from (seed, problem, s, d) alone, never from what the
   candidates say, so those N slots are N i.i.d. samples, exactly what a separate run with that N
   would draw. Slots are generated lazily, only when some path asks for them;
 - so paths that coincide share generations: all paths start at the same root (one pool of N_max),
   the PRM and HRM paths of the same (N, s) look at the same slots, and paths that choose the same
-  step stay together;
+  step stay together. Because the subsets are nested (N=2 looks at N=1's slot and one more), the
+  paths of different N with the same s often choose the same step and keep sharing;
 - rewards are cached per (reward model, prefix, slot).
 `SearchResult.cost` counts the tokens of every generated candidate (`pool_tokens`) against what
 one independent run per N would generate for each reward model (`one_run_per_n_tokens`: the
@@ -29,7 +30,7 @@ from hiprm.policy.prompts import PromptStyle
 from hiprm.policy.protocol import Policy, SamplingParams
 from hiprm.policy.steps import final_answer, is_final, step_texts
 from hiprm.search.aggregate import best_index
-from hiprm.search.best_of_n import subsets
+from hiprm.search.best_of_n import nested_subset
 
 Prefix = tuple[str, ...]
 
@@ -97,7 +98,7 @@ def step_search(
         if not active:
             break
         for p in active:
-            p.looked_at.append(subsets(n_max, p.n, 1, [*seed, p.subsample, depth])[0])
+            p.looked_at.append(nested_subset(n_max, p.n, [*seed, p.subsample, depth]))
         # 1. generate the slots some path needs, batching prefixes that need equally many
         missing: dict[Prefix, set[int]] = {}
         for p in active:

@@ -80,19 +80,39 @@ def test_candidates_cached_prefix_matches_plain_path(tiny_rm_dir, tiny_tokenizer
     cached = Scorer.from_pretrained(tiny_rm_dir, device="cpu")
     plain = Scorer.from_pretrained(tiny_rm_dir, device="cpu", prefix_cache=False)
     got = cached.score_candidates(Q, STEPS[:3], CANDIDATES)
-    assert cached.stats.cached_prefixes == 1 and cached._prefix_cache_ok is True
+    assert cached.stats.trunks == 1 and cached._prefix_cache_ok is True
     ref = plain.score_candidates(Q, STEPS[:3], CANDIDATES)
-    assert plain.stats.cached_prefixes == 0
+    assert plain.stats.trunks == 0
     assert torch.allclose(torch.tensor(got), torch.tensor(ref), atol=1e-5)
     direct = [direct_reward(plain.model, tiny_tokenizer, Q, STEPS[:3], c, plain.template) for c in CANDIDATES]
     assert got == pytest.approx(direct, abs=1e-5)
     # Same as scoring each candidate as the last step of a full solution.
     assert got[0] == pytest.approx(cached.score(Q, [*STEPS[:3], CANDIDATES[0]])[-1], abs=1e-5)
-    # The self-check ran once; later calls take the cached path only (1 prefix + 1 suffix batch).
+    # The self-check ran once; later calls take the cached path only (1 trunk + 1 batch of rows).
     before = cached.stats.forward_passes
     again = cached.score_candidates(Q, STEPS[:3], CANDIDATES)
     assert again == pytest.approx(got, abs=1e-5)
     assert cached.stats.forward_passes - before == 2
+
+
+def test_solution_steps_share_a_trunk_and_match_plain_path(tiny_rm_dir, tiny_tokenizer):
+    shared = Scorer.from_pretrained(tiny_rm_dir, device="cpu")
+    plain = Scorer.from_pretrained(tiny_rm_dir, device="cpu", prefix_cache=False)
+    # Steps starting with white space or a newline move token boundaries; shared lengths are
+    # found on token ids, so the numbers must not move.
+    odd = [" leading space 2 + 3", "\n\nnewlines first", "x = 7\n", "# Answer 5"]
+    items = [(Q, STEPS), (Q, odd), ("Short?", ["a"]), ("None", [])]
+    got = shared.score_batch(items)
+    assert shared.stats.trunks == 2 and shared.stats.shared_rows >= 6 and shared._prefix_cache_ok is True
+    want = plain.score_batch(items)
+    for g, w in zip(got, want, strict=True):
+        assert g == pytest.approx(w, abs=1e-5)
+    direct = [direct_reward(plain.model, tiny_tokenizer, Q, odd[:i], s, plain.template) for i, s in enumerate(odd)]
+    assert got[1] == pytest.approx(direct, abs=1e-5)
+    # One trunk + one batch of rows per solution instead of one row per step.
+    before = shared.stats.forward_passes
+    shared.score(Q, STEPS)
+    assert shared.stats.forward_passes - before == 2
 
 
 def test_cached_prefix_chunks_by_budget(tiny_rm_dir):
@@ -105,7 +125,7 @@ def test_cached_prefix_chunks_by_budget(tiny_rm_dir):
 
 def test_self_check_falls_back_when_cached_path_is_wrong(tiny_rm_dir, monkeypatch, caplog):
     s = Scorer.from_pretrained(tiny_rm_dir, device="cpu")
-    monkeypatch.setattr(s, "_score_shared", lambda prefix, suffixes: [0.0] * len(suffixes))
+    monkeypatch.setattr(s, "_score_shared", lambda trunk, rows: [0.0] * len(rows))
     with caplog.at_level(logging.WARNING):
         got = s.score_candidates(Q, STEPS[:1], CANDIDATES[:3])
     assert s._prefix_cache_ok is False
@@ -123,9 +143,11 @@ def test_long_inputs_are_fitted_and_counted(tiny_rm_dir, caplog):
         cands = s.score_candidates(Q, long_steps, ["x = 7", "the answer is 5 " * 20])
     assert len(rewards) == 6 and len(cands) == 2
     assert "old steps dropped" in caplog.text and "max_length=48" in caplog.text
-    # Every input was cut down to the budget.
-    encoded = s._encode(Q, long_steps, "the answer is 5 " * 20)
-    assert len(encoded[0]) + len(encoded[1]) <= 48
+    # Every input was cut down to the budget, and sharing the trunk still gives the plain numbers.
+    assert len(s._encode(Q, long_steps, "the answer is 5 " * 20)) <= 48
+    plain = Scorer.from_pretrained(tiny_rm_dir, device="cpu", prefix_cache=False)
+    plain.template = s.template
+    assert rewards == pytest.approx(plain.score(Q, long_steps), abs=1e-5)
 
 
 def test_budget_batches_cover_every_index_within_budget():

@@ -7,17 +7,21 @@ settings in `config.hiprm_template`). Output: one float in [0, 1] per step.
 - `Scorer.score(question, steps)`: one reward per step prefix (step i given steps[:i]).
 - `Scorer.score_batch([(question, steps), ...])`: many solutions in one go.
 - `Scorer.score_candidates(question, prefix_steps, candidates)`: N candidate next steps that
-  share a prefix (step-level search). The shared prefix is run through the model ONCE with
-  `use_cache=True` and the candidates run as a batch against copies of its key/value cache.
+  share a prefix (step-level search).
 
-Every input goes through `hiprm.rm.template.render_fitted`. Each input is tokenized as two
-pieces, the rendered prefix (question, previous steps, current-step header) and the current step,
-and the ids are concatenated; the plain path and the cached-prefix path see the exact same ids.
-For byte-level BPE tokenizers (SmolLM2, Qwen, Llama 3) the header ends in a newline, which the
-pre-tokenizer always splits after, so this equals tokenizing the whole text as training does.
+Every input is `hiprm.rm.template.render_fitted` text tokenized whole, exactly as in training.
+Two things make scoring fast:
 
-Speed comes from sorting inputs by length and cutting batches by a token budget (rows x longest
-row), so padding is small and never reaches `max_length`.
+- Inputs that share a token prefix share its computation. The inputs for the steps of one
+  solution all start with the question and the earlier steps, and candidates share everything
+  but themselves. The "trunk" (the longest input of a solution, or the candidates' common
+  prefix) runs through the model once with `use_cache=True`; every input then runs only its own
+  remaining tokens against that key/value cache, with an attention mask that hides the trunk
+  positions it does not share. Shared lengths are found on token ids, so the result is the
+  same as scoring each input alone (checked once per Scorer on real inputs; on a mismatch, e.g.
+  an attention kernel that ignores such masks, it falls back to the plain path with a warning).
+- Plain inputs are sorted by length and cut into batches by a token budget (rows x longest
+  row), so padding is small and never reaches `max_length`.
 
 Command (the runner below): `hiprm rm score model=PATH input=solutions.jsonl output=scored.jsonl`
 reads `{question, steps: [...], ...}` lines and writes the same records with `step_rewards`.
@@ -35,9 +39,13 @@ from typing import Any, Protocol, runtime_checkable
 
 from hiprm.artifacts import DataError, read_jsonl, write_meta
 from hiprm.config import ConfigError, to_dict
-from hiprm.rm.template import CURRENT_HEADER, INTRO, TemplateConfig, render, render_fitted
+from hiprm.rm.template import TemplateConfig, render_fitted
 
 log = logging.getLogger(__name__)
+
+# An input shares the trunk only if the shared part is at least this long (in tokens) and at
+# least half of the input; otherwise the plain path is cheaper.
+MIN_SHARED_TOKENS = 16
 
 
 @runtime_checkable
@@ -55,15 +63,16 @@ def score_many(scorer: StepScorer, items: Sequence[tuple[str, list[str]]]) -> li
     return [scorer.score(q, s) for q, s in items]
 
 
-def _special_affixes(tokenizer: Any) -> tuple[list[int], list[int]]:
-    """The ids the tokenizer adds before and after a text (e.g. BOS), found on a probe text."""
-    probe = "1 + 1 = 2"
-    bare = tokenizer(probe, add_special_tokens=False)["input_ids"]
-    full = tokenizer(probe, add_special_tokens=True)["input_ids"]
-    for start in range(len(full) - len(bare) + 1):
-        if full[start : start + len(bare)] == bare:
-            return list(full[:start]), list(full[start + len(bare) :])
-    return [], []
+def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
+    """
+    >>> common_prefix_len([1, 2, 3, 4], [1, 2, 5])
+    2
+    """
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
 
 
 def _resolve_device(device: str) -> str:
@@ -112,7 +121,8 @@ def budget_batches(lengths: Sequence[int], batch_size: int, max_tokens: int) -> 
 class _Stats:
     inputs: int = 0
     forward_passes: int = 0
-    cached_prefixes: int = 0
+    trunks: int = 0  # shared prefixes run once
+    shared_rows: int = 0  # inputs scored against a trunk
     dropped_steps: int = 0
     truncated: int = 0
 
@@ -144,7 +154,6 @@ class Scorer:
         # The classification head reads the last token that is not `config.pad_token_id`, so we
         # pad with exactly that id.
         self.pad_id = int(pad)
-        self.head_ids, self.tail_ids = _special_affixes(tokenizer)
         self.stats = _Stats()
         # None = not checked yet; the first shared-prefix call compares against the plain path.
         self._prefix_cache_ok: bool | None = None if prefix_cache and self._supports_prefix_cache() else False
@@ -181,57 +190,55 @@ class Scorer:
         return self.score_batch([(question, steps)])[0]
 
     def score_batch(self, items: Sequence[tuple[str, list[str]]]) -> list[list[float]]:
-        triples = [(q, list(steps[:i]), steps[i]) for q, steps in items for i in range(len(steps))]
-        flat = self._score_plain([self._encode(*t) for t in triples])
-        self._warn_cuts(len(triples))
-        out, k = [], 0
-        for _, steps in items:
-            out.append(flat[k : k + len(steps)])
-            k += len(steps)
+        """Per solution, the last step's input is the trunk: every earlier step's input shares
+        the question and the steps before it with it."""
+        encoded = [[self._encode(q, steps[:i], s) for i, s in enumerate(steps)] for q, steps in items]
+        self._warn_cuts(sum(len(e) for e in encoded))
+        out = [[0.0] * len(e) for e in encoded]
+        plain: list[tuple[int, int]] = []
+        for n, ids in enumerate(encoded):
+            if len(ids) < 2 or self._prefix_cache_ok is False:
+                plain += [(n, i) for i in range(len(ids))]
+                continue
+            trunk = ids[-1]
+            rows, where = [], []
+            for i, x in enumerate(ids):
+                keep = common_prefix_len(x, trunk)
+                if keep >= MIN_SHARED_TOKENS and 2 * keep >= len(x):
+                    rows.append((keep, x[keep:]))
+                    where.append(i)
+                else:
+                    plain.append((n, i))
+            if len(rows) < 2:
+                plain += [(n, i) for i in where]
+                continue
+            for i, v in zip(where, self._shared_checked(trunk, rows), strict=True):
+                out[n][i] = v
+        for (n, i), v in zip(plain, self._score_plain([encoded[n][i] for n, i in plain]), strict=True):
+            out[n][i] = v
         return out
 
     def score_candidates(self, question: str, prefix_steps: list[str], candidates: list[str]) -> list[float]:
+        """The candidates' common token prefix is the trunk."""
         encoded = [self._encode(question, list(prefix_steps), c) for c in candidates]
         self._warn_cuts(len(candidates))
-        # Candidates of very different lengths can leave a different number of old steps after
-        # fitting, so group by the exact shared ids.
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for i, (prefix, _) in enumerate(encoded):
-            groups.setdefault(tuple(prefix), []).append(i)
-        scores = [0.0] * len(candidates)
-        for prefix, idx in groups.items():
-            suffixes = [encoded[i][1] for i in idx]
-            if len(idx) > 1 and self._prefix_cache_ok is not False:
-                vals = self._score_shared(list(prefix), suffixes)
-                if self._prefix_cache_ok is None:
-                    self._prefix_cache_ok = self._check_shared(vals, [encoded[i] for i in idx])
-                    if not self._prefix_cache_ok:
-                        vals = self._score_plain([encoded[i] for i in idx])
-            else:
-                vals = self._score_plain([encoded[i] for i in idx])
-            for i, v in zip(idx, vals, strict=True):
-                scores[i] = v
-        return scores
+        if len(encoded) < 2 or self._prefix_cache_ok is False:
+            return self._score_plain(encoded)
+        keep = min(common_prefix_len(encoded[0], x) for x in encoded[1:])
+        keep = min(keep, min(len(x) for x in encoded) - 1)  # every row keeps one own token
+        if keep < MIN_SHARED_TOKENS:
+            return self._score_plain(encoded)
+        trunk = encoded[0][:keep]
+        return self._shared_checked(trunk, [(keep, x[keep:]) for x in encoded])
 
     # ---- encoding ---------------------------------------------------------------------------
 
-    def _encode(self, question: str, previous: list[str], current: str) -> tuple[list[int], list[int]]:
-        """(shared ids, own ids): special head + rendered prefix, then current step + special tail."""
+    def _encode(self, question: str, previous: list[str], current: str) -> list[int]:
         text, report = render_fitted(self.tokenizer, question, previous, current, self.template)
         self.stats.inputs += 1
         self.stats.dropped_steps += report.dropped_steps
         self.stats.truncated += int(report.truncated)
-        prefix = render(question, previous[report.dropped_steps :], "", self.template)
-        if not text.startswith(prefix):
-            # The question was cut (no previous steps are left then): split after the header.
-            # Any split gives the same text; only the token boundary may move.
-            cut = text.find(INTRO + CURRENT_HEADER)
-            prefix = text[: cut + len(INTRO + CURRENT_HEADER)] if cut >= 0 else ""
-        suffix = text[len(prefix) :]
-        tok = self.tokenizer
-        pre_ids = tok(prefix, add_special_tokens=False)["input_ids"] if prefix else []
-        suf_ids = tok(suffix, add_special_tokens=False)["input_ids"] if suffix else []
-        return self.head_ids + list(pre_ids), list(suf_ids) + self.tail_ids
+        return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
 
     def _warn_cuts(self, n: int) -> None:
         s = self.stats
@@ -244,11 +251,10 @@ class Scorer:
 
     # ---- forward passes ---------------------------------------------------------------------
 
-    def _score_plain(self, encoded: Sequence[tuple[list[int], list[int]]]) -> list[float]:
+    def _score_plain(self, seqs: Sequence[list[int]]) -> list[float]:
         """One row per input; batches cut by token budget, right padding to the batch's longest."""
         import torch
 
-        seqs = [p + s for p, s in encoded]
         out = [0.0] * len(seqs)
         for batch in budget_batches([len(s) for s in seqs], self.batch_size, self.max_tokens_per_batch):
             width = max(len(seqs[i]) for i in batch)
@@ -277,51 +283,70 @@ class Scorer:
             m, m.base_model_prefix
         )
 
-    def _score_shared(self, prefix: list[int], suffixes: list[list[int]]) -> list[float]:
-        """Run `prefix` once with a KV cache, then all suffixes against copies of it.
+    def _shared_checked(self, trunk: list[int], rows: list[tuple[int, list[int]]]) -> list[float]:
+        vals = self._score_shared(trunk, rows)
+        if self._prefix_cache_ok is None:
+            self._prefix_cache_ok = self._check_shared(vals, [trunk[:k] + s for k, s in rows])
+            if not self._prefix_cache_ok:
+                vals = self._score_plain([trunk[:k] + s for k, s in rows])
+        return vals
 
-        prefix: P ids; suffix chunk: (rows, S) right-padded; attention mask (rows, P + S);
-        hidden states (rows, S, H) -> `model.score` at each row's last non-pad token.
+    def _score_shared(self, trunk: list[int], rows: list[tuple[int, list[int]]]) -> list[float]:
+        """Row r is the input `trunk[:keep_r] + own_r`: run the trunk once, then the own tokens.
+
+        trunk: T ids -> key/value cache (1, heads, T, d) per layer, expanded to the rows of a chunk.
+        own tokens: (rows, S) right-padded; attention mask (rows, T + S) hides trunk[keep_r:] and
+        padding; positions keep_r .. keep_r + S - 1. Hidden states (rows, S, H) go through
+        `model.score` at each row's last non-pad token (or the trunk's, if the row has none).
         """
         import torch
         from transformers import DynamicCache
 
         base = getattr(self.model, self.model.base_model_prefix)
-        n_pre = len(prefix)
+        n_trunk = len(trunk)
         with torch.inference_mode():
-            pre = base(input_ids=torch.tensor([prefix], device=self.device), use_cache=True)
+            pre = base(input_ids=torch.tensor([trunk], device=self.device), use_cache=True)
             kv = [(layer.keys, layer.values) for layer in pre.past_key_values.layers]
-            pre_hidden = pre.last_hidden_state[0]  # (P, H)
+            trunk_hidden = pre.last_hidden_state[0]  # (T, H)
         self.stats.forward_passes += 1
-        self.stats.cached_prefixes += 1
-        pre_last = max((j for j, t in enumerate(prefix) if t != self.pad_id), default=n_pre - 1)
-        out = [0.0] * len(suffixes)
-        lengths = [len(s) for s in suffixes]
-        budget = max(self.max_tokens_per_batch, max(lengths, default=1))
-        for batch in budget_batches(lengths, self.batch_size, budget):
-            width = max(1, max(lengths[i] for i in batch))
-            rows = len(batch)
-            ids = torch.full((rows, width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros((rows, n_pre + width), dtype=torch.long)
-            mask[:, :n_pre] = 1
+        self.stats.trunks += 1
+        self.stats.shared_rows += len(rows)
+        out = [0.0] * len(rows)
+        own = [s for _, s in rows]
+        # Each row holds a copy of the trunk's cache: bound rows x T as well as rows x S.
+        max_rows = max(1, min(self.batch_size, self.max_tokens_per_batch // max(n_trunk, 1)))
+        for batch in budget_batches([len(s) for s in own], max_rows, self.max_tokens_per_batch):
+            width = max(1, max(len(own[i]) for i in batch))
+            n = len(batch)
+            ids = torch.full((n, width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((n, n_trunk + width), dtype=torch.long)
+            pos = torch.zeros((n, width), dtype=torch.long)
             for r, i in enumerate(batch):
-                if lengths[i]:
-                    ids[r, : lengths[i]] = torch.tensor(suffixes[i])
-                    mask[r, n_pre : n_pre + lengths[i]] = 1
-            cache = DynamicCache([(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in kv])
-            pos = torch.arange(n_pre, n_pre + width, device=self.device).unsqueeze(0).expand(rows, -1)
+                keep, s = rows[i]
+                mask[r, :keep] = 1
+                if s:
+                    ids[r, : len(s)] = torch.tensor(s)
+                    mask[r, n_trunk : n_trunk + len(s)] = 1
+                pos[r] = torch.arange(keep, keep + width)
+            cache = DynamicCache([(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in kv])
             with torch.inference_mode():
                 hidden = base(
                     input_ids=ids.to(self.device),
                     attention_mask=mask.to(self.device),
-                    position_ids=pos,
+                    position_ids=pos.to(self.device),
                     past_key_values=cache,
                     use_cache=True,
                 ).last_hidden_state  # (rows, S, H)
                 picked = []
                 for r, i in enumerate(batch):
-                    real = [j for j, t in enumerate(suffixes[i]) if t != self.pad_id]
-                    picked.append(hidden[r, real[-1]] if real else pre_hidden[pre_last])
+                    keep, s = rows[i]
+                    # Like the HF head: the rightmost token that is not the pad id.
+                    last = max((j for j, t in enumerate(s) if t != self.pad_id), default=-1)
+                    if last >= 0:
+                        picked.append(hidden[r, last])
+                    else:
+                        last = max((j for j in range(keep) if trunk[j] != self.pad_id), default=keep - 1)
+                        picked.append(trunk_hidden[last])
                 logits = self.model.score(torch.stack(picked))  # (rows, 2)
             self.stats.forward_passes += 1
             probs = torch.softmax(logits.float(), dim=-1)[:, 1].tolist()
@@ -329,19 +354,18 @@ class Scorer:
                 out[i] = probs[r]
         return out
 
-    def _check_shared(self, shared: list[float], encoded: list[tuple[list[int], list[int]]]) -> bool:
-        """Compare the cached-prefix path with the plain one on real inputs, once per Scorer."""
+    def _check_shared(self, shared: list[float], seqs: list[list[int]]) -> bool:
+        """Compare the shared-prefix path with the plain one on real inputs, once per Scorer."""
         import torch
 
-        plain = self._score_plain(encoded)
+        plain = self._score_plain(seqs)
         worst = max(abs(a - b) for a, b in zip(shared, plain, strict=True))
         tol = 1e-3 if self.model.dtype == torch.float32 else 3e-2
         if worst > tol:
-            log.warning("cached-prefix scoring differs from plain scoring by %.2g for %s; using the plain path",
+            log.warning("shared-prefix scoring differs from plain scoring by %.2g for %s; using the plain path",
                         worst, type(self.model).__name__)
             return False
         return True
-
 
 # ---- `hiprm rm score` -------------------------------------------------------------------------
 

@@ -1,0 +1,197 @@
+"""Reward-model scoring speed, measured against baselines in the same run on the same inputs.
+
+    python benchmarks/bench_score.py                                   # tiny random model
+    python benchmarks/bench_score.py --model smollm2-135m-instruct     # the embedded backbone, untrained head
+    python benchmarks/bench_score.py --model runs/rm_hrm/final         # a trained checkpoint
+
+(a) Step scoring throughput (steps/s) of `Scorer.score_batch` on PRM800K phase-1-test solutions
+    against the HRM reference code's way: one step prefix per forward pass, padded to
+    max_length 4096, batch size 1. Target: >= 20x.
+(b) N = 8 candidate next steps sharing a prefix (prefix 400-800 tokens, candidates 30-60
+    tokens, like step-level search): `Scorer.score_candidates` (prefix run once, candidates
+    against its KV cache) against a plain batched HF forward with dynamic padding. Target: >= 2x.
+
+Both report the largest difference between our rewards and the baseline's. The baseline of (a)
+is slow by design, so it runs on the first `--paper-steps` step prefixes only and its throughput
+is extrapolated per step. Uses fp32 on CPU and the default torch thread count (`--threads N`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data" / "prm800k" / "phase1_test.jsonl"
+
+
+def build_tiny():
+    """A small random Llama classifier. Its tokenizer is SmolLM2's when the embedded backbone is
+    installed (so token counts are realistic), else the test suite's tiny byte-level BPE."""
+    sys.path.insert(0, str(REPO))
+    from tests.conftest import make_tiny_tokenizer, tiny_llama_config
+    from transformers import LlamaForSequenceClassification
+
+    try:
+        from hiprm.rm.backbone import load_tokenizer, resolve_model_path
+
+        tok, which = load_tokenizer(resolve_model_path("smollm2-135m-instruct")), "SmolLM2 tokenizer"
+    except Exception:  # noqa: BLE001 - any failure: fall back to the tiny tokenizer
+        tok, which = make_tiny_tokenizer(), "tiny test tokenizer"
+    cfg = tiny_llama_config(tok, num_labels=2)
+    cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers = 128, 256, 4
+    cfg.num_attention_heads, cfg.num_key_value_heads, cfg.max_position_embeddings = 4, 2, 8192
+    torch.manual_seed(0)
+    return LlamaForSequenceClassification(cfg).eval(), tok, f"tiny random Llama (4 layers, d=128; {which})"
+
+
+def build_from(path: str):
+    """A trained checkpoint, or a causal-LM backbone with a fresh (untrained) 2-label head."""
+    from transformers import AutoModelForSequenceClassification
+
+    from hiprm.rm.backbone import load_tokenizer, resolve_model_path
+
+    folder = resolve_model_path(path)
+    tok = load_tokenizer(folder, padding_side="right")
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=2, dtype=torch.float32).eval()
+    if len(tok) > model.config.vocab_size:
+        model.resize_token_embeddings(len(tok))
+    model.config.pad_token_id = tok.pad_token_id
+    return model, tok, f"{path} ({sum(p.numel() for p in model.parameters()) / 1e6:.0f}M params)"
+
+
+def solutions(n: int) -> list[tuple[str, list[str]]]:
+    from hiprm.data.prm800k import read_prm800k
+
+    sols = [s for s in read_prm800k(DATA) if s.finish_reason == "solution"]
+    random.Random(0).shuffle(sols)
+    return [(s.question, s.trajectory()) for s in sols[:n]]
+
+
+def n_tokens(tok, text: str) -> int:
+    return len(tok(text, add_special_tokens=False)["input_ids"])
+
+
+def bench_steps(scorer, tok, items, paper_steps: int, paper_len: int, also_plain: bool) -> None:
+    from hiprm.rm.template import render
+
+    triples = [(q, steps[:i], s) for q, steps in items for i, s in enumerate(steps)]
+    lengths = [n_tokens(tok, render(*t, scorer.template)) for t in triples]
+    scorer.score_batch(items[:1])  # warm-up
+    t = time.perf_counter()
+    ours = [r for rs in scorer.score_batch(items) for r in rs]
+    ours_s = time.perf_counter() - t
+
+    def paper(q, prev, cur):
+        enc = tok(render(q, prev, cur, scorer.template), padding="max_length", max_length=paper_len,
+                  truncation=True, return_tensors="pt")
+        with torch.inference_mode():
+            return torch.softmax(scorer.model(**enc).logits, -1)[0, 1].item()
+
+    t = time.perf_counter()
+    base = [paper(*tr) for tr in triples[:paper_steps]]
+    base_s = time.perf_counter() - t
+    ours_rate, base_rate = len(triples) / ours_s, paper_steps / base_s
+    diff = max(abs(a - b) for a, b in zip(ours, base, strict=False))
+    print(f"(a) {len(items)} solutions, {len(triples)} step prefixes, {sum(lengths) / len(lengths):.0f} tokens "
+          f"on average (max {max(lengths)})")
+    print(f"    paper's way (batch 1, padded to {paper_len}): {base_rate:8.2f} steps/s  ({paper_steps} steps timed)")
+    print(f"    Scorer.score_batch                    : {ours_rate:8.2f} steps/s")
+    print(f"    speed-up {ours_rate / base_rate:6.1f}x (target >= 20x)   max |reward diff| {diff:.1e}")
+    if also_plain:
+        from hiprm.rm.scorer import Scorer
+
+        plain = Scorer(scorer.model, tok, scorer.template, prefix_cache=False)
+        t = time.perf_counter()
+        plain.score_batch(items)
+        rate = len(triples) / (time.perf_counter() - t)
+        print(f"    (reference: Scorer without prefix sharing, batching only: {rate:8.2f} steps/s, "
+              f"{rate / base_rate:.1f}x)")
+
+
+def candidate_sets(tok, template, items, n_sets: int, n: int):
+    """(question, prefix steps, n candidates): prefix 400-800 tokens, candidates 30-60 tokens."""
+    from hiprm.rm.template import render
+
+    pool = [s for _, steps in items for s in steps if 30 <= n_tokens(tok, s) <= 60]
+    rng = random.Random(1)
+    sets = []
+    for q, steps in items:
+        fits = [i for i in range(1, len(steps)) if 400 <= n_tokens(tok, render(q, steps[:i], "", template)) <= 800]
+        if fits:
+            i = rng.choice(fits)
+            sets.append((q, steps[:i], rng.sample(pool, n)))
+        if len(sets) == n_sets:
+            break
+    return sets
+
+
+def bench_candidates(scorer, tok, sets, repeat: int) -> None:
+    from hiprm.rm.template import render
+
+    def plain_hf(q, prefix, cands):
+        texts = [render(q, prefix, c, scorer.template) for c in cands]
+        enc = tok(texts, padding="longest", return_tensors="pt")
+        with torch.inference_mode():
+            return torch.softmax(scorer.model(**enc).logits, -1)[:, 1].tolist()
+
+    def timed(fn):
+        best, out = float("inf"), None
+        for _ in range(repeat):
+            t = time.perf_counter()
+            out = [fn(*s) for s in sets]
+            best = min(best, time.perf_counter() - t)
+        return best, out
+
+    scorer.score_candidates(*sets[0])  # warm-up, and the one-time check of the cached path
+    plain_hf(*sets[0])
+    base_s, base = timed(plain_hf)
+    ours_s, ours = timed(scorer.score_candidates)
+    diff = max(abs(a - b) for x, y in zip(ours, base, strict=True) for a, b in zip(x, y, strict=True))
+    pre = [n_tokens(tok, render(q, p, "", scorer.template)) for q, p, _ in sets]
+    cand = [n_tokens(tok, c) for _, _, cs in sets for c in cs]
+    print(f"(b) {len(sets)} prefixes of {min(pre)}-{max(pre)} tokens x {len(sets[0][2])} candidates of "
+          f"{min(cand)}-{max(cand)} tokens (cached prefix path used: {scorer._prefix_cache_ok})")
+    print(f"    HF batched, dynamic padding: {len(sets) / base_s:8.2f} sets/s")
+    print(f"    Scorer.score_candidates    : {len(sets) / ours_s:8.2f} sets/s")
+    print(f"    speed-up {base_s / ours_s:6.1f}x (target >= 2x)   max |reward diff| {diff:.1e}")
+
+
+def main() -> int:
+    from hiprm.rm.scorer import Scorer
+    from hiprm.rm.template import TemplateConfig
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="", help="checkpoint folder or backbone name; default: a tiny random model")
+    ap.add_argument("--solutions", type=int, default=8, help="PRM800K solutions scored in (a)")
+    ap.add_argument("--paper-steps", type=int, default=4, help="step prefixes timed the paper's way in (a)")
+    ap.add_argument("--paper-length", type=int, default=4096)
+    ap.add_argument("--sets", type=int, default=6, help="candidate sets in (b)")
+    ap.add_argument("--candidates", type=int, default=8)
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--also-plain", action="store_true", help="(a): also time the Scorer with prefix sharing off")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default); on a busy "
+                    "machine 1 thread gives steadier timings")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    model, tok, name = build_from(args.model) if args.model else build_tiny()
+    # The same long budget for both ways, so neither truncates.
+    scorer = Scorer(model, tok, TemplateConfig(max_length=args.paper_length))
+    print(f"model: {name}; torch threads: {torch.get_num_threads()}")
+    items = solutions(max(args.solutions, 60))
+    bench_steps(scorer, tok, items[: args.solutions], args.paper_steps, args.paper_length, args.also_plain)
+    sets = candidate_sets(tok, scorer.template, items, args.sets, args.candidates)
+    bench_candidates(scorer, tok, sets, args.repeat)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -92,6 +92,9 @@ def test_pools_are_generated_lazily_and_shared():
     assert sorted(root) == list(range(8))  # N_max path needs all root slots, generated once
     generated = sum(len(pool) for pool in res.pools.values())
     assert pol.samples == generated  # nothing generated twice
+    # one batched generate call per depth, one prompt per missing slot
+    assert res.generate_calls == len(pol.calls) == max(len(p.choices) for p in res.paths)
+    assert all(n == 1 for _, n, _ in pol.calls)
     # every slot in a pool was looked at by some path at that prefix
     looked = {}
     for p in res.paths:

@@ -5,8 +5,9 @@
 For a prompt, the first rule whose key occurs in it supplies the candidate texts. The policy acts
 like a model that only knows those texts: if the prompt already ends with the start of some of
 them (step-level search feeds the previous steps back), it continues those; otherwise it starts
-one afresh. Which text a sample uses is a hash of (seed, prompt, sample index), so results do not
-depend on call order. Stop strings are applied exactly as the real backends do. `queue` instead
+one afresh. Which text a sample uses is a hash of (seed, the prompt and its place in the call,
+sample index), so results do not depend on call order, and a prompt repeated in one call (n=1
+per copy) gets different samples, as from a real sampler. Stop strings are applied exactly as the real backends do. `queue` instead
 hands out texts in order, ignoring the prompt. `calls` records every (prompt, params) received.
 """
 
@@ -44,14 +45,14 @@ class ScriptedPolicy:
 
     def generate(self, prompts: list[str], params: SamplingParams) -> list[list[str]]:
         out = []
-        for prompt in prompts:
+        for i, prompt in enumerate(prompts):
             self.calls.append((prompt, params))
-            samples = [self._sample(prompt, params, j) for j in range(params.n)]
+            samples = [self._sample(prompt, params, f"{i}.{j}") for j in range(params.n)]
             self.tokens_generated += sum(self.count_tokens(s) for s in samples)
             out.append(samples)
         return out
 
-    def _sample(self, prompt: str, params: SamplingParams, j: int) -> str:
+    def _sample(self, prompt: str, params: SamplingParams, j: str) -> str:
         if self.queue is not None:
             if not self.queue:
                 raise RuntimeError("scripted policy: queue is empty")

@@ -99,19 +99,17 @@ def step_search(
             break
         for p in active:
             p.looked_at.append(nested_subset(n_max, p.n, [*seed, p.subsample, depth]))
-        # 1. generate the slots some path needs, batching prefixes that need equally many
+        # 1. generate the slots some path needs, all in one call: one prompt per missing slot
+        # (n=1), so a batched backend decodes every prefix's candidates together
         missing: dict[Prefix, set[int]] = {}
         for p in active:
             have = pools.setdefault(p.prefix, {})
             missing.setdefault(p.prefix, set()).update(i for i in p.looked_at[-1] if i not in have)
-        by_count: dict[int, list[Prefix]] = {}
-        for prefix, slots in missing.items():
-            if slots:
-                by_count.setdefault(len(slots), []).append(prefix)
-        for count, prefixes in sorted(by_count.items()):
-            prompts = [style.prompt_for(question, "".join(pr), policy.render_chat) for pr in prefixes]
+        requests = [(prefix, slot) for prefix in sorted(missing) for slot in sorted(missing[prefix])]
+        if requests:
+            prompts = [style.prompt_for(question, "".join(prefix), policy.render_chat) for prefix, _ in requests]
             call_params = SamplingParams(
-                n=count,
+                n=1,
                 temperature=params.temperature,
                 top_p=params.top_p,
                 max_tokens=params.max_tokens,
@@ -120,13 +118,12 @@ def step_search(
                 include_stop=True,  # the kept delimiter tells a finished step from a cut one
             )
             calls += 1
-            for prefix, texts in zip(prefixes, policy.generate(prompts, call_params), strict=True):
-                for slot, text in zip(sorted(missing[prefix]), texts, strict=True):
-                    pools[prefix][slot] = StepCandidate(
-                        text=text,
-                        tokens=policy.count_tokens(text),
-                        final=is_final(text, style) or not text.strip(),
-                    )
+            for (prefix, slot), texts in zip(requests, policy.generate(prompts, call_params), strict=True):
+                pools[prefix][slot] = StepCandidate(
+                    text=texts[0],
+                    tokens=policy.count_tokens(texts[0]),
+                    final=is_final(texts[0], style) or not texts[0].strip(),
+                )
         # 2. score the candidates each reward model needs, one call per (model, prefix)
         need: dict[tuple[str, Prefix], set[int]] = {}
         for p in active:

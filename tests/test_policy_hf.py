@@ -62,3 +62,17 @@ def test_chat_template_and_token_count(policy, tiny_lm_dir):
     plain = HFPolicy(str(tiny_lm_dir), chat_template=False)
     assert plain.render_chat("hello") == "hello"
     assert policy.count_tokens("2 + 3 = 5") == len(policy.tokenizer("2 + 3 = 5", add_special_tokens=False)["input_ids"])
+
+
+def test_shared_prefill_gives_the_same_greedy_text(tiny_lm_dir):
+    """Prefilling each distinct prompt once and copying its cache must not change the text:
+    duplicated prompts of different lengths (left padding) and n > 1."""
+    shared = HFPolicy(str(tiny_lm_dir), share_prefill=True)
+    plain = HFPolicy(str(tiny_lm_dir), share_prefill=False)
+    prompts = ["Question: What is 2 + 3?", "so x", "Question: What is 2 + 3?", "so x", "abc def"]
+    greedy = SamplingParams(n=1, temperature=0.0, max_tokens=12)
+    assert shared.generate(prompts, greedy) == plain.generate(prompts, greedy)
+    # sampled with a near-zero temperature the argmax dominates: same texts through both paths
+    cold = SamplingParams(n=3, temperature=1e-4, max_tokens=12, seed=0)
+    assert shared.generate(prompts[:2], cold) == plain.generate(prompts[:2], cold)
+    assert shared.tokens_generated == plain.tokens_generated

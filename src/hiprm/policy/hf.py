@@ -3,10 +3,13 @@
     policy = HFPolicy("smollm2-135m-instruct")          # the embedded default, or any HF folder
     policy.generate([policy.render_chat("What is 2+3?")], SamplingParams(n=4, stop=["# END!"]))
 
-Prompts are left-padded so a batch of them can be generated together; `n` samples per prompt
-come from `num_return_sequences`. Stop strings go to transformers (`stop_strings=` with the
-tokenizer) so a sequence stops generating as soon as it has one, and the decoded text is then cut
-at the first stop string by `cut_at_stop`, because a token may run past it.
+Prompts are left-padded so a batch of them can be generated together. Each distinct prompt is
+prefilled once and its KV cache copied to its `n` sample rows (`share_prefill`): the paper's
+prompts are ~400 tokens, so on CPU the prefill of n copies would cost more than the decoding. A sequence stops generating as soon as
+the decoded tail of its new tokens contains a stop string (`StopOnStrings`; transformers' own
+`stop_strings=` rebuilds a vocabulary-sized table on every call, ~2 s for SmolLM2's 49k tokens),
+and the decoded text is then cut at the first stop string by `cut_at_stop`, because a token may
+run past it.
 Sampling is seeded inside `torch.random.fork_rng`, so calling `generate` does not disturb the
 caller's global RNG.
 """
@@ -19,7 +22,34 @@ from typing import Any
 
 from hiprm.policy.protocol import SamplingParams, cut_at_stop
 
+try:  # transformers is an optional extra; the class below is only built when it is installed
+    from transformers import StoppingCriteria
+except ImportError:  # pragma: no cover
+    StoppingCriteria = object  # type: ignore[assignment,misc]
+
 log = logging.getLogger(__name__)
+
+
+class StopOnStrings(StoppingCriteria):
+    """Per-row stop: true once the last few generated tokens, decoded, contain a stop string.
+
+    input_ids: (rows, prompt_len + generated). The window is a few tokens longer than the longest
+    stop string in characters, so a stop string is seen on the step it is completed.
+    """
+
+    def __init__(self, tokenizer: Any, stops: list[str], prompt_len: int):
+        self.tokenizer = tokenizer
+        self.stops = [s for s in stops if s]
+        self.prompt_len = prompt_len
+        self.window = max((len(s) for s in self.stops), default=0) + 4
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        start = max(self.prompt_len, input_ids.shape[1] - self.window)
+        tails = self.tokenizer.batch_decode(input_ids[:, start:], skip_special_tokens=True)
+        hit = [any(s in t for s in self.stops) for t in tails]
+        return torch.tensor(hit, dtype=torch.bool, device=input_ids.device)
 
 
 def resolve_policy_model(name_or_path: str) -> str:
@@ -35,7 +65,8 @@ class HFPolicy:
     """transformers causal LM as a policy.
 
     `chat_template`: wrap prompts with the tokenizer's chat template when it has one (instruct
-    models); `batch_size`: sequences (prompts x n) per forward pass; `device`: "cpu" or "cuda".
+    models); `batch_size`: sequences (prompts x n) per forward pass; `device`: "cpu" or "cuda";
+    `share_prefill`: prefill each distinct prompt once for all its samples.
     Weights are loaded in fp32 on CPU (bf16 matmuls are many times slower there).
     """
 
@@ -46,6 +77,7 @@ class HFPolicy:
         batch_size: int = 16,
         device: str = "cpu",
         dtype: str = "auto",
+        share_prefill: bool = True,
     ):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -66,6 +98,7 @@ class HFPolicy:
         self.use_chat = bool(chat_template and getattr(self.tokenizer, "chat_template", None))
         if chat_template and not self.use_chat:
             log.info("%s has no chat template; prompts are used as plain text", path)
+        self.share_prefill = share_prefill
         self.tokens_generated = 0
 
     def render_chat(self, user_text: str) -> str:
@@ -93,30 +126,52 @@ class HFPolicy:
     def _generate_batch(self, prompts: list[str], params: SamplingParams) -> list[list[str]]:
         import torch
 
-        # Chat-templated prompts already contain their special tokens.
-        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-        enc = {k: v.to(self.device) for k, v in enc.items()}
         greedy = params.temperature == 0
+        per = 1 if greedy else params.n  # greedy samples are identical: make one, repeat it below
+        unique = list(dict.fromkeys(prompts))
+        where = {p: i for i, p in enumerate(unique)}
+        rows = torch.tensor([where[p] for p in prompts for _ in range(per)])
+        # Chat-templated prompts already contain their special tokens.
+        enc = self.tokenizer(unique, return_tensors="pt", padding=True, add_special_tokens=False)
+        ids, mask = enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
         kwargs: dict[str, Any] = dict(
             max_new_tokens=params.max_tokens,
             do_sample=not greedy,
-            # greedy samples are identical: generate one and repeat it below
-            num_return_sequences=1 if greedy else params.n,
+            num_return_sequences=1,
             pad_token_id=self.tokenizer.pad_token_id,
         )
         if not greedy:
             kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
         if params.stop:
-            kwargs.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
+            from transformers import StoppingCriteriaList
+
+            kwargs["stopping_criteria"] = StoppingCriteriaList(
+                [StopOnStrings(self.tokenizer, params.stop, prompt_len=ids.shape[1])]
+            )
         with torch.no_grad():
-            seqs = self.model.generate(**enc, **kwargs)
-        new = seqs[:, enc["input_ids"].shape[1] :]
+            if self.share_prefill and len(rows) > len(unique) and ids.shape[1] > 1:
+                kwargs["past_key_values"] = self._prefill(ids, mask, rows)
+            seqs = self.model.generate(input_ids=ids[rows], attention_mask=mask[rows], **kwargs)
+        new = seqs[:, ids.shape[1] :]
         self.tokens_generated += self._count_generated(new)
         texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
         texts = [cut_at_stop(t, params.stop, params.include_stop)[0] for t in texts]
-        per = 1 if greedy else params.n
         grouped = [texts[i * per : (i + 1) * per] for i in range(len(prompts))]
         return [g * params.n if greedy else g for g in grouped]
+
+    def _prefill(self, ids: Any, mask: Any, rows: Any) -> Any:
+        """KV cache of each distinct prompt (all but its last token), computed once and copied to
+        every sample row: n samples of a 400-token prompt cost one prefill, not n.
+
+        ids, mask: (unique prompts, seq), left-padded; rows: (samples,) index into them.
+        """
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(
+            input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=position_ids[:, :-1], use_cache=True
+        )
+        cache = out.past_key_values
+        cache.reorder_cache(rows.to(ids.device))
+        return cache
 
     def _count_generated(self, new: Any) -> int:
         """Generated tokens up to and including each sequence's first pad/eos (finished rows are

@@ -214,27 +214,12 @@ def test_shared_datasets_load(shared_data):
     assert len({p.problem_id for p in problems}) == len(problems)
 
 
-def _save_tiny_rm(path: Path, tokenizer) -> Path:
-    """A randomly initialised 2-label reward model in the layout `hiprm rm train` writes."""
-    import torch
-    from transformers import LlamaConfig, LlamaForSequenceClassification
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.bos_token_id, num_labels=2,
-    )
-    LlamaForSequenceClassification(cfg).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
 @pytest.mark.slow
 def test_hf_policy_and_real_scorer_end_to_end(tmp_path, tiny_lm_dir, tiny_tokenizer, data):
     """The real pieces together: HFPolicy generating, Scorer.from_pretrained scoring."""
-    rm = _save_tiny_rm(tmp_path / "rm", tiny_tokenizer)
+    from tests.rm_fixtures import make_tiny_rm
+
+    rm = make_tiny_rm(tmp_path / "rm", tiny_tokenizer)
     out = tmp_path / "hf"
     cfg = load_config(EvalConfig, None, [
         f"dataset={data}", "question_field=q", "answer_field=a", f"out_dir={out}", "limit=2",

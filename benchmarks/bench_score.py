@@ -2,7 +2,7 @@
 
     python benchmarks/bench_score.py                                   # tiny random model
     python benchmarks/bench_score.py --model smollm2-135m-instruct     # the embedded backbone, untrained head
-    python benchmarks/bench_score.py --model runs/rm_hrm/final         # a trained checkpoint
+    python benchmarks/bench_score.py --model runs/rm/hrm/model         # a trained checkpoint
 
 (a) Step scoring throughput (steps/s) of `Scorer.score_batch` on PRM800K phase-1-test solutions
     against the HRM reference code's way: one step prefix per forward pass, padded to

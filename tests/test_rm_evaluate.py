@@ -205,3 +205,19 @@ def test_runner_on_shared_data_with_tiny_model(tmp_path, shared_data, tmp_path_f
     assert cls["n"] > 5 and 0.0 <= cls["accuracy"]["value"] <= 1.0
     assert set(res["processbench"]["splits"]) == {"gsm8k", "math"}
     assert res["processbench"]["splits"]["math"]["n"] == 3
+
+
+def test_pair_rewards_same_with_every_scorer_interface(tmp_path_factory, tiny_tokenizer):
+    from hiprm.rm.evaluate import pair_rewards
+    from hiprm.rm.scorer import Scorer
+
+    scorer = Scorer.from_pretrained(shared_tiny_rm(tmp_path_factory, tiny_tokenizer), device="cpu")
+
+    class OnlyScore:
+        def score(self, question, steps):
+            return scorer.score(question, steps)
+
+    pairs = [([], "First, 2 + 3 = 5."), (["First, 2 + 3 = 5."], "x = 7"), (["First, 2 + 3 = 5."], "# Answer 5"),
+             ([], "so x = 7")]
+    assert pair_rewards(scorer, "What is 2 + 3?", pairs) == pytest.approx(
+        pair_rewards(OnlyScore(), "What is 2 + 3?", pairs), abs=1e-5)

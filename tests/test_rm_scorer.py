@@ -115,6 +115,16 @@ def test_solution_steps_share_a_trunk_and_match_plain_path(tiny_rm_dir, tiny_tok
     assert shared.stats.forward_passes - before == 2
 
 
+def test_pairs_of_one_question_share_one_trunk(tiny_rm_dir, tiny_tokenizer):
+    """Every rated completion at every step of one solution (the evaluation's inputs)."""
+    shared = Scorer.from_pretrained(tiny_rm_dir, device="cpu")
+    pairs = [(STEPS[:i], c) for i in range(len(STEPS)) for c in (STEPS[i], CANDIDATES[i])]
+    got = shared.score_pairs(Q, pairs)
+    assert shared.stats.trunks == 1 and shared.stats.shared_rows >= len(pairs) - 2
+    direct = [direct_reward(shared.model, tiny_tokenizer, Q, prev, c, shared.template) for prev, c in pairs]
+    assert got == pytest.approx(direct, abs=1e-5)
+
+
 def test_cached_prefix_chunks_by_budget(tiny_rm_dir):
     s = Scorer.from_pretrained(tiny_rm_dir, device="cpu", batch_size=2)
     ref = Scorer.from_pretrained(tiny_rm_dir, device="cpu", prefix_cache=False)
@@ -144,7 +154,7 @@ def test_long_inputs_are_fitted_and_counted(tiny_rm_dir, caplog):
     assert len(rewards) == 6 and len(cands) == 2
     assert "old steps dropped" in caplog.text and "max_length=48" in caplog.text
     # Every input was cut down to the budget, and sharing the trunk still gives the plain numbers.
-    assert len(s._encode(Q, long_steps, "the answer is 5 " * 20)) <= 48
+    assert len(s._encode(Q, long_steps, "the answer is 5 " * 20)[0]) <= 48
     plain = Scorer.from_pretrained(tiny_rm_dir, device="cpu", prefix_cache=False)
     plain.template = s.template
     assert rewards == pytest.approx(plain.score(Q, long_steps), abs=1e-5)

@@ -1,7 +1,7 @@
 """Evaluate reward models without a policy: PRM800K step classification and step selection,
 and ProcessBench earliest-error identification.
 
-Command: `hiprm rm eval configs/rm_eval.yaml models=[runs/rm_hrm/final] out=runs/rm_eval`
+Command: `hiprm rm eval configs/rm_eval.yaml models=[runs/rm/hrm/model] out=runs/rm_eval`
 Output: `<out>/rm_eval.json` (every number with its 95% interval) and `<out>/rm_eval.md` (tables),
 plus `<out>/rewards.jsonl`, a cache of step rewards keyed by model and input content, so an
 interrupted run resumes where it stopped and a rerun with more data only scores what is new.
@@ -58,6 +58,7 @@ class StepGroup:
     prefix: list[str]
     texts: list[str]
     ratings: list[int]
+    solution: int = 0  # index of the solution it belongs to (groups of one solution share a trunk)
 
 
 def step_groups(solutions: Sequence[Solution]) -> list[StepGroup]:
@@ -66,13 +67,13 @@ def step_groups(solutions: Sequence[Solution]) -> list[StepGroup]:
     Same conditioning as `hiprm.data.labels.prm_examples` (the training data).
     """
     groups = []
-    for sol in solutions:
+    for n, sol in enumerate(solutions):
         prefix: list[str] = []
         for step in sol.steps:
             rated = step.rated()
             if rated:
                 groups.append(StepGroup(sol.question, list(prefix), [c.text for c in rated],
-                                        [int(c.rating) for c in rated]))  # type: ignore[arg-type]
+                                        [int(c.rating) for c in rated], n))  # type: ignore[arg-type]
             if step.chosen is None:
                 break
             prefix.append(step.chosen)
@@ -198,11 +199,23 @@ class RewardCache:
         append_jsonl(self.path, {"model": model, "task": task, "key": key, "rewards": rewards})
 
 
-def candidate_rewards(scorer: Any, question: str, prefix: list[str], candidates: list[str]) -> list[float]:
-    """`score_candidates` when the scorer has it, else the last reward of each full prefix."""
-    if hasattr(scorer, "score_candidates"):
-        return list(scorer.score_candidates(question, prefix, candidates))
-    return [scorer.score(question, [*prefix, c])[-1] for c in candidates]
+def pair_rewards(scorer: Any, question: str, pairs: list[tuple[list[str], str]]) -> list[float]:
+    """Rewards of (previous steps, step) inputs of one question with whatever the scorer offers:
+    `score_pairs` (one shared trunk), else `score_candidates` per prefix, else `score`."""
+    if hasattr(scorer, "score_pairs"):
+        return [float(x) for x in scorer.score_pairs(question, pairs)]
+    out = [0.0] * len(pairs)
+    by_prefix: dict[tuple[str, ...], list[int]] = {}
+    for i, (prev, _) in enumerate(pairs):
+        by_prefix.setdefault(tuple(prev), []).append(i)
+    for prev, idx in by_prefix.items():
+        if hasattr(scorer, "score_candidates"):
+            vals = scorer.score_candidates(question, list(prev), [pairs[i][1] for i in idx])
+        else:
+            vals = [scorer.score(question, [*prev, pairs[i][1]])[-1] for i in idx]
+        for i, v in zip(idx, vals, strict=True):
+            out[i] = float(v)
+    return out
 
 
 def _value(v: float, ci: tuple[float, float]) -> dict[str, Any]:
@@ -212,14 +225,22 @@ def _value(v: float, ci: tuple[float, float]) -> dict[str, Any]:
 def eval_prm800k(scorer: Any, mkey: str, groups: list[StepGroup], cache: RewardCache, cfg: EvalConfig) -> dict[str, Any]:
     from tqdm import tqdm
 
-    rewards = []
-    for g in tqdm(groups, desc="prm800k steps", unit="step"):
-        key = _key("prm800k", g.question, g.prefix, g.texts)
-        r = cache.get(mkey, key)
-        if r is None:
-            r = candidate_rewards(scorer, g.question, g.prefix, g.texts)
-            cache.put(mkey, key, "prm800k", r)
-        rewards.append(r)
+    by_solution: dict[int, list[int]] = {}
+    for i, g in enumerate(groups):
+        by_solution.setdefault(g.solution, []).append(i)
+    rewards: list[list[float]] = [[] for _ in groups]
+    for members in tqdm(by_solution.values(), desc="prm800k solutions", unit="sol"):
+        q = groups[members[0]].question
+        pairs = [(groups[i].prefix, t) for i in members for t in groups[i].texts]
+        key = _key("prm800k", q, pairs)
+        flat = cache.get(mkey, key)
+        if flat is None:
+            flat = pair_rewards(scorer, q, pairs)
+            cache.put(mkey, key, "prm800k", flat)
+        k = 0
+        for i in members:
+            rewards[i] = flat[k : k + len(groups[i].texts)]
+            k += len(groups[i].texts)
     labels, scores = classification_rows(groups, rewards, cfg.neutral)
     t = cfg.classification_threshold
     m = binary_metrics(labels, scores, t)

@@ -8,16 +8,17 @@ settings in `config.hiprm_template`). Output: one float in [0, 1] per step.
 - `Scorer.score_batch([(question, steps), ...])`: many solutions in one go.
 - `Scorer.score_candidates(question, prefix_steps, candidates)`: N candidate next steps that
   share a prefix (step-level search).
+- `Scorer.score_pairs(question, [(previous_steps, step), ...])`: any inputs of one question
+  (evaluation: every rated completion at every step of a solution).
 
 Every input is `hiprm.rm.template.render_fitted` text tokenized whole, exactly as in training.
 Two things make scoring fast:
 
 - Inputs that share a token prefix share its computation. The inputs for the steps of one
   solution all start with the question and the earlier steps, and candidates share everything
-  but themselves. The "trunk" (the longest input of a solution, or the candidates' common
-  prefix) runs through the model once with `use_cache=True`; every input then runs only its own
-  remaining tokens against that key/value cache, with an attention mask that hides the trunk
-  positions it does not share. Shared lengths are found on token ids, so the result is the
+  but themselves. The "trunk" (the longest of such inputs) runs through the model once with
+  `use_cache=True`; every other input then runs only its own remaining tokens against that
+  key/value cache, with an attention mask that hides the trunk positions it does not share. Shared lengths are found on token ids, so the result is the
   same as scoring each input alone (checked once per Scorer on real inputs; on a mismatch, e.g.
   an attention kernel that ignores such masks, it falls back to the plain path with a warning).
 - Plain inputs are sorted by length and cut into batches by a token budget (rows x longest
@@ -190,55 +191,70 @@ class Scorer:
         return self.score_batch([(question, steps)])[0]
 
     def score_batch(self, items: Sequence[tuple[str, list[str]]]) -> list[list[float]]:
-        """Per solution, the last step's input is the trunk: every earlier step's input shares
-        the question and the steps before it with it."""
-        encoded = [[self._encode(q, steps[:i], s) for i, s in enumerate(steps)] for q, steps in items]
-        self._warn_cuts(sum(len(e) for e in encoded))
-        out = [[0.0] * len(e) for e in encoded]
-        plain: list[tuple[int, int]] = []
-        for n, ids in enumerate(encoded):
-            if len(ids) < 2 or self._prefix_cache_ok is False:
-                plain += [(n, i) for i in range(len(ids))]
-                continue
-            trunk = ids[-1]
-            rows, where = [], []
-            for i, x in enumerate(ids):
-                keep = common_prefix_len(x, trunk)
-                if keep >= MIN_SHARED_TOKENS and 2 * keep >= len(x):
-                    rows.append((keep, x[keep:]))
-                    where.append(i)
-                else:
-                    plain.append((n, i))
-            if len(rows) < 2:
-                plain += [(n, i) for i in where]
-                continue
-            for i, v in zip(where, self._shared_checked(trunk, rows), strict=True):
-                out[n][i] = v
-        for (n, i), v in zip(plain, self._score_plain([encoded[n][i] for n, i in plain]), strict=True):
-            out[n][i] = v
+        flat = [(n, q, steps[:i], s) for n, (q, steps) in enumerate(items) for i, s in enumerate(steps)]
+        vals = self._score_inputs([(n, q, prev, cur) for n, q, prev, cur in flat])
+        out: list[list[float]] = [[] for _ in items]
+        for (n, *_), v in zip(flat, vals, strict=True):
+            out[n].append(v)
         return out
 
     def score_candidates(self, question: str, prefix_steps: list[str], candidates: list[str]) -> list[float]:
-        """The candidates' common token prefix is the trunk."""
-        encoded = [self._encode(question, list(prefix_steps), c) for c in candidates]
-        self._warn_cuts(len(candidates))
-        if len(encoded) < 2 or self._prefix_cache_ok is False:
-            return self._score_plain(encoded)
-        keep = min(common_prefix_len(encoded[0], x) for x in encoded[1:])
-        keep = min(keep, min(len(x) for x in encoded) - 1)  # every row keeps one own token
-        if keep < MIN_SHARED_TOKENS:
-            return self._score_plain(encoded)
-        trunk = encoded[0][:keep]
-        return self._shared_checked(trunk, [(keep, x[keep:]) for x in encoded])
+        return self._score_inputs([(0, question, list(prefix_steps), c) for c in candidates])
+
+    def score_pairs(self, question: str, pairs: Sequence[tuple[list[str], str]]) -> list[float]:
+        """Rewards of any (previous steps, current step) inputs of one question, e.g. every rated
+        completion of every step of a PRM800K solution; shared prefixes are computed once."""
+        return self._score_inputs([(0, question, list(prev), cur) for prev, cur in pairs])
+
+    # ---- planning: which inputs share a trunk -----------------------------------------------
+
+    def _score_inputs(self, inputs: Sequence[tuple[Any, str, list[str], str]]) -> list[float]:
+        """Score (group, question, previous, current) inputs.
+
+        Inputs of the same group that kept the same previous steps after fitting (so nothing
+        but their ends differ) form a pool; the pool's longest input is its trunk, and every
+        member sharing at least half of its tokens (and MIN_SHARED_TOKENS) with the trunk is a
+        row against it. Everything else goes through the plain batched path.
+        """
+        encoded = [self._encode(q, prev, cur) for _, q, prev, cur in inputs]
+        self._warn_cuts(len(inputs))
+        pools: dict[tuple[Any, str, int], list[int]] = {}
+        for k, ((group, q, _, _), (_, dropped)) in enumerate(zip(inputs, encoded, strict=True)):
+            pools.setdefault((group, q, dropped), []).append(k)
+        out = [0.0] * len(inputs)
+        plain: list[int] = []
+        for members in pools.values():
+            if len(members) < 2 or self._prefix_cache_ok is False:
+                plain += members
+                continue
+            trunk = max((encoded[k][0] for k in members), key=len)
+            rows, where = [], []
+            for k in members:
+                ids = encoded[k][0]
+                keep = common_prefix_len(ids, trunk)
+                if keep >= MIN_SHARED_TOKENS and 2 * keep >= len(ids):
+                    rows.append((keep, ids[keep:]))
+                    where.append(k)
+                else:
+                    plain.append(k)
+            if len(rows) < 2:
+                plain += where
+                continue
+            for k, v in zip(where, self._shared_checked(trunk, rows), strict=True):
+                out[k] = v
+        for k, v in zip(plain, self._score_plain([encoded[k][0] for k in plain]), strict=True):
+            out[k] = v
+        return out
 
     # ---- encoding ---------------------------------------------------------------------------
 
-    def _encode(self, question: str, previous: list[str], current: str) -> list[int]:
+    def _encode(self, question: str, previous: list[str], current: str) -> tuple[list[int], int]:
+        """Token ids of the fitted text (as in training) and how many old steps fitting dropped."""
         text, report = render_fitted(self.tokenizer, question, previous, current, self.template)
         self.stats.inputs += 1
         self.stats.dropped_steps += report.dropped_steps
         self.stats.truncated += int(report.truncated)
-        return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+        return list(self.tokenizer(text, add_special_tokens=True)["input_ids"]), report.dropped_steps
 
     def _warn_cuts(self, n: int) -> None:
         s = self.stats

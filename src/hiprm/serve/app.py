@@ -1,6 +1,6 @@
 """HTTP server around a reward model: `POST /v1/score`, `GET /health` (shapes in protocol.py).
 
-Command: `hiprm serve --model runs/rm_hrm/final [--port 8000] [configs/serve.yaml]`
+Command: `hiprm serve --model runs/rm/hrm/model [--port 8000] [configs/serve.yaml]`
 
 Concurrent requests are scored together: each request's solutions go on an asyncio queue, and a
 single worker takes the first waiting request, keeps collecting for up to `batch_window_ms` or

@@ -107,11 +107,25 @@ class Batcher:
         jobs, n = [first], len(first[0])
         deadline = loop.time() + self.window_s
         while n < self.max_batch:
-            try:
-                left = deadline - loop.time()
-                job = self.queue.get_nowait() if left <= 0 else await asyncio.wait_for(self.queue.get(), left)
-            except (asyncio.QueueEmpty, TimeoutError):
-                break
+            left = deadline - loop.time()
+            if left <= 0:
+                try:
+                    job = self.queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    break
+            else:
+                # Not asyncio.wait_for: on Python 3.11 it can drop a result that arrives just as
+                # the timeout fires, which would leave that request waiting forever.
+                getter = asyncio.ensure_future(self.queue.get())
+                await asyncio.wait({getter}, timeout=left)
+                if not getter.done():
+                    getter.cancel()
+                try:
+                    job = await getter
+                except asyncio.CancelledError:
+                    if asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                        raise  # the worker itself is being stopped
+                    break
             if n + len(job[0]) > self.max_batch:
                 return jobs, job
             jobs.append(job)

@@ -8,7 +8,7 @@ the problem's cost counters. Output (pure functions plus two writers):
   over problems, and the CI is mean +- 1.96 * sd / sqrt(#problems) of those per-problem means,
   i.e. problems are the unit of sampling (subsamples of one problem are not independent);
 - `markdown_table`: rows = methods, columns = N, like the paper's Tables 2-5;
-- `plot_accuracy`: accuracy vs N (log2 axis) with CI bands, one line per method;
+- `plot_accuracy`: accuracy vs N (log2 axis) with CI bands (clipped to 0-100%), one line per method;
 - `cost_summary`: tokens generated with the shared pools vs. one run per N, reward-model inputs
   and calls, seconds per problem.
 """
@@ -114,8 +114,8 @@ def plot_accuracy(acc: dict[str, dict[str, Any]], n_values: list[int], path: str
         ys = [100 * e["accuracy"] for _, e in pts]
         style = "--" if m == "pass" else "-"
         (line,) = ax.plot(xs, ys, style, marker="o", label=method_label(m))
-        lo = [100 * (e["accuracy"] - (e["ci95"] or 0)) for _, e in pts]
-        hi = [100 * (e["accuracy"] + (e["ci95"] or 0)) for _, e in pts]
+        lo = [max(0.0, 100 * (e["accuracy"] - (e["ci95"] or 0))) for _, e in pts]
+        hi = [min(100.0, 100 * (e["accuracy"] + (e["ci95"] or 0))) for _, e in pts]
         ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.12, linewidth=0)
     ax.set_xscale("log", base=2)
     ax.set_xticks(n_values, [str(n) for n in n_values])

@@ -1,9 +1,9 @@
 """Training throughput (real, non-pad tokens/s): dynamic padding + length grouping vs padding
 every example to max_length (the paper's setup), same model, same examples, same run.
 
-    python benchmarks/bench_train.py                       # tiny random model, 8 steps per mode
-    python benchmarks/bench_train.py --model embedded --steps 3 --batch-size 8
-    python benchmarks/bench_train.py --data runs/data/hrm/train.jsonl --max-length 4096
+    python benchmarks/bench_train.py                       # tiny random model, 4 steps per mode
+    python benchmarks/bench_train.py --model embedded --steps 2 --max-length 1024
+    python benchmarks/bench_train.py --data runs/data/hrm/train.jsonl
 
 Each mode trains on the same `steps x batch_size` examples (from `--data`, default
 runs/data/prm/train.jsonl, through the one formatter and tokenizer used by `hiprm rm train`):
@@ -13,7 +13,8 @@ sampler groups lengths within mega-batches of 50 batches.
 - ours: length-grouped order (transformers' `get_length_grouped_indices`, as Trainer's
   `group_by_length` sampler) and each batch padded to its longest row (`PadCollator`);
 - dynamic only: random order, padded to the longest row (what length grouping adds);
-- paper: random order, every row padded to `--max-length`.
+- paper: random order, every row padded to `--max-length` (default 4096: the paper's code
+  tokenizes with `padding="max_length", max_length=4096`).
 
 A step is forward + soft-label loss + backward + clip (0.01) + AdamW, as in training. The
 tiny model (4 layers, hidden 256, SmolLM2 vocabulary: ~20M parameters) is built in code; `--model embedded`
@@ -64,14 +65,14 @@ def batches(features, order, batch_size, collate):
     ]
 
 
-def train_steps(model, batch_list) -> tuple[float, int, int]:
-    """Seconds for one optimizer step per batch, real tokens and padded tokens processed."""
+def train_steps(model, batch_list) -> tuple[float, float, int, int]:
+    """Wall and CPU seconds for one optimizer step per batch, real and padded tokens processed."""
     import torch
 
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
     model.train()
     real = padded = 0
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for b in batch_list:
         logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False).logits
         soft_label_loss(logits, b["labels"]).backward()
@@ -80,16 +81,16 @@ def train_steps(model, batch_list) -> tuple[float, int, int]:
         opt.zero_grad(set_to_none=True)
         real += int(b["attention_mask"].sum())
         padded += b["input_ids"].numel()
-    return time.perf_counter() - t0, real, padded
+    return time.perf_counter() - t0, time.process_time() - c0, real, padded
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="tiny", help="'tiny' (built in code), 'embedded', or a folder")
     ap.add_argument("--data", default=str(REPO / "runs/data/prm/train.jsonl"))
-    ap.add_argument("--steps", type=int, default=8, help="optimizer steps per mode")
+    ap.add_argument("--steps", type=int, default=4, help="optimizer steps per mode")
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--max-length", type=int, default=1024, help="the paper pads to this")
+    ap.add_argument("--max-length", type=int, default=4096, help="the paper pads to this")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     import torch
@@ -127,10 +128,10 @@ def main() -> int:
     print(f"real tokens/example: mean {sum(lengths) / len(lengths):.0f}, max {max(lengths)}")
     rates = {}
     for name, batch_list in modes.items():
-        secs, real, padded = train_steps(model, batch_list)
+        secs, cpu, real, padded = train_steps(model, batch_list)
         rates[name] = real / secs
-        print(f"{name:28s} {secs:8.2f} s  {secs / len(batch_list):7.3f} s/step  "
-              f"{real / secs:9.0f} real tok/s  pad share {1 - real / padded:5.1%}")  # fmt: skip
+        print(f"{name:28s} {secs / len(batch_list):7.2f} s/step (cpu {cpu / len(batch_list):6.2f} s)  "
+              f"{real / secs:8.0f} real tok/s  pad share {1 - real / padded:5.1%}")  # fmt: skip
     ours, paper = rates["ours (grouped + dynamic)"], rates[f"paper (pad to {args.max_length})"]
     ratio = ours / paper
     print(

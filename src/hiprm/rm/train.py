@@ -89,7 +89,7 @@ class OptimConfig:
 class ValidationConfig:
     every_steps: int = 50
     batch_size: int = 16
-    metric: Literal["f1", "accuracy", "auroc", "loss"] = "f1"  # picks the kept best checkpoint
+    metric: Literal["f1", "accuracy", "auroc", "loss"] = "loss"  # picks the best checkpoint (paper: loss)
 
 
 @dataclass

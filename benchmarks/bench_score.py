@@ -101,8 +101,8 @@ def bench_steps(scorer, tok, items, paper_steps: int, paper_len: int, also_plain
     diff = max(abs(a - b) for a, b in zip(ours, base, strict=False))
     print(f"(a) {len(items)} solutions, {len(triples)} step prefixes, {sum(lengths) / len(lengths):.0f} tokens "
           f"on average (max {max(lengths)})")
-    print(f"    paper's way (batch 1, padded to {paper_len}): {base_rate:8.2f} steps/s  ({paper_steps} steps timed)")
-    print(f"    Scorer.score_batch                    : {ours_rate:8.2f} steps/s")
+    print(f"    paper's way (batch 1, padded to {paper_len}): {base_rate:8.3f} steps/s  ({paper_steps} steps timed)")
+    print(f"    Scorer.score_batch                    : {ours_rate:8.3f} steps/s")
     print(f"    speed-up {ours_rate / base_rate:6.1f}x (target >= 20x)   max |reward diff| {diff:.1e}")
     if also_plain:
         from hiprm.rm.scorer import Scorer
@@ -158,8 +158,8 @@ def bench_candidates(scorer, tok, sets, repeat: int) -> None:
     cand = [n_tokens(tok, c) for _, _, cs in sets for c in cs]
     print(f"(b) {len(sets)} prefixes of {min(pre)}-{max(pre)} tokens x {len(sets[0][2])} candidates of "
           f"{min(cand)}-{max(cand)} tokens (cached prefix path used: {scorer._prefix_cache_ok})")
-    print(f"    HF batched, dynamic padding: {len(sets) / base_s:8.2f} sets/s")
-    print(f"    Scorer.score_candidates    : {len(sets) / ours_s:8.2f} sets/s")
+    print(f"    HF batched, dynamic padding: {len(sets) / base_s:8.3f} sets/s")
+    print(f"    Scorer.score_candidates    : {len(sets) / ours_s:8.3f} sets/s")
     print(f"    speed-up {base_s / ours_s:6.1f}x (target >= 2x)   max |reward diff| {diff:.1e}")
 
 

@@ -39,13 +39,15 @@ class QuickstartConfig:
     out_dir: str = "runs/quickstart"
     data_input: str = data_build.DEFAULT_INPUT
     data_dir: str = "../shared/data"
+    data_max_problems: int | None = 120  # a seeded subset of problems (None = all 808)
     model: str = "smollm2-135m-instruct"  # reward-model backbone and policy
     # Reward-model training: the same budget for PRM and HRM.
-    train_steps: int = 30
+    train_steps: int = 12
     batch_size: int = 8
-    learning_rate: float = 5.0e-5
-    max_length: int = 384
-    max_val: int = 96
+    learning_rate: float = 1.0e-4
+    max_length: int = 320
+    train_top_layers: int = 4  # -1 = full fine-tuning (the paper); 4 of 30 keeps CPU steps short
+    max_val: int = 64
     precision: str = "fp32"
     # Evaluation without a policy.
     prm800k_limit: int | None = 12  # solutions of phase-1 test (None = all)
@@ -58,12 +60,15 @@ class QuickstartConfig:
     max_steps: int = 5
     max_step_tokens: int = 48
     max_solution_tokens: int = 192
+    subsamples: int = 2
+    prompt_style: str = "paragraph"
     device: str = "cpu"
 
 
 def _train_config(cfg: QuickstartConfig, kind: str, out: Path) -> rm_train.TrainConfig:
     tc = rm_train.TrainConfig(output_dir=str(out / "rm" / kind))
     tc.model.name = cfg.model
+    tc.model.train_top_layers = cfg.train_top_layers
     tc.data.train = str(out / "data" / kind / "train.jsonl")
     tc.data.val = str(out / "data" / kind / "val.jsonl")
     tc.data.max_val = cfg.max_val
@@ -93,7 +98,12 @@ def run(cfg: QuickstartConfig) -> Path:
     data_dirs = {}
     for kind in ("prm", "hrm"):
         data_dirs[kind] = data_build.run(
-            data_build.BuildConfig(kind=kind, input=cfg.data_input, out_dir=str(out / "data" / kind))  # type: ignore[arg-type]
+            data_build.BuildConfig(
+                kind=kind,  # type: ignore[arg-type]
+                input=cfg.data_input,
+                out_dir=str(out / "data" / kind),
+                max_problems=cfg.data_max_problems,
+            )
         )
     timings["data"] = time.perf_counter() - t
 
@@ -125,6 +135,7 @@ def run(cfg: QuickstartConfig) -> Path:
         data_dir=cfg.data_dir,
         limit=cfg.problems,
         n_values=list(cfg.n_values),
+        subsamples=cfg.subsamples,
         prm=str(models["prm"]),
         hrm=str(models["hrm"]),
         rm_device=cfg.device,
@@ -134,6 +145,9 @@ def run(cfg: QuickstartConfig) -> Path:
     )
     sc.policy.model = cfg.model
     sc.policy.device = cfg.device
+    # A 135M policy rarely writes the paper's "# Step X" headers but does end steps with a blank
+    # line, so steps are paragraphs here; configs/quickstart_gpu.yaml uses the paper's prompt.
+    sc.prompt.style = cfg.prompt_style
     eval_dir = search_run.run(sc)
     timings["eval"] = time.perf_counter() - t
 
@@ -168,7 +182,8 @@ def write_report(
         "# hiprm quickstart report",
         "",
         f"Backbone and policy: `{cfg.model}`. PRM and HRM trained with the same budget: "
-        f"{cfg.train_steps} steps x batch {cfg.batch_size}, lr {cfg.learning_rate}, max length {cfg.max_length}.",
+        f"{cfg.train_steps} steps x batch {cfg.batch_size}, lr {cfg.learning_rate}, max length {cfg.max_length}, "
+        f"top {cfg.train_top_layers} layers trained (-1 = all).",
         "",
         "**Scale.** This is a CPU smoke-scale run: a 135M model, tens of training steps, a few",
         f"dozen evaluation items and {cfg.problems} policy problems. Differences between PRM and HRM",

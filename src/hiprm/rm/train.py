@@ -59,6 +59,10 @@ class ModelConfig:
     name: str = "smollm2-135m-instruct"  # or a local folder / HF name (resolve_model_path)
     cache_dir: str | None = None  # where the embedded GGUF is converted; default $HIPRM_CACHE
     gradient_checkpointing: bool = False
+    # Train only the top k decoder layers (+ final norm and the classification head); the rest is
+    # frozen, so the backward pass stops k layers down. -1 = train everything. On a 2-core CPU
+    # this is what makes a quickstart-sized run of a 135M model affordable.
+    train_top_layers: int = -1
 
 
 @dataclass
@@ -276,7 +280,44 @@ def build_model(path: str, tokenizer: Any, cfg: TrainConfig) -> Any:
             target_modules=list(cfg.lora.target_modules),
         )
         model = get_peft_model(model, peft_cfg)
+    elif cfg.model.train_top_layers >= 0:
+        freeze_lower_layers(model, cfg.model.train_top_layers)
     return model
+
+
+def _decoder_layers(model: Any) -> Any:
+    """The stack of transformer blocks of a HF model (Llama/Qwen `layers`, GPT-2 style `h`)."""
+    import torch
+
+    for name, module in model.base_model.named_children():
+        if name in ("layers", "h", "blocks") and isinstance(module, torch.nn.ModuleList):
+            return module
+    raise ConfigError(f"model.train_top_layers: cannot find the decoder layers of {type(model).__name__}")
+
+
+def freeze_lower_layers(model: Any, k: int) -> int:
+    """Freeze everything but the top `k` decoder layers, the final norm and the head.
+
+    Returns the number of trainable parameters. Embeddings are frozen too: with tied input and
+    output embeddings a classifier never uses the output side, and freezing them keeps the
+    backward pass from reaching the bottom of the network.
+    """
+    layers = _decoder_layers(model)
+    if k > len(layers):
+        raise ConfigError(f"model.train_top_layers={k} but the model has {len(layers)} layers")
+    for p in model.parameters():
+        p.requires_grad = False
+    keep = [*layers[len(layers) - k :]] if k else []
+    keep.append(model.score if hasattr(model, "score") else model.get_output_embeddings())
+    norm = getattr(model.base_model, "norm", None) or getattr(model.base_model, "ln_f", None)
+    if norm is not None and k:
+        keep.append(norm)
+    for module in keep:
+        for p in module.parameters():
+            p.requires_grad = True
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info("training the top %d of %d layers: %d trainable parameters", k, len(layers), trainable)
+    return trainable
 
 
 def save_final(trainer: Trainer, cfg: TrainConfig, backbone: str, tokenizer: Any, out: Path) -> Path:

@@ -5,10 +5,18 @@ from __future__ import annotations
 
 import pytest
 
+from hiprm.artifacts import write_jsonl
 from hiprm.config import ConfigError
-from tests.test_rm_train import make_cfg, toy_data  # noqa: F401  (toy_data is a fixture)
+from tests.test_rm_train import make_cfg, toy_examples
 
 torch = pytest.importorskip("torch")
+
+
+@pytest.fixture
+def toy_data(tmp_path):
+    write_jsonl(tmp_path / "train.jsonl", toy_examples(64, seed=0))
+    write_jsonl(tmp_path / "val.jsonl", toy_examples(16, seed=1))
+    return tmp_path
 
 
 def test_only_top_layers_and_head_are_trained(toy_data, tiny_backbone_dir):

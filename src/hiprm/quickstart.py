@@ -42,12 +42,13 @@ class QuickstartConfig:
     data_max_problems: int | None = 120  # a seeded subset of problems (None = all 808)
     model: str = "smollm2-135m-instruct"  # reward-model backbone and policy
     # Reward-model training: the same budget for PRM and HRM.
-    train_steps: int = 12
+    train_steps: int = 10
     batch_size: int = 8
     learning_rate: float = 1.0e-4
     max_length: int = 320
     train_top_layers: int = 4  # -1 = full fine-tuning (the paper); 4 of 30 keeps CPU steps short
-    max_val: int = 64
+    max_val: int = 32
+    eval_every: int = 0  # validation + checkpoint every N steps (0 = at the end only)
     precision: str = "fp32"
     # Evaluation without a policy.
     prm800k_limit: int | None = 12  # solutions of phase-1 test (None = all)
@@ -78,7 +79,8 @@ def _train_config(cfg: QuickstartConfig, kind: str, out: Path) -> rm_train.Train
     tc.optim.max_steps = cfg.train_steps
     tc.optim.precision = cfg.precision  # type: ignore[assignment]
     tc.optim.warmup = 0.1
-    tc.eval.every_steps = max(cfg.train_steps // 2, 1)
+    # Validation (and so checkpoints, which must line up with it) costs a minute on CPU.
+    tc.eval.every_steps = cfg.eval_every if cfg.eval_every > 0 else cfg.train_steps
     tc.checkpoint.every_steps = tc.eval.every_steps
     tc.logging_steps = max(cfg.train_steps // 10, 1)
     return tc

@@ -13,6 +13,9 @@
 - anything else (a local folder, a Hugging Face name such as `Qwen/Qwen2.5-Math-1.5B`) is
   returned unchanged.
 
+`freeze_lower_layers(model, k)` leaves only the top k decoder layers (+ final norm and head)
+trainable, for partial fine-tuning on a CPU budget.
+
 `load_tokenizer(path, padding_side)` guarantees a pad token distinct from eos: sequence
 classification finds the last real token through `pad_token_id`, and a pad equal to the
 end-of-turn token would hide a real `<|im_end|>` and mix up loss masks in generation code.
@@ -29,6 +32,8 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from hiprm.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -244,3 +249,38 @@ def load_tokenizer(path: str, padding_side: str = "right", gguf_file: str | None
             tokenizer.pad_token = pad
     tokenizer.padding_side = padding_side
     return tokenizer
+
+
+def _decoder_layers(model: Any) -> Any:
+    """The stack of transformer blocks of a HF model (Llama/Qwen `layers`, GPT-2 style `h`)."""
+    import torch
+
+    for name, module in model.base_model.named_children():
+        if name in ("layers", "h", "blocks") and isinstance(module, torch.nn.ModuleList):
+            return module
+    raise ConfigError(f"model.train_top_layers: cannot find the decoder layers of {type(model).__name__}")
+
+
+def freeze_lower_layers(model: Any, k: int) -> int:
+    """Freeze everything but the top `k` decoder layers, the final norm and the head.
+
+    Returns the number of trainable parameters. Embeddings are frozen too: with tied input and
+    output embeddings a classifier never uses the output side, and freezing them keeps the
+    backward pass from reaching the bottom of the network.
+    """
+    layers = _decoder_layers(model)
+    if k > len(layers):
+        raise ConfigError(f"model.train_top_layers={k} but the model has {len(layers)} layers")
+    for p in model.parameters():
+        p.requires_grad = False
+    keep = [*layers[len(layers) - k :]] if k else []
+    keep.append(model.score if hasattr(model, "score") else model.get_output_embeddings())
+    norm = getattr(model.base_model, "norm", None) or getattr(model.base_model, "ln_f", None)
+    if norm is not None and k:
+        keep.append(norm)
+    for module in keep:
+        for p in module.parameters():
+            p.requires_grad = True
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info("training the top %d of %d layers: %d trainable parameters", k, len(layers), trainable)
+    return trainable

@@ -36,7 +36,7 @@ from transformers import Trainer, TrainerCallback
 
 from hiprm.artifacts import check_input_file, write_meta
 from hiprm.config import ConfigError, to_dict
-from hiprm.rm.backbone import load_tokenizer, resolve_model_path
+from hiprm.rm.backbone import freeze_lower_layers, load_tokenizer, resolve_model_path
 from hiprm.rm.data_collate import FeatureDataset, PadCollator, load_split, soft_label_loss
 from hiprm.rm.template import TemplateConfig
 from hiprm.rm.train_log import (
@@ -283,41 +283,6 @@ def build_model(path: str, tokenizer: Any, cfg: TrainConfig) -> Any:
     elif cfg.model.train_top_layers >= 0:
         freeze_lower_layers(model, cfg.model.train_top_layers)
     return model
-
-
-def _decoder_layers(model: Any) -> Any:
-    """The stack of transformer blocks of a HF model (Llama/Qwen `layers`, GPT-2 style `h`)."""
-    import torch
-
-    for name, module in model.base_model.named_children():
-        if name in ("layers", "h", "blocks") and isinstance(module, torch.nn.ModuleList):
-            return module
-    raise ConfigError(f"model.train_top_layers: cannot find the decoder layers of {type(model).__name__}")
-
-
-def freeze_lower_layers(model: Any, k: int) -> int:
-    """Freeze everything but the top `k` decoder layers, the final norm and the head.
-
-    Returns the number of trainable parameters. Embeddings are frozen too: with tied input and
-    output embeddings a classifier never uses the output side, and freezing them keeps the
-    backward pass from reaching the bottom of the network.
-    """
-    layers = _decoder_layers(model)
-    if k > len(layers):
-        raise ConfigError(f"model.train_top_layers={k} but the model has {len(layers)} layers")
-    for p in model.parameters():
-        p.requires_grad = False
-    keep = [*layers[len(layers) - k :]] if k else []
-    keep.append(model.score if hasattr(model, "score") else model.get_output_embeddings())
-    norm = getattr(model.base_model, "norm", None) or getattr(model.base_model, "ln_f", None)
-    if norm is not None and k:
-        keep.append(norm)
-    for module in keep:
-        for p in module.parameters():
-            p.requires_grad = True
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log.info("training the top %d of %d layers: %d trainable parameters", k, len(layers), trainable)
-    return trainable
 
 
 def save_final(trainer: Trainer, cfg: TrainConfig, backbone: str, tokenizer: Any, out: Path) -> Path:

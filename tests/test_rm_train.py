@@ -126,6 +126,8 @@ def test_bad_config_key_and_values_raise_config_error(toy_data, tiny_backbone_di
         make_cfg(toy_data, tiny_backbone_dir, "optim.precision=fp8")
     with pytest.raises(ConfigError, match="multiple of eval.every_steps"):
         run(make_cfg(toy_data, tiny_backbone_dir, "checkpoint.every_steps=15"))
+    with pytest.raises(ConfigError, match="set one of them"):
+        run(make_cfg(toy_data, tiny_backbone_dir, "lora.r=4", "model.train_top_layers=1"))
     with pytest.raises(DataError, match="no such file"):
         run(make_cfg(toy_data, tiny_backbone_dir, "data.train=missing.jsonl"))
 

@@ -1,7 +1,10 @@
 """`hiprm rm train CONFIG [key=value ...]`: fine-tune a 2-label reward model on RMExample JSONL.
 
     hiprm rm train configs/rm_train_prm.yaml optim.max_steps=200
-    accelerate launch --num_processes 2 --cpu -m hiprm.cli rm train configs/rm_train_prm.yaml
+    accelerate launch --config_file configs/accelerate/cpu_2proc.yaml -m hiprm.cli rm train configs/rm_train_prm.yaml
+
+(Two CPU processes: `accelerate launch --cpu` starts only one unless MPI is set up, so the
+2-process config goes through torchrun; with no GPU, `use_cpu` puts them on CPU + gloo.)
 
 Input: `data.train` / `data.val` RMExample JSONL (from `hiprm data build`). Every text comes
 from the one formatter (`hiprm.rm.template`), tokenized once up front. The model is
@@ -162,6 +165,10 @@ def check_config(cfg: TrainConfig) -> None:
         (cfg.checkpoint.every_steps >= 1, "checkpoint.every_steps must be >= 1"),
         (cfg.template.max_length >= 16, "template.max_length must be >= 16"),
         (cfg.lora.r >= 0, "lora.r must be >= 0 (0 = no LoRA)"),
+        (
+            cfg.lora.r == 0 or cfg.model.train_top_layers < 0,
+            "lora.r and model.train_top_layers are two ways to train less; set one of them",
+        ),
         (cfg.optim.max_steps > 0 or cfg.optim.epochs > 0, "set optim.max_steps > 0 or optim.epochs > 0"),
     ]
     if has_val(cfg):

@@ -51,8 +51,8 @@ class QuickstartConfig:
     eval_every: int = 0  # validation + checkpoint every N steps (0 = at the end only)
     precision: str = "fp32"
     # Evaluation without a policy.
-    prm800k_limit: int | None = 12  # solutions of phase-1 test (None = all)
-    processbench_limit: int | None = 12  # entries per split (None = all)
+    prm800k_limit: int | None = 4  # solutions of phase-1 test (None = all)
+    processbench_limit: int | None = 8  # entries per split (None = all)
     processbench_splits: list[str] = field(default_factory=lambda: ["gsm8k", "math"])
     # Evaluation with the policy.
     dataset: str = "gsm8k"

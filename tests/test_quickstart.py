@@ -1,0 +1,56 @@
+"""The quickstart end to end on the real shared data with tiny models: every stage runs, the
+report gathers every table, and a rerun resumes (returns finished stages instead of redoing them)."""
+
+from __future__ import annotations
+
+import pytest
+
+from hiprm.config import load_config
+from hiprm.quickstart import QuickstartConfig, run
+
+
+@pytest.mark.slow
+def test_quickstart_end_to_end_and_rerun(tmp_path, shared_data, tiny_backbone_dir, capsys):
+    cfg = load_config(
+        QuickstartConfig,
+        None,
+        [
+            f"out_dir={tmp_path / 'qs'}",
+            f"data_dir={shared_data}",
+            f"data_input={shared_data / 'prm800k' / 'phase1_train.reconstructed.jsonl'}",
+            f"model={tiny_backbone_dir}",
+            "data_max_problems=6",
+            "train_steps=2",
+            "batch_size=2",
+            "max_length=128",
+            "train_top_layers=1",
+            "max_val=4",
+            "prm800k_limit=1",
+            "processbench_limit=3",
+            "problems=2",
+            "n_values=[1,2]",
+            "subsamples=1",
+            "max_steps=2",
+            "max_step_tokens=8",
+            "max_solution_tokens=16",
+        ],
+    )
+    report = run(cfg)
+    text = report.read_text()
+    for needle in ["## Training data", "hrm_pair", "## Reward-model training", "## Evaluation without a policy",
+                   "## Best-of-N and step-level search", "smoke-scale"]:  # fmt: skip
+        assert needle in text, needle
+    out = tmp_path / "qs"
+    for kind in ("prm", "hrm"):
+        assert (out / "rm" / kind / "model" / "config.json").exists()
+        assert (out / "data" / kind / "train.jsonl").exists()
+    assert (out / "rm_eval" / "rm_eval.json").exists()
+    assert (out / "eval_gsm8k" / "metrics.json").exists()
+    # PRM and HRM trained with the same budget from the same problems
+    prm_cfg = (out / "rm" / "prm" / "config.yaml").read_text()
+    hrm_cfg = (out / "rm" / "hrm" / "config.yaml").read_text()
+    assert prm_cfg.replace("/prm", "/hrm") == hrm_cfg
+    first = capsys.readouterr().out
+    assert "quickstart done" in first and str(report) in first
+    # A rerun finds every stage finished and rewrites the same report.
+    assert run(cfg) == report

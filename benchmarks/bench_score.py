@@ -175,6 +175,7 @@ def main() -> int:
     ap.add_argument("--sets", type=int, default=6, help="candidate sets in (b)")
     ap.add_argument("--candidates", type=int, default=8)
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--parts", default="ab", help="which measurements to run: a, b or ab")
     ap.add_argument("--also-plain", action="store_true", help="(a): also time the Scorer with prefix sharing off")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default); on a busy "
                     "machine 1 thread gives steadier timings")
@@ -187,9 +188,11 @@ def main() -> int:
     scorer = Scorer(model, tok, TemplateConfig(max_length=args.paper_length))
     print(f"model: {name}; torch threads: {torch.get_num_threads()}")
     items = solutions(max(args.solutions, 60))
-    bench_steps(scorer, tok, items[: args.solutions], args.paper_steps, args.paper_length, args.also_plain)
-    sets = candidate_sets(tok, scorer.template, items, args.sets, args.candidates)
-    bench_candidates(scorer, tok, sets, args.repeat)
+    if "a" in args.parts:
+        bench_steps(scorer, tok, items[: args.solutions], args.paper_steps, args.paper_length, args.also_plain)
+    if "b" in args.parts:
+        sets = candidate_sets(tok, scorer.template, items, args.sets, args.candidates)
+        bench_candidates(scorer, tok, sets, args.repeat)
     return 0
 
 

@@ -125,12 +125,14 @@ def test_pairs_of_one_question_share_one_trunk(tiny_rm_dir, tiny_tokenizer):
     assert got == pytest.approx(direct, abs=1e-5)
 
 
-def test_cached_prefix_chunks_by_budget(tiny_rm_dir):
-    s = Scorer.from_pretrained(tiny_rm_dir, device="cpu", batch_size=2)
+def test_shared_rows_split_into_chunks_by_budget(tiny_rm_dir):
+    """A small token budget packs the rows into several chunks against the same trunk cache."""
+    s = Scorer.from_pretrained(tiny_rm_dir, device="cpu", max_tokens_per_batch=40)
     ref = Scorer.from_pretrained(tiny_rm_dir, device="cpu", prefix_cache=False)
-    assert s.score_candidates(Q, STEPS[:2], CANDIDATES) == pytest.approx(
-        ref.score_candidates(Q, STEPS[:2], CANDIDATES), abs=1e-5
-    )
+    s._prefix_cache_ok = True  # skip the self-check so the pass count below is only the shared path
+    got = s.score_candidates(Q, STEPS[:2], CANDIDATES)
+    assert s.stats.trunks == 1 and s.stats.forward_passes >= 3  # the trunk + at least two chunks
+    assert got == pytest.approx(ref.score_candidates(Q, STEPS[:2], CANDIDATES), abs=1e-5)
 
 
 def test_self_check_falls_back_when_cached_path_is_wrong(tiny_rm_dir, monkeypatch, caplog):

@@ -17,8 +17,9 @@ Two things make scoring fast:
 - Inputs that share a token prefix share its computation. The inputs for the steps of one
   solution all start with the question and the earlier steps, and candidates share everything
   but themselves. The "trunk" (the longest of such inputs) runs through the model once with
-  `use_cache=True`; every other input then runs only its own remaining tokens against that
-  key/value cache, with an attention mask that hides the trunk positions it does not share. Shared lengths are found on token ids, so the result is the
+  `use_cache=True`; the other inputs' own remaining tokens are then packed into one sequence run
+  against that key/value cache, with a 4D attention mask that lets each see only the trunk
+  positions it shares and its own earlier tokens. Shared lengths are found on token ids, so the result is the
   same as scoring each input alone (checked once per Scorer on real inputs; on a mismatch, e.g.
   an attention kernel that ignores such masks, it falls back to the plain path with a warning).
 - Plain inputs are sorted by length and cut into batches by a token budget (rows x longest
@@ -289,15 +290,16 @@ class Scorer:
 
     def _supports_prefix_cache(self) -> bool:
         """Llama-style classifiers: a decoder under `base_model_prefix`, a linear `score` head
-        on the last non-pad token (transformers' GenericForSequenceClassification)."""
+        on the last non-pad token (transformers' GenericForSequenceClassification), and an
+        attention implementation that takes a custom 4D mask (sdpa or eager, not flash)."""
         try:
             from transformers.modeling_layers import GenericForSequenceClassification
         except ImportError:  # pragma: no cover - older transformers
             return False
         m = self.model
-        return isinstance(m, GenericForSequenceClassification) and hasattr(m, "score") and hasattr(
-            m, m.base_model_prefix
-        )
+        attn = getattr(m.config, "_attn_implementation", None)
+        return (isinstance(m, GenericForSequenceClassification) and hasattr(m, "score")
+                and hasattr(m, m.base_model_prefix) and attn in ("sdpa", "eager"))
 
     def _shared_checked(self, trunk: list[int], rows: list[tuple[int, list[int]]]) -> list[float]:
         vals = self._score_shared(trunk, rows)
@@ -308,66 +310,76 @@ class Scorer:
         return vals
 
     def _score_shared(self, trunk: list[int], rows: list[tuple[int, list[int]]]) -> list[float]:
-        """Row r is the input `trunk[:keep_r] + own_r`: run the trunk once, then the own tokens.
+        """Row r is the input `trunk[:keep_r] + own_r`: run the trunk once, then all own tokens.
 
-        trunk: T ids -> key/value cache (1, heads, T, d) per layer, expanded to the rows of a chunk.
-        own tokens: (rows, S) right-padded; attention mask (rows, T + S) hides trunk[keep_r:] and
-        padding; positions keep_r .. keep_r + S - 1. Hidden states (rows, S, H) go through
-        `model.score` at each row's last non-pad token (or the trunk's, if the row has none).
+        trunk: T ids -> key/value cache (1, kv_heads, T, d) per layer. The rows' own tokens are
+        packed one after another into a single sequence of Q = sum(S_r) tokens (no padding, no
+        copies of the cache per row), with a 4D attention mask (1, 1, Q, T + Q) letting token j
+        of row r see trunk[:keep_r] and tokens 0..j of its own row, and positions keep_r + j.
+        Hidden states (1, Q, H) go through `model.score` at each row's last non-pad token (or the
+        trunk's, for a row with no own token), as the HF head does.
         """
         import torch
-        from transformers import DynamicCache
 
         base = getattr(self.model, self.model.base_model_prefix)
         n_trunk = len(trunk)
         with torch.inference_mode():
             pre = base(input_ids=torch.tensor([trunk], device=self.device), use_cache=True)
-            kv = [(layer.keys, layer.values) for layer in pre.past_key_values.layers]
+            cache = pre.past_key_values
             trunk_hidden = pre.last_hidden_state[0]  # (T, H)
         self.stats.forward_passes += 1
         self.stats.trunks += 1
         self.stats.shared_rows += len(rows)
         out = [0.0] * len(rows)
-        own = [s for _, s in rows]
-        # Each row holds a copy of the trunk's cache: bound rows x T as well as rows x S.
-        max_rows = max(1, min(self.batch_size, self.max_tokens_per_batch // max(n_trunk, 1)))
-        for batch in budget_batches([len(s) for s in own], max_rows, self.max_tokens_per_batch):
-            width = max(1, max(len(own[i]) for i in batch))
-            n = len(batch)
-            ids = torch.full((n, width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros((n, n_trunk + width), dtype=torch.long)
-            pos = torch.zeros((n, width), dtype=torch.long)
-            for r, i in enumerate(batch):
-                keep, s = rows[i]
-                mask[r, :keep] = 1
-                if s:
-                    ids[r, : len(s)] = torch.tensor(s)
-                    mask[r, n_trunk : n_trunk + len(s)] = 1
-                pos[r] = torch.arange(keep, keep + width)
-            cache = DynamicCache([(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in kv])
+        blocked = torch.finfo(self.model.dtype).min
+        chunks, cur, size = [], [], 0
+        for i, (_, s) in enumerate(rows):
+            if cur and size + len(s) > self.max_tokens_per_batch:
+                chunks.append(cur)
+                cur, size = [], 0
+            cur.append(i)
+            size += len(s)
+        chunks.append(cur)
+        for chunk in chunks:
+            q_len = sum(len(rows[i][1]) for i in chunk)
+            picked: list[Any] = []
+            hidden = None
+            if q_len:
+                ids = torch.tensor([[t for i in chunk for t in rows[i][1]]], device=self.device)
+                pos = torch.empty((1, q_len), dtype=torch.long)
+                mask = torch.full((1, 1, q_len, n_trunk + q_len), blocked, dtype=self.model.dtype)
+                o = 0
+                for i in chunk:
+                    keep, own = rows[i]
+                    n = len(own)
+                    if n:
+                        pos[0, o : o + n] = torch.arange(keep, keep + n)
+                        mask[0, 0, o : o + n, :keep] = 0
+                        block = mask[0, 0, o : o + n, n_trunk + o : n_trunk + o + n]
+                        block.masked_fill_(torch.ones(n, n, dtype=torch.bool).tril(), 0)
+                    o += n
+                with torch.inference_mode():
+                    hidden = base(
+                        input_ids=ids, attention_mask=mask.to(self.device), position_ids=pos.to(self.device),
+                        past_key_values=cache, use_cache=True,
+                    ).last_hidden_state[0]  # (Q, H)
+                cache.crop(-q_len)  # drop this chunk's keys/values; the next chunk reuses the trunk
+                self.stats.forward_passes += 1
+            o = 0
+            for i in chunk:
+                keep, own = rows[i]
+                last = max((j for j, t in enumerate(own) if t != self.pad_id), default=-1)
+                if last >= 0 and hidden is not None:
+                    picked.append(hidden[o + last])
+                else:
+                    last = max((j for j in range(keep) if trunk[j] != self.pad_id), default=keep - 1)
+                    picked.append(trunk_hidden[last])
+                o += len(own)
             with torch.inference_mode():
-                hidden = base(
-                    input_ids=ids.to(self.device),
-                    attention_mask=mask.to(self.device),
-                    position_ids=pos.to(self.device),
-                    past_key_values=cache,
-                    use_cache=True,
-                ).last_hidden_state  # (rows, S, H)
-                picked = []
-                for r, i in enumerate(batch):
-                    keep, s = rows[i]
-                    # Like the HF head: the rightmost token that is not the pad id.
-                    last = max((j for j, t in enumerate(s) if t != self.pad_id), default=-1)
-                    if last >= 0:
-                        picked.append(hidden[r, last])
-                    else:
-                        last = max((j for j in range(keep) if trunk[j] != self.pad_id), default=keep - 1)
-                        picked.append(trunk_hidden[last])
                 logits = self.model.score(torch.stack(picked))  # (rows, 2)
-            self.stats.forward_passes += 1
             probs = torch.softmax(logits.float(), dim=-1)[:, 1].tolist()
-            for r, i in enumerate(batch):
-                out[i] = probs[r]
+            for i, p in zip(chunk, probs, strict=True):
+                out[i] = p
         return out
 
     def _check_shared(self, shared: list[float], seqs: list[list[int]]) -> bool:

@@ -332,9 +332,12 @@ class Scorer:
         self.stats.shared_rows += len(rows)
         out = [0.0] * len(rows)
         blocked = torch.finfo(self.model.dtype).min
+        # Packed rows also attend (masked) across each other: Q x (T + Q) scores. Capping Q near
+        # T keeps that waste and the mask's memory in line with the useful Q x T part.
+        q_cap = min(self.max_tokens_per_batch, max(512, n_trunk))
         chunks, cur, size = [], [], 0
         for i, (_, s) in enumerate(rows):
-            if cur and size + len(s) > self.max_tokens_per_batch:
+            if cur and size + len(s) > q_cap:
                 chunks.append(cur)
                 cur, size = [], 0
             cur.append(i)

@@ -334,3 +334,22 @@ def test_accelerate_configs_parse_as_the_launcher_reads_them(name):
         stage = int(name[-1])
         assert args.use_deepspeed and defaults.deepspeed_config["zero_stage"] == stage
         assert "gradient_clipping" not in defaults.deepspeed_config  # max_grad_norm comes from hiprm
+
+
+def test_final_metrics_come_from_the_kept_checkpoint_without_revalidating(toy_data, tiny_backbone_dir):
+    from transformers import TrainerCallback
+
+    class CountEvals(TrainerCallback):
+        def __init__(self):
+            self.steps = []
+
+        def on_evaluate(self, args, state, control, **kwargs):
+            self.steps.append(state.global_step)
+
+    counter = CountEvals()
+    out = run(make_cfg(toy_data, tiny_backbone_dir), callbacks=[counter])
+    assert counter.steps == [10, 20]  # eval.every_steps=10, max_steps=20: no extra pass at the end
+    meta = json.loads((out / "meta.json").read_text())
+    best_step = int(Path(meta["best_checkpoint"]).name.split("-")[1])
+    logged = [r for r in metric_rows(out) if r.get("step") == best_step and "eval_loss" in r]
+    assert logged and meta["validation"]["eval_loss"] == pytest.approx(logged[-1]["eval_loss"])

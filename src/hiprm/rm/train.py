@@ -348,6 +348,21 @@ def _without_lora(cfg: TrainConfig) -> TrainConfig:
     return replace(cfg, lora=replace(cfg.lora, r=0))
 
 
+def best_validation(trainer: Trainer) -> dict[str, float]:
+    """Validation metrics of the kept (best) checkpoint.
+
+    They were logged when that checkpoint was validated, so they are read back from the log
+    instead of running validation again (a minute per pass on CPU); a run resumed from a
+    checkpoint whose evaluation is not in the log falls back to evaluating.
+    """
+    best = trainer.state.best_model_checkpoint
+    step = checkpoint_step(Path(best)) if best else trainer.state.global_step
+    for row in reversed(trainer.state.log_history):
+        if row.get("step") == step and "eval_loss" in row:
+            return {k: v for k, v in row.items() if k.startswith("eval_")}
+    return trainer.evaluate()
+
+
 def run(cfg: TrainConfig, callbacks: list[TrainerCallback] | None = None) -> Path:
     """Train (or resume, or return a finished run); returns the output directory."""
     from transformers import set_seed
@@ -385,7 +400,7 @@ def run(cfg: TrainConfig, callbacks: list[TrainerCallback] | None = None) -> Pat
         if is_main:
             trim_metrics(out / "metrics.jsonl", checkpoint_step(resume))
     train_loss = train_or_restore(trainer, resume)
-    final_metrics = trainer.evaluate() if val_set is not None else {}
+    final_metrics = best_validation(trainer) if val_set is not None else {}
     save_final(trainer, cfg, backbone, tokenizer, out)
     if is_main:
         plot_losses(out / "metrics.jsonl", out / "loss.png")

@@ -143,3 +143,13 @@ def test_cli_build_orm_on_real_test_file(shared_data, tmp_path, capsys):
     assert labels.count(1.0) >= 100 and labels.count(0.0) >= 4
     assert all(r["kind"] == "orm" and "# Answer" in r["current_step"] for r in rows)
     assert "orm" in capsys.readouterr().out
+
+
+def test_stats_and_export_validate_examples_like_the_trainer(tmp_path, capsys):
+    p = tmp_path / "ex.jsonl"
+    good = {"problem_id": "a", "question": "Q", "previous_steps": [], "current_step": "s", "label": 1.0, "kind": "prm"}
+    p.write_text(json.dumps(good) + "\n" + json.dumps({**good, "label": 1.5}) + "\n")
+    assert main(["data", "stats", str(p)]) == 2
+    assert f"{p}:2: field 'label': expected a number in [0, 1]" in capsys.readouterr().err
+    assert main(["data", "export-trl", str(p), "--skip-bad", f"out={tmp_path / 't.jsonl'}"]) == 0
+    assert len((tmp_path / "t.jsonl").read_text().splitlines()) == 1

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from hiprm.artifacts import DataError
 
 RATINGS = (-1, 0, 1)
 EXAMPLE_KINDS = ("orm", "prm", "hrm_pair")
@@ -149,3 +152,28 @@ class RMExample:
             ratings=list(d.get("ratings", [])),
             source=d.get("source", ""),
         )
+
+
+def example_from_json(obj: Any, path: str | Path, line: int) -> RMExample:
+    """Check one parsed JSONL line against the RMExample fields; DataError names file:line:field.
+
+    The one validator of example files, shared by `hiprm data stats` / `export-trl` and the
+    reward-model trainer.
+    """
+    if not isinstance(obj, dict):
+        raise DataError(path, f"expected an object, got {type(obj).__name__}", line)
+    for key, kind in (("question", str), ("current_step", str), ("previous_steps", list)):
+        if not isinstance(obj.get(key), kind):
+            raise DataError(path, f"expected {kind.__name__}, got {type(obj.get(key)).__name__}", line, key)
+    for i, step in enumerate(obj["previous_steps"]):
+        if not isinstance(step, str):
+            raise DataError(path, f"expected a string, got {type(step).__name__}", line, f"previous_steps[{i}]")
+    label = obj.get("label")
+    if isinstance(label, bool) or not isinstance(label, int | float) or not 0.0 <= label <= 1.0:
+        raise DataError(path, f"expected a number in [0, 1], got {label!r}", line, "label")
+    if obj.get("kind") not in EXAMPLE_KINDS:
+        raise DataError(path, f"expected one of {list(EXAMPLE_KINDS)}, got {obj.get('kind')!r}", line, "kind")
+    try:
+        return RMExample.from_dict(obj)
+    except (KeyError, TypeError, ValueError) as e:
+        raise DataError(path, f"not an RMExample: {e}", line) from None

@@ -98,11 +98,11 @@ def run(cfg: BuildConfig) -> Path:
     if not examples:
         raise DataError(cfg.input, f"no {cfg.kind} examples could be built (check finish reasons and ratings)")
     val_ids = split_by_problem([e.problem_id for e in examples], cfg.val_fraction, cfg.seed)
-    train = [e for e in examples if e.problem_id not in val_ids]
-    val = [e for e in examples if e.problem_id in val_ids]
+    rows = [e.to_dict() for e in examples]  # once: for writing and for the statistics
+    train = [r for r in rows if r["problem_id"] not in val_ids]
+    val = [r for r in rows if r["problem_id"] in val_ids]
     write_jsonl(out_dir / "train.jsonl", train)
     write_jsonl(out_dir / "val.jsonl", val)
-    rows = [e.to_dict() for e in examples]
     stats = compute_stats(rows)
     write_meta(
         out_dir,
@@ -111,7 +111,7 @@ def run(cfg: BuildConfig) -> Path:
         counts={
             "train": len(train),
             "val": len(val),
-            "train_problems": len({e.problem_id for e in train}),
+            "train_problems": len({r["problem_id"] for r in train}),
             "val_problems": len(val_ids),
             "skipped_bad_lines": skip_log.count if skip_log else 0,
         },

@@ -50,10 +50,7 @@ def run(cfg: ExportConfig) -> Path:
     src = Path(cfg.path)
     out = Path(cfg.out) if cfg.out else src.with_name(src.name.removesuffix(".jsonl") + ".trl.jsonl")
     skip_log = SkipLog() if cfg.skip_bad else None
-    rows = load_rows(src, skip_log)
-    for i, r in enumerate(rows):
-        if not isinstance(r.get("question"), str):
-            raise DataError(src, "missing or not a string", None, f"question (example {i + 1})")
+    rows = load_rows(src, skip_log)  # validated: every row has question, steps, label, kind
     n = write_jsonl(out, (to_trl(r) for r in rows))
     print(f"wrote {n} TRL stepwise rows to {out}")
     if skip_log is not None:

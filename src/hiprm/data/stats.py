@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hiprm.artifacts import DataError, SkipLog, read_jsonl
+from hiprm.records import example_from_json
 
 PERCENTILES = (50, 90, 99, 100)
 
@@ -86,17 +87,11 @@ def load_rows(path: str | Path, skip_bad: SkipLog | None = None) -> list[dict[st
         if p.is_dir() and not f.exists():
             continue
         for line, obj in read_jsonl(f, skip_bad):
-            bad = None
-            if not isinstance(obj, dict):
-                bad = DataError(f, "expected an object", line)
-            else:
-                for key, typ in (("kind", str), ("label", (int, float)), ("current_step", str), ("previous_steps", list)):
-                    if not isinstance(obj.get(key), typ):
-                        bad = DataError(f, "missing or wrong type", line, key)
-                        break
-            if bad is not None:
+            try:
+                example_from_json(obj, f, line)
+            except DataError as bad:
                 if skip_bad is None:
-                    raise bad
+                    raise
                 skip_bad.add(bad)
                 continue
             rows.append(obj)

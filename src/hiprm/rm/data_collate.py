@@ -23,32 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from hiprm.artifacts import DataError, read_jsonl
-from hiprm.records import EXAMPLE_KINDS, RMExample
+from hiprm.records import RMExample, example_from_json
 from hiprm.rm.template import TemplateConfig, render, render_fitted
 
 log = logging.getLogger(__name__)
-
-
-def _check_example(obj: Any, path: Path, line: int) -> RMExample:
-    if not isinstance(obj, dict):
-        raise DataError(path, f"expected an object, got {type(obj).__name__}", line)
-    for key, kind in (("question", str), ("current_step", str), ("previous_steps", list)):
-        if not isinstance(obj.get(key), kind):
-            raise DataError(path, f"expected {kind.__name__}, got {type(obj.get(key)).__name__}", line, key)
-    for i, step in enumerate(obj["previous_steps"]):
-        if not isinstance(step, str):
-            raise DataError(
-                path, f"expected a string, got {type(step).__name__}", line, f"previous_steps[{i}]"
-            )
-    label = obj.get("label")
-    if isinstance(label, bool) or not isinstance(label, int | float) or not 0.0 <= label <= 1.0:
-        raise DataError(path, f"expected a number in [0, 1], got {label!r}", line, "label")
-    if obj.get("kind") not in EXAMPLE_KINDS:
-        raise DataError(path, f"expected one of {list(EXAMPLE_KINDS)}, got {obj.get('kind')!r}", line, "kind")
-    try:
-        return RMExample.from_dict(obj)
-    except (KeyError, TypeError, ValueError) as e:
-        raise DataError(path, f"not an RMExample: {e}", line) from None
 
 
 def read_examples(path: str | Path, limit: int | None = None) -> list[RMExample]:
@@ -58,7 +36,7 @@ def read_examples(path: str | Path, limit: int | None = None) -> list[RMExample]
     for line, obj in read_jsonl(p):
         if limit is not None and len(out) >= limit:
             break
-        out.append(_check_example(obj, p, line))
+        out.append(example_from_json(obj, p, line))
     if not out:
         raise DataError(p, "no examples in file")
     return out

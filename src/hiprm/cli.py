@@ -36,6 +36,10 @@ COMMANDS: dict[str, tuple[str, str, str, str | None]] = {
     "rm eval": ("hiprm.rm.evaluate", "EvalConfig", "run", None),
     "serve": ("hiprm.serve.app", "ServeConfig", "run", None),
     "eval": ("hiprm.search.run", "EvalConfig", "run", None),
+    "annotate": ("hiprm.annotate.run", "AnnotateConfig", "run", None),
+    "annotate stats": ("hiprm.annotate.stats", "StatsConfig", "run", "path"),
+    "annotate hnc": ("hiprm.annotate.hnc_run", "HNCConfig", "run", None),
+    "selftrain": ("hiprm.selftrain.train", "SelftrainConfig", "run", None),
     "quickstart": ("hiprm.quickstart", "QuickstartConfig", "run", None),
 }
 

@@ -1,0 +1,440 @@
+"""THE tree record: a problem's tree of reasoning steps with MC-scores, one JSONL line per problem.
+
+Every stage that touches trees uses this module: `hiprm annotate` writes trees, HNC rewrites them,
+`hiprm data build trees=...` turns them into reward-model examples, `hiprm selftrain` picks
+trajectories from them. Pure Python, no torch, so it sits low in the import order (beside
+`records`).
+
+A line (`Tree.to_dict`):
+
+    {"problem_id", "question", "answer" (reference), "source", "mc_from": "leaves" | "given",
+     "nodes": [{"id", "parent", "depth", "step", "outcome", "answer", "count", "leaves",
+                "correct", "mc", "tokens", "merged_from"}, ...],
+     "cost": {"prompt_tokens", "generated_tokens", "calls", "rollouts", "seconds"}}
+
+- `nodes[0]` is the root: `parent` null, `step` "", depth 0. A node's `id` is a hash of the step
+  texts on its path (`node_id`), so the same path gets the same id in every run.
+- `outcome` (leaves only): correct | wrong | no_answer | truncated; `answer` is the extracted
+  final answer of a leaf. A node with children and an outcome does not exist: a leaf ends a
+  solution.
+- `count`: how many times this exact step (after white-space normalisation) was sampled at
+  this place. Identical siblings are stored once (`annotate` merges them), and the count weighs
+  the node in its parent's estimate, as if each copy had grown its own subtree: the copies'
+  subtrees would be i.i.d. draws of the same distribution, so weighting one grown subtree by
+  `count` keeps the parent's MC estimate unbiased (its variance is higher than with independent
+  subtrees, which is the compute saved). With `count == 1` everywhere this is the plain rule.
+- `leaves`, `correct` (weighted counts per copy of the node) and `mc = correct / leaves`:
+
+      leaves(n)  = [n is a leaf] + sum over children c of count(c) * leaves(c)
+      correct(n) = [n is a correct leaf] + sum over children c of count(c) * correct(c)
+
+  `truncated` leaves count as wrong (annotate's `truncated_as` can instead drop them, in which
+  case they are stored with `leaves` 0 and do not count at all).
+- `mc_from == "given"`: the MC-scores came from elsewhere (OpenR's MCTS trees carry an
+  `mc_value` estimated from rollouts that are not all in the file) and `recompute` keeps them;
+  `leaves` / `correct` are still counted from the stored leaves.
+- `tokens`: generated tokens spent on this node's step (0 for nodes read from OpenR).
+- `merged_from`: for a node made by HNC, the ids of the two nodes whose steps it joins.
+
+A tiny tree (root -> a -> {b correct, c wrong}; root -> d correct):
+
+>>> t = Tree.new("p1", "1+1?", "2")
+>>> a = t.add(t.root.id, "a")
+>>> _ = t.add(a.id, "b", outcome="correct", answer="2")
+>>> _ = t.add(a.id, "c", outcome="wrong", answer="3")
+>>> _ = t.add(t.root.id, "d", outcome="correct", answer="2")
+>>> recompute(t)
+>>> [(n.step, n.leaves, n.correct, round(n.mc, 3)) for n in t.nodes]
+[('', 3, 2, 0.667), ('a', 2, 1, 0.5), ('b', 1, 1, 1.0), ('c', 1, 0, 0.0), ('d', 1, 1, 1.0)]
+>>> [n.step for n in path_to(t, t.nodes[3].id)]
+['', 'a', 'c']
+>>> [[n.step for n in p] for p in iter_paths(t)]
+[['', 'a', 'b'], ['', 'a', 'c'], ['', 'd']]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hiprm.artifacts import DataError, read_jsonl
+from hiprm.records import problem_id_for
+
+OUTCOMES = ("correct", "wrong", "no_answer", "truncated")
+TREE_FORMAT = "hiprm-tree/1"
+_SPACE = re.compile(r"\s+")
+
+
+def normalize_step(text: str) -> str:
+    """The key under which identical sibling steps are merged: white space collapsed.
+
+    >>> normalize_step("  x = 1\\n\\n y=2 ") == normalize_step("x = 1 y=2")
+    True
+    """
+    return _SPACE.sub(" ", text).strip()
+
+
+def node_id(steps: Iterable[str]) -> str:
+    """Stable id of the node reached by these step texts from the root (16 hex digits).
+
+    >>> node_id([]) == node_id([]) and node_id(["a"]) != node_id(["a", ""])
+    True
+    """
+    h = hashlib.sha256()
+    for s in steps:
+        h.update(normalize_step(s).encode("utf-8"))
+        h.update(b"\x1f")
+    return h.hexdigest()[:16]
+
+
+@dataclass(slots=True)
+class TreeNode:
+    id: str
+    parent: str | None
+    depth: int
+    step: str
+    outcome: str | None = None
+    answer: str | None = None
+    count: int = 1
+    leaves: int = 0
+    correct: int = 0
+    mc: float | None = None
+    tokens: int = 0
+    merged_from: list[str] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {
+            "id": self.id, "parent": self.parent, "depth": self.depth, "step": self.step,
+            "outcome": self.outcome, "answer": self.answer, "count": self.count,
+            "leaves": self.leaves, "correct": self.correct, "mc": self.mc, "tokens": self.tokens,
+        }  # fmt: skip
+        if self.merged_from is not None:
+            d["merged_from"] = self.merged_from
+        return d
+
+
+@dataclass
+class Tree:
+    """One problem's tree. `nodes[0]` is the root; parents come before their children."""
+
+    problem_id: str
+    question: str
+    answer: str
+    source: str = ""
+    nodes: list[TreeNode] = field(default_factory=list)
+    cost: dict[str, Any] = field(default_factory=dict)
+    mc_from: str = "leaves"
+    _index: dict[str, int] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def new(cls, problem_id: str, question: str, answer: str, source: str = "") -> Tree:
+        t = cls(problem_id, question, answer, source)
+        t._append(TreeNode(id=node_id([]), parent=None, depth=0, step=""))
+        return t
+
+    @property
+    def root(self) -> TreeNode:
+        return self.nodes[0]
+
+    def node(self, nid: str) -> TreeNode:
+        return self.nodes[self._index[nid]]
+
+    def __contains__(self, nid: str) -> bool:
+        return nid in self._index
+
+    def _append(self, node: TreeNode) -> TreeNode:
+        if node.id in self._index:
+            raise ValueError(f"tree {self.problem_id}: node {node.id} already exists")
+        self._index[node.id] = len(self.nodes)
+        self.nodes.append(node)
+        return node
+
+    def add(self, parent: str, step: str, outcome: str | None = None, answer: str | None = None, tokens: int = 0) -> TreeNode:
+        """Add a child of `parent`, or, if an identical sibling exists, count one more copy of it."""
+        p = self.node(parent)
+        steps = [n.step for n in path_to(self, parent)][1:] + [step]
+        nid = node_id(steps)
+        if nid in self._index:
+            existing = self.node(nid)
+            existing.count += 1
+            existing.tokens += tokens
+            return existing
+        return self._append(TreeNode(nid, parent, p.depth + 1, step, outcome, answer, tokens=tokens))
+
+    def children(self) -> dict[str, list[TreeNode]]:
+        """parent id -> its children, in node order."""
+        out: dict[str, list[TreeNode]] = {}
+        for n in self.nodes[1:]:
+            out.setdefault(n.parent, []).append(n)  # type: ignore[arg-type]
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": TREE_FORMAT, "problem_id": self.problem_id, "question": self.question,
+            "answer": self.answer, "source": self.source, "mc_from": self.mc_from,
+            "nodes": [n.to_dict() for n in self.nodes], "cost": self.cost,
+        }  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "<tree>", line: int | None = None) -> Tree:
+        """Parse (and `validate`) one tree line; errors name `where:line` and the node."""
+        if not isinstance(d, dict):
+            raise DataError(where, f"expected a tree object, got {type(d).__name__}", line)
+        for key in ("question", "answer", "nodes"):
+            if key not in d:
+                raise DataError(where, "missing", line, key)
+        if not isinstance(d["nodes"], list) or not d["nodes"]:
+            raise DataError(where, "expected a non-empty list of nodes", line, "nodes")
+        t = cls(str(d.get("problem_id") or problem_id_for(d["question"])), str(d["question"]),
+                str(d["answer"]), str(d.get("source", "")), cost=dict(d.get("cost") or {}),
+                mc_from=str(d.get("mc_from", "leaves")))  # fmt: skip
+        for i, nd in enumerate(d["nodes"]):
+            if not isinstance(nd, dict):
+                raise DataError(where, f"expected an object, got {type(nd).__name__}", line, f"nodes[{i}]")
+            try:
+                node = TreeNode(
+                    id=str(nd["id"]), parent=None if nd.get("parent") is None else str(nd["parent"]),
+                    depth=int(nd["depth"]), step=str(nd["step"]), outcome=nd.get("outcome"),
+                    answer=nd.get("answer"), count=int(nd.get("count", 1)), leaves=int(nd.get("leaves", 0)),
+                    correct=int(nd.get("correct", 0)), mc=None if nd.get("mc") is None else float(nd["mc"]),
+                    tokens=int(nd.get("tokens", 0)), merged_from=nd.get("merged_from"),
+                )  # fmt: skip
+            except KeyError as e:
+                raise DataError(where, "missing", line, f"nodes[{i}].{e.args[0]}") from None
+            except (TypeError, ValueError) as e:
+                raise DataError(where, f"bad value: {e}", line, f"nodes[{i}]") from None
+            if node.id in t._index:
+                raise DataError(where, f"node id {node.id} appears twice", line, f"nodes[{i}].id")
+            t._append(node)
+        validate(t, where, line)
+        return t
+
+
+def path_to(tree: Tree, nid: str) -> list[TreeNode]:
+    """The nodes from the root to `nid`, both included."""
+    out = []
+    cur: str | None = nid
+    while cur is not None:
+        n = tree.node(cur)
+        out.append(n)
+        cur = n.parent
+        if len(out) > len(tree.nodes):
+            raise ValueError(f"tree {tree.problem_id}: cycle through node {nid}")
+    return out[::-1]
+
+
+def iter_paths(tree: Tree) -> Iterator[list[TreeNode]]:
+    """Every root-to-leaf path (a leaf = a node without children), depth first, in node order."""
+    kids = tree.children()
+    stack: list[list[TreeNode]] = [[tree.root]]
+    while stack:
+        path = stack.pop()
+        below = kids.get(path[-1].id, [])
+        if not below:
+            yield path
+        for c in reversed(below):
+            stack.append([*path, c])
+
+
+def is_leaf_outcome_correct(outcome: str | None) -> bool:
+    return outcome == "correct"
+
+
+def recompute(tree: Tree, truncated_counts: bool = True) -> None:
+    """Recompute `leaves`, `correct` and (unless `mc_from == "given"`) `mc`, bottom-up, in place.
+
+    A leaf counts 1 (0 if it is `truncated` and `truncated_counts` is false); a child's totals
+    enter its parent's `count` times. Nodes are processed deepest first, so this is linear.
+    """
+    idx = tree._index
+    nodes = tree.nodes
+    leaves = [0] * len(nodes)
+    correct = [0] * len(nodes)
+    has_child = [False] * len(nodes)
+    for n in nodes[1:]:
+        has_child[idx[n.parent]] = True  # type: ignore[index]
+    for i, n in enumerate(nodes):
+        if not has_child[i] and n.outcome is not None:
+            if n.outcome != "truncated" or truncated_counts:
+                leaves[i] = 1
+                correct[i] = 1 if n.outcome == "correct" else 0
+    order = sorted(range(1, len(nodes)), key=lambda i: -nodes[i].depth)
+    for i in order:
+        n = nodes[i]
+        p = idx[n.parent]  # type: ignore[index]
+        leaves[p] += n.count * leaves[i]
+        correct[p] += n.count * correct[i]
+    given = tree.mc_from == "given"
+    for i, n in enumerate(nodes):
+        n.leaves, n.correct = leaves[i], correct[i]
+        if not given:
+            n.mc = correct[i] / leaves[i] if leaves[i] else None
+
+
+def validate(tree: Tree, where: str = "<tree>", line: int | None = None) -> None:
+    """Raise DataError naming the node when the tree is not well formed.
+
+    Checks: the first node is the only root; every parent exists and comes earlier (no cycle);
+    depth = parent depth + 1; outcomes are known and only on leaves; counts >= 1; `leaves` /
+    `correct` add up; `mc == correct / leaves` unless the scores are given.
+    """
+    seen: dict[str, TreeNode] = {}
+    has_child: set[str] = set()
+    for i, n in enumerate(tree.nodes):
+        f = f"nodes[{i}] (id {n.id})"
+        if i == 0:
+            if n.parent is not None or n.depth != 0:
+                raise DataError(where, "the first node must be the root (parent null, depth 0)", line, f)
+        else:
+            if n.parent is None:
+                raise DataError(where, "a second root (parent null)", line, f)
+            if n.parent not in seen:
+                what = "a parent that comes later (a cycle or bad order)" if n.parent in tree else "a missing parent"
+                raise DataError(where, f"{what}: {n.parent}", line, f)
+            if n.depth != seen[n.parent].depth + 1:
+                raise DataError(where, f"depth {n.depth} but parent depth {seen[n.parent].depth}", line, f)
+            has_child.add(n.parent)
+        if n.outcome is not None and n.outcome not in OUTCOMES:
+            raise DataError(where, f"outcome {n.outcome!r} is not one of {list(OUTCOMES)}", line, f)
+        if n.count < 1:
+            raise DataError(where, f"count must be >= 1, got {n.count}", line, f)
+        seen[n.id] = n
+    for i, n in enumerate(tree.nodes):
+        if n.id in has_child and n.outcome is not None:
+            raise DataError(where, f"node has children but an outcome ({n.outcome})", line, f"nodes[{i}] (id {n.id})")
+    expected = Tree(tree.problem_id, tree.question, tree.answer, mc_from="given")
+    expected._index = tree._index
+    expected.nodes = [TreeNode(n.id, n.parent, n.depth, n.step, n.outcome, count=n.count) for n in tree.nodes]
+    truncated_counts = _truncated_counts(tree)
+    recompute(expected, truncated_counts)
+    for i, (n, e) in enumerate(zip(tree.nodes, expected.nodes, strict=True)):
+        f = f"nodes[{i}] (id {n.id})"
+        if (n.leaves, n.correct) != (e.leaves, e.correct):
+            raise DataError(where, f"counts do not add up: leaves/correct {n.leaves}/{n.correct}, "
+                            f"children give {e.leaves}/{e.correct}", line, f)  # fmt: skip
+        if tree.mc_from != "given":
+            want = e.correct / e.leaves if e.leaves else None
+            if (want is None) != (n.mc is None) or (want is not None and not math.isclose(n.mc, want, abs_tol=1e-9)):
+                raise DataError(where, f"mc {n.mc} but correct/leaves = {want}", line, f)
+
+
+def _truncated_counts(tree: Tree) -> bool:
+    """Whether this tree counts truncated leaves (read off a truncated leaf's own `leaves`)."""
+    for n in tree.nodes:
+        if n.outcome == "truncated":
+            return n.leaves != 0
+    return True
+
+
+# --- OpenR's MCTS trees ---------------------------------------------------------------------
+
+
+def is_openr_tree(obj: Any) -> bool:
+    """OpenR (math-aps-tree) lines have `reasoning_steps` as a nested {text, mc_value, children}."""
+    return isinstance(obj, dict) and isinstance(obj.get("reasoning_steps"), dict) and "nodes" not in obj
+
+
+def from_openr(obj: dict[str, Any], where: str = "<openr>", line: int | None = None) -> Tree:
+    """An OpenR tree line -> Tree, keeping every node's `mc_value` as its `mc` (`mc_from="given"`).
+
+    OpenR's root `text` is the question; every other node's `text` is one step (a leaf's is the
+    rest of its rollout). A leaf is correct when its `mc_value` is 1 (a single graded rollout)
+    and wrong otherwise; its answer is extracted from its text.
+    """
+    from hiprm.grading import extract_answer
+
+    for key in ("question", "final_answer", "reasoning_steps"):
+        if key not in obj:
+            raise DataError(where, "missing (OpenR tree line)", line, key)
+    question = str(obj["question"])
+    t = Tree(problem_id_for(question), question, str(obj["final_answer"]), source=f"{where}:{line}" if line else where,
+             mc_from="given")  # fmt: skip
+    root = obj["reasoning_steps"]
+    stack: list[tuple[dict[str, Any], str | None, list[str], str]] = [(root, None, [], "reasoning_steps")]
+    while stack:
+        nd, parent, steps, field_path = stack.pop()
+        if not isinstance(nd, dict) or "mc_value" not in nd:
+            raise DataError(where, "expected {text, mc_value, children}", line, field_path)
+        kids = nd.get("children") or []
+        text = "" if parent is None else str(nd.get("text", ""))
+        here = steps if parent is None else [*steps, text]
+        nid = node_id(here)
+        depth = len(here)
+        mc = float(nd["mc_value"])
+        if nid in t:
+            # An identical sibling: a repeated leaf is one node counted twice; a repeated inner
+            # step keeps one node and its children join the first copy's (deduplicated in turn).
+            if kids:
+                for k in range(len(kids) - 1, -1, -1):
+                    stack.append((kids[k], nid, here, f"{field_path}.children[{k}]"))
+            else:
+                t.node(nid).count += 1
+            continue
+        outcome = None if kids else ("correct" if mc >= 1.0 else "wrong")
+        answer = None if kids else extract_answer(text)
+        t._append(TreeNode(nid, parent, depth, text, outcome, answer, mc=mc))
+        for k in range(len(kids) - 1, -1, -1):
+            stack.append((kids[k], nid, here, f"{field_path}.children[{k}]"))
+    _parents_first(t)
+    recompute(t)
+    return t
+
+
+def _parents_first(t: Tree) -> None:
+    """Reorder nodes breadth-first (stable), which the record requires; rebuilds the index."""
+    nodes = sorted(t.nodes, key=lambda n: n.depth)
+    t.nodes = []
+    t._index = {}
+    for n in nodes:
+        t._append(n)
+
+
+def tree_from_json(obj: Any, where: str, line: int | None = None) -> Tree:
+    """Either format, told apart by shape."""
+    if is_openr_tree(obj):
+        return from_openr(obj, where, line)
+    return Tree.from_dict(obj, where, line)
+
+
+def read_trees(path: str | Path) -> Iterator[Tree]:
+    """Trees from a hiprm `trees.jsonl` or an OpenR tree file (per line, by shape)."""
+    for line, obj in read_jsonl(path):
+        yield tree_from_json(obj, str(path), line)
+
+
+def tree_stats(trees: list[Tree]) -> dict[str, Any]:
+    """Counts for `hiprm annotate stats`: problems, nodes, leaves, outcomes, depth/branching and
+    MC histograms (10 bins), share of nodes with 0 < mc < 1, tokens per node."""
+    depth: dict[int, int] = {}
+    branching: dict[int, int] = {}
+    outcomes: dict[str, int] = {}
+    mc_hist = [0] * 10
+    strictly = scored = nodes = leaves = tokens = 0
+    for t in trees:
+        kids = t.children()
+        for n in t.nodes:
+            nodes += 1
+            tokens += n.tokens
+            depth[n.depth] = depth.get(n.depth, 0) + 1
+            b = len(kids.get(n.id, []))
+            if b:
+                branching[b] = branching.get(b, 0) + 1
+            else:
+                leaves += 1
+                outcomes[str(n.outcome)] = outcomes.get(str(n.outcome), 0) + 1
+            if n.parent is not None and n.mc is not None:
+                scored += 1
+                mc_hist[min(int(n.mc * 10), 9)] += 1
+                strictly += 0.0 < n.mc < 1.0
+    return {
+        "problems": len(trees), "nodes": nodes, "non_root_nodes": nodes - len(trees), "leaves": leaves,
+        "outcomes": dict(sorted(outcomes.items())), "depth": dict(sorted(depth.items())),
+        "branching": dict(sorted(branching.items())), "mc_histogram": mc_hist,
+        "scored_nodes": scored, "share_strictly_between": strictly / scored if scored else 0.0,
+        "generated_tokens": tokens, "tokens_per_node": tokens / max(nodes - len(trees), 1),
+    }  # fmt: skip

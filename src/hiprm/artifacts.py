@@ -169,6 +169,91 @@ def append_jsonl(path: str | Path, row: dict[str, Any]) -> None:
         f.flush()
 
 
+def read_appended(path: str | Path) -> list[Any]:
+    """Records of an append-only JSONL file (a resumable stage's output), with one torn-tail rule.
+
+    A job killed mid-write leaves at most its last line incomplete. That line has no newline
+    after it: if it does not parse it is cut off (its record is redone); if it parses (the kill
+    came between the record and its newline) the newline is added, so the next append cannot
+    glue two records together. A bad line anywhere else is an error, never skipped.
+    """
+    import logging
+
+    p = Path(path)
+    if not p.is_file():
+        return []
+    data = p.read_bytes()
+    lines = data.split(b"\n")
+    out = []
+    for k, raw in enumerate(lines):
+        if not raw.strip():
+            continue
+        last = k == len(lines) - 1  # no newline after it
+        try:
+            out.append(orjson.loads(raw))
+        except orjson.JSONDecodeError:
+            if last:
+                logging.getLogger(__name__).warning(
+                    "%s:%d: dropping a partly written last line; its record is redone", p, k + 1
+                )
+                with atomic_write(p, "wb") as f:
+                    f.write(b"\n".join(lines[:k]) + (b"\n" if k else b""))
+                break
+            raise DataError(
+                p, "invalid JSON (not the last line, so not an interrupted write)", line=k + 1
+            ) from None
+        if last:
+            with p.open("ab") as f:
+                f.write(b"\n")
+    return out
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_resumable(
+    run_dir: str | Path,
+    config: dict[str, Any],
+    output: str,
+    operational: Iterable[str] = (),
+    inputs: Iterable[str | Path] = (),
+) -> None:
+    """Refuse to resume `run_dir/output` when the run that wrote it had another identity.
+
+    The identity is the resolved config (less the `operational` keys, which change speed, not
+    results, e.g. batch sizes) and the sha256 of every input file. Raises ConfigError naming
+    each field that changed; a folder without `output` starts fresh. A meta.json left by a
+    start that failed before writing any record does not block a corrected rerun.
+    """
+    from hiprm.config import ConfigError
+
+    d = Path(run_dir)
+    meta_path = d / "meta.json"
+    out = d / output
+    if not meta_path.is_file() or not out.is_file() or out.stat().st_size == 0:
+        return
+    meta = read_json(meta_path)
+    skip = set(operational)
+    old, new = _flat(meta.get("config", {})), _flat(config)
+    diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+            if k not in skip and old.get(k) != new.get(k)]  # fmt: skip
+    old_inputs = meta.get("inputs", {})
+    for p in inputs:
+        if Path(p).is_file() and str(p) in old_inputs and old_inputs[str(p)] != sha256_file(p):
+            diff.append(f"input {p}: contents changed since the run started")
+    if diff:
+        raise ConfigError(
+            f"{d} holds a run with another identity ({'; '.join(diff)}); use a new out_dir or the old settings"
+        )
+
+
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with Path(path).open("rb") as f:

@@ -5,8 +5,8 @@
 For a prompt, the first rule whose key occurs in it supplies the candidate texts. The policy acts
 like a model that only knows those texts: if the prompt already ends with the start of some of
 them (step-level search feeds the previous steps back), it continues those; otherwise it starts
-one afresh. Which text a sample uses is a hash of (seed, the prompt and its place in the call,
-sample index), so results do not depend on call order, and a prompt repeated in one call (n=1
+one afresh. Which text a sample uses is a hash of (seed, the prompt, how many times the same prompt came
+earlier in the call, sample index), so results do not depend on call order, and a prompt repeated in one call (n=1
 per copy) gets different samples, as from a real sampler. Stop strings are applied exactly as the real backends do. `queue` instead
 hands out texts in order, ignoring the prompt. `calls` records every (prompt, params) received.
 """
@@ -45,9 +45,13 @@ class ScriptedPolicy:
 
     def generate(self, prompts: list[str], params: SamplingParams) -> list[list[str]]:
         out = []
-        for i, prompt in enumerate(prompts):
+        seen: dict[str, int] = {}
+        for prompt in prompts:
             self.calls.append((prompt, params))
-            samples = [self._sample(prompt, params, f"{i}.{j}") for j in range(params.n)]
+            # Keyed by the prompt's occurrence in this call, not its position, so what a prompt
+            # gets does not depend on which other prompts share the call (cross-problem batching).
+            occ = seen[prompt] = seen.get(prompt, -1) + 1
+            samples = [self._sample(prompt, params, f"{occ}.{j}") for j in range(params.n)]
             self.tokens_generated += sum(self.count_tokens(s) for s in samples)
             out.append(samples)
         return out

@@ -23,7 +23,6 @@ shards computed on several machines and copied into one folder are reported toge
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -31,15 +30,22 @@ from pathlib import Path
 from typing import Any
 
 from hiprm.artifacts import (
-    DataError,
     append_jsonl,
     atomic_write,
-    read_json,
+    check_resumable,
+    read_appended,
     write_json,
     write_jsonl,
     write_meta,
 )
 from hiprm.config import ConfigError, to_dict
+from hiprm.policy.build import (
+    OPERATIONAL_POLICY_KEYS,
+    PolicyConfig,
+    PromptConfig,
+    build_policy,
+    check_policy_config,
+)
 from hiprm.policy.prompts import make_style
 from hiprm.policy.protocol import SamplingParams
 from hiprm.records import Problem
@@ -56,40 +62,6 @@ from hiprm.search.best_of_n import (
 from hiprm.search.stepwise import step_search, to_records
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class PolicyConfig:
-    """`backend`: hf | openai | scripted. `model`: HF folder / embedded name (hf, and the
-    served model name for openai). `tokenizer` (openai): a local tokenizer for exact token
-    counts. `server_stops` (openai): false for servers that drop stop strings without saying which
-    matched (llama-cpp-python); the client then cuts. `script` (scripted): a JSON file
-    `{"rules": {substring: [texts]}, "default": [...]}`."""
-
-    backend: str = "hf"
-    model: str = "smollm2-135m-instruct"
-    chat_template: bool = True
-    batch_size: int = 16
-    device: str = "cpu"
-    base_url: str = "http://127.0.0.1:8000/v1"
-    api_key_env: str = "OPENAI_API_KEY"
-    concurrency: int = 8
-    timeout: float = 120.0
-    max_retries: int = 5
-    tokenizer: str = ""
-    server_stops: bool = True
-    script: str = ""
-
-
-@dataclass
-class PromptConfig:
-    """`style`: step | formula | paragraph (see `hiprm.policy.prompts`); `template` (with
-    {question} and {previous_steps}) and `step_stops` replace the style's own."""
-
-    style: str = "step"
-    template: str = ""
-    step_stops: list[str] = field(default_factory=list)
-    end_stop: str = "# END!"
 
 
 @dataclass
@@ -123,38 +95,13 @@ class EvalConfig:
 
 # Keys that may change between a run and its resumption without changing any result's meaning.
 OPERATIONAL_KEYS = {
-    "limit", "progress", "report_only", "rm_batch_size", "rm_device",
-    "policy.batch_size", "policy.concurrency", "policy.timeout", "policy.max_retries", "policy.device",
+    "limit",
+    "progress",
+    "report_only",
+    "rm_batch_size",
+    "rm_device",
+    *OPERATIONAL_POLICY_KEYS,
 }
-
-
-def _hf_policy(c: PolicyConfig) -> Any:
-    from hiprm.policy.hf import HFPolicy
-
-    return HFPolicy(c.model, chat_template=c.chat_template, batch_size=c.batch_size, device=c.device)
-
-
-def _openai_policy(c: PolicyConfig) -> Any:
-    from hiprm.policy.openai_http import OpenAIPolicy
-
-    return OpenAIPolicy(
-        base_url=c.base_url, model=c.model, api_key_env=c.api_key_env, concurrency=c.concurrency,
-        timeout=c.timeout, max_retries=c.max_retries, tokenizer=c.tokenizer, server_stops=c.server_stops,
-    )
-
-
-def _scripted_policy(c: PolicyConfig) -> Any:
-    from hiprm.policy.scripted import ScriptedPolicy
-
-    if not c.script:
-        raise ConfigError("policy.script: the scripted backend needs a JSON file of texts")
-    spec = read_json(c.script)
-    if not isinstance(spec, dict) or not isinstance(spec.get("rules", {}), dict):
-        raise DataError(c.script, "expected {\"rules\": {substring: [texts]}, \"default\": [texts]}")
-    return ScriptedPolicy(spec.get("rules", {}), default=spec.get("default"))
-
-
-POLICIES = {"hf": _hf_policy, "openai": _openai_policy, "scripted": _scripted_policy}
 
 
 def resolve_methods(cfg: EvalConfig) -> list[Method]:
@@ -171,7 +118,9 @@ def resolve_methods(cfg: EvalConfig) -> list[Method]:
         raise ConfigError(f"methods: {e}") from None
     missing = sorted({m.rm for m in methods if m.rm and m.rm not in given})
     if missing:
-        raise ConfigError(f"methods need reward model(s) {missing}; set {', '.join(f'{r}=PATH' for r in missing)}")
+        raise ConfigError(
+            f"methods need reward model(s) {missing}; set {', '.join(f'{r}=PATH' for r in missing)}"
+        )
     if len({m.name for m in methods}) != len(methods):
         raise ConfigError(f"methods: listed twice in {names}")
     return methods
@@ -197,7 +146,9 @@ def _prm800k_problems(path: Path) -> list[Problem]:
     out: dict[str, Problem] = {}
     for sol in read_prm800k(path):
         if sol.reference_answer and sol.problem_id not in out:
-            out[sol.problem_id] = Problem(sol.problem_id, sol.question, sol.reference_answer, source=sol.source)
+            out[sol.problem_id] = Problem(
+                sol.problem_id, sol.question, sol.reference_answer, source=sol.source
+            )
     return list(out.values())
 
 
@@ -286,30 +237,52 @@ def solve_problem(
     n_values = sorted(set(cfg.n_values))
     n_max = n_values[-1]
     seed = problem_seed(cfg.seed, problem.problem_id)
-    rec: dict[str, Any] = {"problem_id": problem.problem_id, "question": problem.question,
-                           "reference": problem.answer, "source": problem.source, "results": {}}
+    rec: dict[str, Any] = {
+        "problem_id": problem.problem_id,
+        "question": problem.question,
+        "reference": problem.answer,
+        "source": problem.source,
+        "results": {},
+    }
     cost: dict[str, Any] = {}
     whole = [m for m in methods if m.kind != "step"]
     if whole:
         params = SamplingParams(
-            n=n_max, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_solution_tokens,
-            stop=[style.end_stop], seed=seed[1] ^ cfg.seed, include_stop=True,
+            n=n_max,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            max_tokens=cfg.max_solution_tokens,
+            stop=[style.end_stop],
+            seed=seed[1] ^ cfg.seed,
+            include_stop=True,
         )
         cands = sample_pool(pol, style, problem.question, problem.answer, n_max, params)
         score_pool(cands, problem.question, {m.rm: rms[m.rm] for m in whole if m.rm})
         rec["results"].update(evaluate(whole, cands, n_values, cfg.subsamples, seed))
         rec["candidates"] = [c.to_dict() for c in cands]
         pc = pool_cost(cands, n_values, cfg.subsamples, seed)
-        cost.update(solution_pool_tokens=pc["pool_tokens"], solution_one_run_per_n_tokens=pc["one_run_per_n_tokens"])
+        cost.update(
+            solution_pool_tokens=pc["pool_tokens"], solution_one_run_per_n_tokens=pc["one_run_per_n_tokens"]
+        )
     stepwise = [m for m in methods if m.kind == "step"]
     if stepwise:
         params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_step_tokens)
         sr = step_search(
-            pol, style, problem.question, problem.answer, {m.rm: rms[m.rm] for m in stepwise},
-            n_values, cfg.subsamples, params, cfg.max_steps, seed,
+            pol,
+            style,
+            problem.question,
+            problem.answer,
+            {m.rm: rms[m.rm] for m in stepwise},
+            n_values,
+            cfg.subsamples,
+            params,
+            cfg.max_steps,
+            seed,
         )
         for (rm, n, _s), (_answer, ok) in sorted(sr.answers.items()):
-            slot = rec["results"].setdefault(f"{rm}-step", {}).setdefault(str(n), {"correct": [], "chosen": []})
+            slot = (
+                rec["results"].setdefault(f"{rm}-step", {}).setdefault(str(n), {"correct": [], "chosen": []})
+            )
             slot["correct"].append(int(ok))
         rec["step_candidates"], rec["paths"] = to_records(sr)
         for path in rec["paths"]:
@@ -333,54 +306,18 @@ def solve_problem(
 
 
 def read_done(path: Path) -> list[dict[str, Any]]:
-    """Finished problem records. A last line cut short by a crash is dropped (and removed from
-    the file) so the problem is simply solved again; a bad line elsewhere is an error."""
-    if not path.is_file():
-        return []
-    lines = path.read_bytes().split(b"\n")
-    out = []
-    for k, raw in enumerate(lines):
-        if not raw.strip():
-            continue
-        try:
-            out.append(json.loads(raw))
-        except ValueError:
-            if k == len(lines) - 1:  # no newline after it: an interrupted write
-                log.warning("%s:%d: dropping a partly written last line; that problem is redone", path, k + 1)
-                with atomic_write(path, "wb") as f:
-                    f.write(b"\n".join(lines[:k]) + (b"\n" if k else b""))
-                break
-            raise DataError(path, "invalid JSON (not the last line, so not an interrupted write)", line=k + 1) from None
-    return out
-
-
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def _check_resumable(run_dir: Path, config: dict[str, Any]) -> None:
-    meta = run_dir / "meta.json"
-    if not meta.is_file() or not (run_dir / "problems.jsonl").is_file():
-        return
-    old = _flat(read_json(meta).get("config", {}))
-    new = _flat(config)
-    diff = sorted(k for k in set(old) | set(new) if k not in OPERATIONAL_KEYS and old.get(k) != new.get(k))
-    if diff:
-        changes = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
-        raise ConfigError(f"{run_dir} holds a run with another config ({changes}); use a new out_dir or the old config")
+    """Finished problem records (`artifacts.read_appended`: a torn last line is redone)."""
+    return read_appended(path)
 
 
 def _build_scorers(cfg: EvalConfig, methods: list[Method]) -> dict[str, Any]:
     from hiprm.rm.scorer import Scorer
 
     names = sorted({m.rm for m in methods if m.rm})
-    return {rm: Scorer.from_pretrained(getattr(cfg, rm), device=cfg.rm_device, batch_size=cfg.rm_batch_size) for rm in names}
+    return {
+        rm: Scorer.from_pretrained(getattr(cfg, rm), device=cfg.rm_device, batch_size=cfg.rm_batch_size)
+        for rm in names
+    }
 
 
 def run(cfg: EvalConfig, *, policy: Any = None, scorers: dict[str, Any] | None = None) -> Path:
@@ -388,8 +325,7 @@ def run(cfg: EvalConfig, *, policy: Any = None, scorers: dict[str, Any] | None =
     methods = resolve_methods(cfg)
     if not cfg.n_values or min(cfg.n_values) < 1:
         raise ConfigError(f"n_values: need positive integers, got {cfg.n_values}")
-    if cfg.policy.backend not in POLICIES:
-        raise ConfigError(f"policy.backend: {cfg.policy.backend!r} is not one of {sorted(POLICIES)}")
+    check_policy_config(cfg.policy)
     try:
         make_style(cfg.prompt.style, cfg.prompt.template, cfg.prompt.step_stops, cfg.prompt.end_stop)
     except ValueError as e:
@@ -401,11 +337,17 @@ def run(cfg: EvalConfig, *, policy: Any = None, scorers: dict[str, Any] | None =
     config = to_dict(cfg)
     results_path = run_dir / "problems.jsonl"
     if not cfg.report_only:
-        _check_resumable(run_dir, config)
+        check_resumable(run_dir, config, "problems.jsonl", OPERATIONAL_KEYS, inputs=[data_path])
         write_meta(run_dir, config, inputs=[data_path], dataset_path=str(data_path), problems=len(problems))
         done = {r["problem_id"] for r in read_done(results_path)}
         todo = [p for p in problems if p.problem_id not in done]
-        log.info("%d problems, %d already done, %d to go -> %s", len(problems), len(problems) - len(todo), len(todo), run_dir)
+        log.info(
+            "%d problems, %d already done, %d to go -> %s",
+            len(problems),
+            len(problems) - len(todo),
+            len(todo),
+            run_dir,
+        )
         if todo:
             _solve_all(cfg, methods, todo, len(problems), results_path, policy, scorers)
     write_report(cfg, methods, problems, run_dir, [results_path] if shard else _all_results(out_dir))
@@ -416,10 +358,12 @@ def _solve_all(cfg, methods, todo, total, results_path, policy, scorers) -> None
     from tqdm import tqdm
 
     own_policy = policy is None
-    policy = policy if policy is not None else POLICIES[cfg.policy.backend](cfg.policy)
+    policy = policy if policy is not None else build_policy(cfg.policy)
     scorers = scorers if scorers is not None else _build_scorers(cfg, methods)
     try:
-        with tqdm(total=total, initial=total - len(todo), desc="eval", unit="problem", disable=not cfg.progress) as bar:
+        with tqdm(
+            total=total, initial=total - len(todo), desc="eval", unit="problem", disable=not cfg.progress
+        ) as bar:
             for problem in todo:
                 rec = solve_problem(problem, cfg, methods, policy, scorers)
                 append_jsonl(results_path, rec)
@@ -433,7 +377,9 @@ def _all_results(out_dir: Path) -> list[Path]:
     return [out_dir / "problems.jsonl", *sorted(out_dir.glob("shards/*/problems.jsonl"))]
 
 
-def write_report(cfg: EvalConfig, methods: list[Method], problems: list[Problem], run_dir: Path, sources: list[Path]) -> None:
+def write_report(
+    cfg: EvalConfig, methods: list[Method], problems: list[Problem], run_dir: Path, sources: list[Path]
+) -> None:
     """samples.jsonl, metrics.json, table.md, report.md and accuracy.png for `problems`."""
     by_id: dict[str, dict[str, Any]] = {}
     for src in sources:
@@ -460,11 +406,15 @@ def write_report(cfg: EvalConfig, methods: list[Method], problems: list[Problem]
     with atomic_write(run_dir / "table.md") as f:
         f.write(table)
     with atomic_write(run_dir / "report.md") as f:
-        f.write(f"# hiprm eval: {cfg.dataset}\n\n{table}\n{report.cost_markdown(cost)}\n"
-                f"CI: {metrics['ci']}. Subsamples per N < N_max: {cfg.subsamples}.\n")
+        f.write(
+            f"# hiprm eval: {cfg.dataset}\n\n{table}\n{report.cost_markdown(cost)}\n"
+            f"CI: {metrics['ci']}. Subsamples per N < N_max: {cfg.subsamples}.\n"
+        )
     write_jsonl(run_dir / "samples.jsonl", _sample_rows(records))
     if records:
-        report.plot_accuracy(acc, n_values, run_dir / "accuracy.png", title=f"{cfg.dataset} ({len(records)} problems)")
+        report.plot_accuracy(
+            acc, n_values, run_dir / "accuracy.png", title=f"{cfg.dataset} ({len(records)} problems)"
+        )
     log.info("report: %s (%d problems)", run_dir / "report.md", len(records))
 
 

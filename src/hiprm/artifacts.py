@@ -42,6 +42,11 @@ class DataError(ValueError):
         super().__init__(f"{where}: {what}")
 
 
+class StageError(RuntimeError):
+    """A job stopped for a reason outside its input (a server that keeps failing, say). The
+    message names what failed and where; the CLI prints it as one line and exits 2."""
+
+
 @dataclass
 class SkipLog:
     """Lines skipped under `--skip-bad`: how many, and why (reason -> count, first examples)."""

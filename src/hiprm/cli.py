@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from hiprm.artifacts import DataError
+from hiprm.artifacts import DataError, StageError
 from hiprm.config import ConfigError, load_config
 
 # name -> (module, config class, run function, positional field or None)
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             print(yaml.safe_dump(asdict(cfg), sort_keys=False, allow_unicode=True), end="")
             return 0
         result = run(cfg)
-    except (ConfigError, DataError) as e:
+    except (ConfigError, DataError, StageError) as e:
         print(f"hiprm {name}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -7,9 +7,10 @@ trajectories from them. Pure Python, no torch, so it sits low in the import orde
 
 A line (`Tree.to_dict`):
 
-    {"problem_id", "question", "answer" (reference), "source", "mc_from": "leaves" | "given",
+    {"problem_id", "question", "answer" (reference), "source",
+     "mc_from": "leaves" | "child_mean" | "given",
      "nodes": [{"id", "parent", "depth", "step", "outcome", "answer", "count", "leaves",
-                "correct", "mc", "tokens", "merged_from"}, ...],
+                "correct", "mc", "ci", "tokens", "merged_from"}, ...],
      "cost": {"prompt_tokens", "generated_tokens", "calls", "rollouts", "seconds"}}
 
 - `nodes[0]` is the root: `parent` null, `step` "", depth 0. A node's `id` is a hash of the step
@@ -30,9 +31,13 @@ A line (`Tree.to_dict`):
 
   `truncated` leaves count as wrong (annotate's `truncated_as` can instead drop them, in which
   case they are stored with `leaves` 0 and do not count at all).
+- `mc_from == "child_mean"`: `mc` is the mean of the children's `mc` (each weighing its
+  `count`), a leaf's is 1 / 0: the paper's text's definition, written by `hiprm annotate hnc
+  score=child_mean` (`hiprm.annotate.hnc` says where it differs from `correct / leaves`).
 - `mc_from == "given"`: the MC-scores came from elsewhere (OpenR's MCTS trees carry an
   `mc_value` estimated from rollouts that are not all in the file) and `recompute` keeps them;
   `leaves` / `correct` are still counted from the stored leaves.
+- `ci`: the 95% Wilson interval of `mc` (derived from `correct` / `leaves`; ignored on reading).
 - `tokens`: generated tokens spent on this node's step (0 for nodes read from OpenR).
 - `merged_from`: for a node made by HNC, the ids of the two nodes whose steps it joins.
 
@@ -56,7 +61,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,16 +71,18 @@ from hiprm.records import problem_id_for
 
 OUTCOMES = ("correct", "wrong", "no_answer", "truncated")
 TREE_FORMAT = "hiprm-tree/1"
-_SPACE = re.compile(r"\s+")
 
 
 def normalize_step(text: str) -> str:
     """The key under which identical sibling steps are merged: white space collapsed.
 
+    Same result as `re.sub(r"\\s+", " ", text).strip()` (str.split and `\\s` agree on every
+    code point, which tests/test_hnc.py checks), four times faster: HNC re-hashes whole subtrees.
+
     >>> normalize_step("  x = 1\\n\\n y=2 ") == normalize_step("x = 1 y=2")
     True
     """
-    return _SPACE.sub(" ", text).strip()
+    return " ".join(text.split())
 
 
 def node_id(steps: Iterable[str]) -> str:
@@ -90,6 +96,24 @@ def node_id(steps: Iterable[str]) -> str:
         h.update(normalize_step(s).encode("utf-8"))
         h.update(b"\x1f")
     return h.hexdigest()[:16]
+
+
+def wilson(correct: float, leaves: float, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of correct / leaves ((0, 1) when there are no leaves).
+
+    With `count` weights the interval uses the weighted counts, which is exact when every
+    count is 1 and too narrow otherwise (the copies share one subtree).
+
+    >>> [round(x, 3) for x in wilson(3, 4)]
+    [0.301, 0.954]
+    """
+    if leaves <= 0:
+        return 0.0, 1.0
+    p = correct / leaves
+    denom = 1 + z * z / leaves
+    centre = (p + z * z / (2 * leaves)) / denom
+    half = z * math.sqrt(p * (1 - p) / leaves + z * z / (4 * leaves * leaves)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 @dataclass(slots=True)
@@ -113,6 +137,8 @@ class TreeNode:
             "outcome": self.outcome, "answer": self.answer, "count": self.count,
             "leaves": self.leaves, "correct": self.correct, "mc": self.mc, "tokens": self.tokens,
         }  # fmt: skip
+        # The interval is derived, written for readers of the file, and ignored when read back.
+        d["ci"] = [round(x, 4) for x in wilson(self.correct, self.leaves)] if self.leaves else None
         if self.merged_from is not None:
             d["merged_from"] = self.merged_from
         return d
@@ -270,10 +296,46 @@ def recompute(tree: Tree, truncated_counts: bool = True) -> None:
         leaves[p] += n.count * leaves[i]
         correct[p] += n.count * correct[i]
     given = tree.mc_from == "given"
+    means = child_mean_scores(tree, truncated_counts) if tree.mc_from == "child_mean" else None
     for i, n in enumerate(nodes):
         n.leaves, n.correct = leaves[i], correct[i]
-        if not given:
+        if means is not None:
+            n.mc = means[i]
+        elif not given:
             n.mc = correct[i] / leaves[i] if leaves[i] else None
+
+
+def child_mean_scores(tree: Tree, truncated_counts: bool = True) -> list[float | None]:
+    """Per node: a leaf's 1 / 0 (None if it does not count), else the `count`-weighted mean of
+    its scored children's scores (None if none is scored). Deepest first, so linear.
+
+    >>> t = Tree.new("p", "q", "a")
+    >>> a = t.add(t.root.id, "a")
+    >>> _ = [t.add(a.id, s, outcome=o) for s, o in [("b", "correct"), ("c", "wrong"), ("d", "wrong")]]
+    >>> _ = t.add(t.root.id, "e", outcome="correct")
+    >>> [round(m, 3) for m in child_mean_scores(t)]  # root: (1/3 + 1) / 2, not 2/4
+    [0.667, 0.333, 1.0, 0.0, 0.0, 1.0]
+    """
+    idx = tree._index
+    nodes = tree.nodes
+    total = [0.0] * len(nodes)
+    weight = [0] * len(nodes)
+    has_child = [False] * len(nodes)
+    for n in nodes[1:]:
+        has_child[idx[n.parent]] = True  # type: ignore[index]
+    out: list[float | None] = [None] * len(nodes)
+    for i in sorted(range(len(nodes)), key=lambda i: -nodes[i].depth):
+        n = nodes[i]
+        if not has_child[i]:
+            if n.outcome is not None and (n.outcome != "truncated" or truncated_counts):
+                out[i] = 1.0 if n.outcome == "correct" else 0.0
+        elif weight[i]:
+            out[i] = total[i] / weight[i]
+        if i and out[i] is not None:
+            p = idx[n.parent]  # type: ignore[index]
+            total[p] += n.count * out[i]  # type: ignore[operator]
+            weight[p] += n.count
+    return out
 
 
 def validate(tree: Tree, where: str = "<tree>", line: int | None = None) -> None:
@@ -281,7 +343,8 @@ def validate(tree: Tree, where: str = "<tree>", line: int | None = None) -> None
 
     Checks: the first node is the only root; every parent exists and comes earlier (no cycle);
     depth = parent depth + 1; outcomes are known and only on leaves; counts >= 1; `leaves` /
-    `correct` add up; `mc == correct / leaves` unless the scores are given.
+    `correct` add up; `mc == correct / leaves` (the children's mean for `child_mean`) unless
+    the scores are given.
     """
     seen: dict[str, TreeNode] = {}
     has_child: set[str] = set()
@@ -312,13 +375,14 @@ def validate(tree: Tree, where: str = "<tree>", line: int | None = None) -> None
     expected.nodes = [TreeNode(n.id, n.parent, n.depth, n.step, n.outcome, count=n.count) for n in tree.nodes]
     truncated_counts = _truncated_counts(tree)
     recompute(expected, truncated_counts)
+    means = child_mean_scores(expected, truncated_counts) if tree.mc_from == "child_mean" else None
     for i, (n, e) in enumerate(zip(tree.nodes, expected.nodes, strict=True)):
         f = f"nodes[{i}] (id {n.id})"
         if (n.leaves, n.correct) != (e.leaves, e.correct):
             raise DataError(where, f"counts do not add up: leaves/correct {n.leaves}/{n.correct}, "
                             f"children give {e.leaves}/{e.correct}", line, f)  # fmt: skip
         if tree.mc_from != "given":
-            want = e.correct / e.leaves if e.leaves else None
+            want = means[i] if means is not None else e.correct / e.leaves if e.leaves else None
             if (want is None) != (n.mc is None) or (want is not None and not math.isclose(n.mc, want, abs_tol=1e-9)):
                 raise DataError(where, f"mc {n.mc} but correct/leaves = {want}", line, f)
 

@@ -32,6 +32,7 @@ from typing import Any
 
 import httpx
 
+from hiprm.artifacts import StageError
 from hiprm.policy.protocol import SamplingParams, cut_at_stop
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
 
-class PolicyServerError(RuntimeError):
+class PolicyServerError(StageError):
     """A request to the policy server failed for good (the message names URL and status)."""
 
 
@@ -126,7 +127,15 @@ class OpenAIPolicy:
             need = params.n - len(texts)
             # Distinct seeds per prompt and round: a server that ignores `n` and is asked again
             # with the same seed would return the same sample.
-            seed = None if params.seed is None else (params.seed * 1_000_003 + index * 1009 + rounds) % 2**31
+            base = params.seed_for(index)
+            seed = None if base is None else (base * 1_000_003 + (0 if params.seeds else index) * 1009 + rounds) % 2**31
+            # Greedy samples are all the same, and vLLM rejects n > 1 at temperature 0 ("n must
+            # be 1 when using greedy sampling"): ask for one and repeat it.
+            if params.temperature == 0:
+                choices = self._request(prompt, params, 1, seed)
+                if not choices:
+                    raise PolicyServerError(f"{self.url}: response had no choices (model {self.model!r})")
+                return [self._choice_text(choices[0], params)] * params.n
             choices = self._request(prompt, params, need, seed)
             if not choices:
                 raise PolicyServerError(f"{self.url}: response had no choices (model {self.model!r})")
@@ -145,6 +154,10 @@ class OpenAIPolicy:
             reason = choice.get("stop_reason")
             if isinstance(reason, str) and reason in params.stop:
                 text += reason
+            elif "stop_reason" in choice:
+                # The server says which stop ended the sample (vLLM); null = end-of-sequence, so
+                # no stop string was dropped and there is nothing to warn about.
+                pass
             elif self.server_stops and choice.get("finish_reason") == "stop" and not self._warned_stop:
                 # Stopped by a stop string or by end-of-sequence: this server does not say which.
                 self._warned_stop = True

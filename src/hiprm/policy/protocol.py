@@ -21,6 +21,10 @@ class SamplingParams:
     keeps that stop string when `include_stop` is true (so a caller can tell *which* stop ended
     the text, e.g. a step delimiter versus `# END!`) and drops it otherwise.
     `seed`: same prompts + same params + same seed -> same samples (per backend and machine).
+    `seeds`: optionally one seed per prompt, so what a prompt gets does not depend on which
+    other prompts share the call (annotation batches many problems together and must give the
+    same tree when resumed in another batch). The scripted and OpenAI-compatible backends honour
+    it; the hf backend samples a batch from one generator and uses `seed` for the whole call.
     """
 
     n: int = 1
@@ -30,6 +34,11 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)
     seed: int | None = 0
     include_stop: bool = True
+    seeds: list[int] | None = None
+
+    def seed_for(self, index: int) -> int | None:
+        """The seed of prompt `index` in the call."""
+        return self.seeds[index] if self.seeds is not None else self.seed
 
     def __post_init__(self) -> None:
         if self.n < 1:

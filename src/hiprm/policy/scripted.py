@@ -46,17 +46,17 @@ class ScriptedPolicy:
     def generate(self, prompts: list[str], params: SamplingParams) -> list[list[str]]:
         out = []
         seen: dict[str, int] = {}
-        for prompt in prompts:
+        for i, prompt in enumerate(prompts):
             self.calls.append((prompt, params))
             # Keyed by the prompt's occurrence in this call, not its position, so what a prompt
             # gets does not depend on which other prompts share the call (cross-problem batching).
             occ = seen[prompt] = seen.get(prompt, -1) + 1
-            samples = [self._sample(prompt, params, f"{occ}.{j}") for j in range(params.n)]
+            samples = [self._sample(prompt, params, f"{occ}.{j}", params.seed_for(i)) for j in range(params.n)]
             self.tokens_generated += sum(self.count_tokens(s) for s in samples)
             out.append(samples)
         return out
 
-    def _sample(self, prompt: str, params: SamplingParams, j: str) -> str:
+    def _sample(self, prompt: str, params: SamplingParams, j: str, seed: int | None) -> str:
         if self.queue is not None:
             if not self.queue:
                 raise RuntimeError("scripted policy: queue is empty")
@@ -67,7 +67,7 @@ class ScriptedPolicy:
             best = max(overlaps)
             # Continue the texts that agree with the prefix already in the prompt.
             pool = [(t, k) for t, k in zip(texts, overlaps, strict=True) if k == best]
-            h = hashlib.sha256(f"{params.seed}|{prompt}|{j}".encode()).digest()
+            h = hashlib.sha256(f"{seed}|{prompt}|{j}".encode()).digest()
             t, k = pool[int.from_bytes(h[:8], "big") % len(pool)]
             text = t[k:]
         text = _cap_words(text, params.max_tokens)

@@ -1,0 +1,443 @@
+"""Grow reasoning trees with a policy: the paper's BFS and a budgeted MCTS, many problems at once.
+
+    trees = grow_trees(problems, policy, style, GrowSettings(mode="mcts", budget=64))
+
+Both modes return one `Tree` per problem (`hiprm.annotate.tree`): every node is a step, every
+leaf a finished (graded), answerless or depth-limited solution, and every node's MC-score is the
+fraction of correct leaves below it.
+
+- `bfs` (the paper's procedure and its reference code): every non-terminal node gets `children`
+  samples of its next step (paper: 5-6), down to `max_depth` (paper: 7). A node at `max_depth`
+  that is not a final step becomes a `truncated` leaf.
+- `mcts`: a budget of rollouts (or generated tokens) per problem, spent where the labels are
+  uncertain. The rule is UCT-style MCTS with Monte-Carlo rollouts and no value model, as in
+  ReST-MCTS* and AlphaMath's value-free variant, with two changes for annotation rather than
+  search: (1) the exploitation term of UCT is replaced by the standard error of the node's
+  Beta(1, 1) posterior, sqrt(p(1-p)/(n+2)) with p = (correct+1)/(leaves+2), so selection goes
+  where an MC-score is least certain (OmegaPRM's motivation, without its binary search for the
+  first error); (2) progressive widening: a node grows a new child while it has fewer than
+  `children` and (children so far)^2 <= its rollouts, otherwise selection descends to the child
+  maximising  se(child) + c_explore * sqrt(ln(N_parent + 1) / (N_child + 1)).
+  Expansion and rollout are one generate call: from the selected node the policy completes the
+  solution to `# END!`; the text is split into steps by `policy.steps.split_solution` (the
+  splitter step search uses), the first step is the new child, the rest are stored as a chain
+  below it, the last is graded, and the leaf counts propagate to the root. A problem stops when
+  its budget is spent, when every node's 95% Wilson interval is narrower than `ci_width`
+  (`ci_width=0`: off), or when nothing is left to grow.
+- Identical sibling steps (white space normalised) are stored once. In `bfs` a repeated sample
+  raises the node's `count`, which weighs its one grown subtree in the parent's estimate as if
+  each copy had grown its own (unbiased; see `tree.py`), so low-temperature sampling does not
+  pay for duplicate subtrees. In `mcts` a rollout whose first step repeats an existing child is
+  simply one more visit through that child (count stays 1: the rollout is a real sample below
+  it); only identical finished leaves are counted.
+
+Batching: every round, the requests of all problems in flight (`batch_problems` of them) go into
+one `generate` call per distinct `n`, with `n` samples per prompt so a server (vLLM, SGLang with
+prefix caching) or the hf backend (one prefill per distinct prompt) shares each prefix. Each
+request carries its own seed (a hash of the run seed, the problem and the node), so a problem's
+tree does not depend on which problems share its batch: a resumed run gives the same trees with
+the scripted or OpenAI-compatible backends (hf samples a batch from one generator).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from hiprm.annotate.tree import Tree, TreeNode, node_id, path_to, recompute, wilson
+from hiprm.artifacts import StageError
+from hiprm.grading import extract_answer, is_equivalent
+from hiprm.policy.prompts import PromptStyle
+from hiprm.policy.protocol import Policy, SamplingParams
+from hiprm.policy.steps import ANSWER_MARK, split_solution
+from hiprm.records import Problem
+
+
+@dataclass
+class GrowSettings:
+    """How trees grow. `budget` (mcts, or a cap for bfs; 0 = none) counts `budget_unit`
+    (rollouts | tokens) per problem. `truncated_as`: wrong (counted as a wrong leaf, the default)
+    or drop (not counted). `grade_timeout`: seconds for the symbolic answer check."""
+
+    mode: Literal["bfs", "mcts"] = "bfs"
+    children: int = 5
+    max_depth: int = 7
+    budget: int = 0
+    budget_unit: Literal["rollouts", "tokens"] = "rollouts"
+    temperature: float = 0.7
+    top_p: float = 0.95
+    max_step_tokens: int = 256
+    max_solution_tokens: int = 1024
+    rollouts_per_round: int = 4
+    c_explore: float = 0.1
+    ci_width: float = 0.0
+    truncated_as: Literal["wrong", "drop"] = "wrong"
+    grade_timeout: float = 3.0
+    batch_problems: int = 16
+    seed: int = 0
+
+
+@dataclass
+class _Growth:
+    """One problem being grown: its tree plus what the engine needs in memory only."""
+
+    problem: Problem
+    tree: Tree
+    raw: dict[str, str] = field(default_factory=dict)  # node id -> model text of the path so far
+    visits: dict[str, int] = field(default_factory=dict)  # mcts: rollouts through each node
+    wins: dict[str, int] = field(default_factory=dict)
+    expansions: dict[str, int] = field(default_factory=dict)  # requests made from each node
+    frontier: list[str] = field(default_factory=list)  # bfs: nodes to expand this round
+    exhausted: set[str] = field(default_factory=set)  # mcts: nothing more to grow below
+    cost: dict[str, float] = field(default_factory=lambda: dict(prompt_tokens=0, generated_tokens=0, calls=0, rollouts=0, seconds=0.0))
+    started: float = field(default_factory=time.perf_counter)
+    done: bool = False
+
+
+def request_seed(seed: int, problem_id: str, nid: str, k: int) -> int:
+    """Seed of the k-th request from node `nid` of a problem (31 bits, stable across runs)."""
+    h = hashlib.sha256(f"{seed}|{problem_id}|{nid}|{k}".encode()).digest()
+    return int.from_bytes(h[:4], "big") >> 1
+
+
+def classify_step(text: str, style: PromptStyle) -> str:
+    """What a generated piece is: "final" (states `# Answer`), "end" (stopped at the end marker
+    without an answer), "step" (ended by a step delimiter) or "cut" (neither: end of sequence or
+    the token limit).
+
+    >>> from hiprm.policy.prompts import STYLES
+    >>> s = STYLES["step"]
+    >>> [classify_step(t, s) for t in ["# Step 1\\nx\\n\\n# Step 2", "x\\n# Answer\\n\\n3\\n# END!", "x\\n# END!", "x = 2"]]
+    ['step', 'final', 'end', 'cut']
+    """
+    if ANSWER_MARK in text:
+        return "final"
+    if style.end_stop and style.end_stop in text:
+        return "end"
+    tail = text.rstrip(" ")
+    for stop in style.step_stops:
+        if "{n}" in stop:
+            pattern = style.header_pattern()
+            if pattern is not None and any(m.end() == len(tail.rstrip()) for m in pattern.finditer(tail)):
+                return "step"
+        elif tail.endswith(stop):
+            return "step"
+    return "cut"
+
+
+def raw_step(text: str, style: PromptStyle) -> str:
+    """The model's text of one step as it enters later prompts: a trailing next-step header
+    (`# Step 3`, the stop that ended it) and the end marker are removed, so the model writes
+    the next header itself.
+
+    >>> from hiprm.policy.prompts import STYLES
+    >>> raw_step("# Step 1\\nx = 1\\n\\n# Step 2", STYLES["step"])
+    '# Step 1\\nx = 1\\n\\n'
+    """
+    if style.end_stop:
+        i = text.find(style.end_stop)
+        if i >= 0:
+            text = text[:i]
+    pattern = style.header_pattern()
+    if pattern is not None:
+        tail = text.rstrip()
+        last = None
+        for m in pattern.finditer(tail):
+            last = m
+        if last is not None and last.end() == len(tail) and last.start() > 0:
+            text = text[: last.start()]
+    return text
+
+
+def split_rollout(text: str, style: PromptStyle) -> list[str]:
+    """A completed solution -> the raw text of each step (concatenated they give the text minus
+    the end marker), cut where `split_solution` cuts.
+
+    >>> from hiprm.policy.prompts import STYLES
+    >>> split_rollout("# Step 1\\na\\n\\n# Step 2\\nb\\n\\n# Answer\\n\\n3\\n# END!", STYLES["step"])
+    ['# Step 1\\na\\n\\n', '# Step 2\\nb\\n\\n# Answer\\n\\n3\\n']
+    """
+    body = text
+    if style.end_stop and style.end_stop in body:
+        body = body[: body.find(style.end_stop)]
+    steps = split_solution(body, style)
+    starts = []
+    pos = 0
+    for s in steps:
+        i = body.find(s, pos)
+        if i < 0:  # cannot happen for split_solution's output; keep the text whole rather than lose it
+            return [body] if body.strip() else []
+        starts.append(i)
+        pos = i + len(s)
+    if not starts:
+        return []
+    starts[0] = 0
+    return [body[a:b] for a, b in zip(starts, [*starts[1:], len(body)], strict=True)]
+
+
+class Engine:
+    """Grows the trees of many problems in lockstep rounds (see the module docstring)."""
+
+    def __init__(self, policy: Policy, style: PromptStyle, settings: GrowSettings):
+        if settings.children < 1 or settings.max_depth < 1:
+            raise ValueError("children and max_depth must be >= 1")
+        self.policy, self.style, self.s = policy, style, settings
+
+    # --- per-problem state ---------------------------------------------------------------------
+    def start(self, problem: Problem) -> _Growth:
+        g = _Growth(problem, Tree.new(problem.problem_id, problem.question, problem.answer, problem.source))
+        g.raw[g.tree.root.id] = ""
+        g.visits[g.tree.root.id] = 0
+        g.wins[g.tree.root.id] = 0
+        g.frontier = [g.tree.root.id]
+        return g
+
+    def _prompt(self, g: _Growth, nid: str) -> str:
+        return self.style.prompt_for(g.problem.question, g.raw[nid], self.policy.render_chat)
+
+    def _grade(self, g: _Growth, text: str) -> tuple[str, str | None]:
+        answer = extract_answer(text)
+        if answer is None:
+            return "no_answer", None
+        ok = is_equivalent(answer, g.problem.answer, timeout=self.s.grade_timeout)
+        return ("correct" if ok else "wrong"), answer
+
+    def _spent(self, g: _Growth) -> float:
+        return g.cost["rollouts"] if self.s.budget_unit == "rollouts" else g.cost["generated_tokens"]
+
+    def _over_budget(self, g: _Growth) -> bool:
+        return self.s.budget > 0 and self._spent(g) >= self.s.budget
+
+    def _add(self, g: _Growth, parent: str, raw: str, kind: str, count_duplicate: bool) -> TreeNode:
+        """Add one generated step below `parent`; returns the (new or existing) node."""
+        t = g.tree
+        step = raw.strip()
+        depth = t.node(parent).depth + 1
+        outcome = answer = None
+        if kind == "final" or kind in ("end", "cut"):
+            outcome, answer = self._grade(g, raw) if kind == "final" else ("no_answer", None)
+        elif depth >= self.s.max_depth:
+            outcome = "truncated"
+        tokens = self.policy.count_tokens(raw)
+        g.cost["generated_tokens"] += tokens
+        nid = node_id([n.step for n in path_to(t, parent)][1:] + [step])
+        if nid in t:
+            node = t.node(nid)
+            node.tokens += tokens
+            if count_duplicate or node.outcome is not None:
+                node.count += 1
+            return node
+        node = t.add(parent, step, outcome=outcome, answer=answer, tokens=tokens)
+        g.raw[node.id] = g.raw[parent] + raw
+        g.visits.setdefault(node.id, 0)
+        g.wins.setdefault(node.id, 0)
+        return node
+
+    def finish(self, g: _Growth) -> Tree:
+        recompute(g.tree, truncated_counts=self.s.truncated_as == "wrong")
+        g.cost["seconds"] = round(time.perf_counter() - g.started, 3)
+        g.tree.cost = {k: (round(v, 3) if isinstance(v, float) else int(v)) for k, v in g.cost.items()}
+        labelled = sum(1 for n in g.tree.nodes[1:] if n.mc is not None)
+        g.tree.cost["labelled_nodes"] = labelled
+        g.tree.cost["tokens_per_labelled_node"] = round(g.cost["generated_tokens"] / labelled, 2) if labelled else None
+        g.done = True
+        return g.tree
+
+    # --- one round -------------------------------------------------------------------------------
+    def requests(self, g: _Growth) -> list[tuple[str, int]]:
+        """(node id, samples) to generate from this round; [] when the problem is finished."""
+        if self.s.mode == "bfs":
+            if self._over_budget(g):
+                return []
+            return [(nid, self.s.children) for nid in g.frontier]
+        return self._mcts_select(g)
+
+    def absorb(self, g: _Growth, nid: str, texts: list[str]) -> None:
+        """Put the samples generated from node `nid` into the tree."""
+        g.cost["calls"] += 1
+        if self.s.mode == "bfs":
+            for text in texts:
+                node = self._add(g, nid, raw_step(text, self.style), classify_step(text, self.style), True)
+                g.cost["rollouts"] += node.outcome is not None
+            return
+        for text in texts:
+            self._mcts_rollout(g, nid, text)
+
+    def after_round(self, g: _Growth) -> None:
+        if self.s.mode == "bfs":
+            kids = g.tree.children()
+            nxt = [c.id for nid in g.frontier for c in kids.get(nid, []) if c.outcome is None]
+            g.frontier = list(dict.fromkeys(nxt))
+
+    # --- mcts ------------------------------------------------------------------------------------
+    def _mcts_rollout(self, g: _Growth, start: str, text: str) -> None:
+        g.cost["rollouts"] += 1
+        pieces = split_rollout(text, self.style) or [text]
+        at = start
+        leaf: TreeNode | None = None
+        for k, piece in enumerate(pieces):
+            last = k == len(pieces) - 1
+            kind = classify_step(text, self.style) if last else "step"
+            if kind == "step" and last:
+                kind = "cut"
+            if kind == "cut" and ANSWER_MARK in piece:
+                kind = "final"
+            node = self._add(g, at, piece, kind, count_duplicate=False)
+            at = node.id
+            if node.outcome is not None:
+                leaf = node
+                break
+        if leaf is None:  # the text ended on a step delimiter: no answer
+            leaf = g.tree.node(at)
+            if leaf.outcome is None and not g.tree.children().get(leaf.id):
+                leaf.outcome = "no_answer"
+        win = 1 if leaf.outcome == "correct" else 0
+        counts = leaf.outcome != "truncated" or self.s.truncated_as == "wrong"
+        for n in path_to(g.tree, leaf.id):
+            if counts:
+                g.visits[n.id] = g.visits.get(n.id, 0) + 1
+                g.wins[n.id] = g.wins.get(n.id, 0) + win
+
+    def _growable(self, g: _Growth, n: TreeNode) -> bool:
+        return n.outcome is None and n.depth < self.s.max_depth and n.id not in g.exhausted
+
+    def _mcts_select(self, g: _Growth) -> list[tuple[str, int]]:
+        if self._over_budget(g):
+            return []
+        if self.s.ci_width > 0 and g.cost["rollouts"] > 0 and self._all_certain(g):
+            return []
+        kids = g.tree.children()
+        picks: dict[str, int] = {}
+        virtual: dict[str, int] = {}
+        budget_left = math.inf if not self.s.budget or self.s.budget_unit != "rollouts" else self.s.budget - g.cost["rollouts"]
+        for _ in range(int(min(self.s.rollouts_per_round, budget_left))):
+            nid = self._descend(g, kids, virtual)
+            if nid is None:
+                break
+            picks[nid] = picks.get(nid, 0) + 1
+            for n in path_to(g.tree, nid):
+                virtual[n.id] = virtual.get(n.id, 0) + 1
+        return sorted(picks.items())
+
+    def _descend(self, g: _Growth, kids: dict[str, list[TreeNode]], virtual: dict[str, int]) -> str | None:
+        t = g.tree
+        node = t.root
+        while True:
+            if not self._growable(g, node):
+                return None
+            below = kids.get(node.id, [])
+            n_visits = g.visits.get(node.id, 0) + virtual.get(node.id, 0)
+            room = len(below) < self.s.children
+            if room and len(below) ** 2 <= n_visits:
+                return node.id
+            open_kids = [c for c in below if self._growable(g, c)]
+            if not open_kids:
+                if room:
+                    return node.id
+                g.exhausted.add(node.id)
+                if node.parent is None:
+                    return None
+                node = t.root  # start again without the exhausted branch
+                continue
+
+            def score(c: TreeNode) -> float:
+                v = g.visits.get(c.id, 0) + virtual.get(c.id, 0)
+                p = (g.wins.get(c.id, 0) + 1) / (v + 2)
+                se = math.sqrt(p * (1 - p) / (v + 2))
+                return se + self.s.c_explore * math.sqrt(math.log(n_visits + 1) / (v + 1))
+
+            node = max(open_kids, key=score)
+
+    def _all_certain(self, g: _Growth) -> bool:
+        for n in g.tree.nodes:
+            v = g.visits.get(n.id, 0)
+            if v == 0:
+                continue
+            lo, hi = wilson(g.wins.get(n.id, 0), v)
+            if hi - lo > self.s.ci_width:
+                return False
+        return True
+
+
+def grow_trees(
+    problems: Iterable[Problem],
+    policy: Policy,
+    style: PromptStyle,
+    settings: GrowSettings,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
+) -> Iterator[Tree]:
+    """Yield each problem's finished tree (in the order they finish), `batch_problems` at a time
+    in flight, every round's requests of all of them in one generate call per distinct n."""
+    engine = Engine(policy, style, settings)
+    queue = iter(problems)
+    active: list[_Growth] = []
+    round_no = 0
+    while True:
+        while len(active) < max(1, settings.batch_problems):
+            p = next(queue, None)
+            if p is None:
+                break
+            active.append(engine.start(p))
+        if not active:
+            return
+        jobs: list[tuple[_Growth, str, int]] = []
+        for g in active:
+            reqs = engine.requests(g)
+            if not reqs:
+                g.done = True
+            jobs.extend((g, nid, n) for nid, n in reqs)
+        for g in [g for g in active if g.done]:
+            yield engine.finish(g)
+        active = [g for g in active if not g.done]
+        if not jobs:
+            continue
+        by_n: dict[int, list[tuple[_Growth, str, int]]] = {}
+        for job in jobs:
+            by_n.setdefault(job[2], []).append(job)
+        stats = {"round": round_no, "requests": len(jobs), "tokens": 0}
+        for n, group in sorted(by_n.items()):
+            prompts = [engine._prompt(g, nid) for g, nid, _ in group]
+            seeds = []
+            for g, nid, _ in group:
+                k = g.expansions.get(nid, 0)
+                g.expansions[nid] = k + 1
+                seeds.append(request_seed(settings.seed, g.problem.problem_id, nid, k))
+            bfs = settings.mode == "bfs"
+            depth_of = [g.tree.node(nid).depth for g, nid, _ in group]
+            # One call per (n, stop set): bfs stops at the next step's delimiter, which for
+            # header styles depends on the depth.
+            for stops, idx in _by_stops(group, depth_of, style, bfs).items():
+                params = SamplingParams(
+                    n=n, temperature=settings.temperature, top_p=settings.top_p,
+                    max_tokens=settings.max_step_tokens if bfs else settings.max_solution_tokens,
+                    stop=list(stops), seed=settings.seed, include_stop=True, seeds=[seeds[i] for i in idx],
+                )  # fmt: skip
+                try:
+                    outs = policy.generate([prompts[i] for i in idx], params)
+                except StageError as e:
+                    ids = sorted({group[i][0].problem.problem_id for i in idx})
+                    raise StageError(f"{e} -- while growing problems {', '.join(ids)} (nothing written for "
+                                     "them; finished problems are kept: rerun to resume)") from None  # fmt: skip
+                for i, texts in zip(idx, outs, strict=True):
+                    g, nid, _ = group[i]
+                    before = g.cost["generated_tokens"]
+                    g.cost["prompt_tokens"] += policy.count_tokens(prompts[i])
+                    engine.absorb(g, nid, texts)
+                    stats["tokens"] += g.cost["generated_tokens"] - before
+        for g in active:
+            engine.after_round(g)
+        round_no += 1
+        if on_round is not None:
+            on_round(stats)
+
+
+def _by_stops(group: list, depth_of: list[int], style: PromptStyle, bfs: bool) -> dict[tuple[str, ...], list[int]]:
+    out: dict[tuple[str, ...], list[int]] = {}
+    for i, depth in enumerate(depth_of):
+        stops = tuple(style.stops_at(depth)) if bfs else (style.end_stop,)
+        out.setdefault(stops, []).append(i)
+    return out

@@ -1,0 +1,308 @@
+"""`hiprm annotate`: questions with reference answers (no human labels) -> MCTS trees with MC-scores.
+
+    hiprm annotate configs/annotate_gsm8k_cpu.yaml [key=value ...]
+    hiprm annotate dataset=prm800k-train mode=mcts budget=64 policy.backend=openai policy.base_url=http://127.0.0.1:8000/v1
+
+parse -> load problems (`gsm8k-train`, `math-train`, `prm800k-train` = the 808 finished phase-1
+train problems as in the paper, or any JSONL with named fields) -> check every problem before
+any work (empty question, missing or ungradable reference: an error naming file:line:field, or
+skipped and counted with `skip_bad=true`) -> build the policy (`hiprm.policy.build`, the same
+block as `hiprm eval`) -> grow trees through the executor (`local`: `hiprm.annotate.grow`, many
+problems in flight) -> append each finished tree to `out_dir/trees.jsonl` -> summary in
+`meta.json`.
+
+Resume: trees are appended one line per finished problem (`artifacts.read_appended`: a torn last
+line is redone). Rerun the same command after any interruption (kill -9 included): finished
+problems are skipped, none is written twice, and a run whose config (less throughput keys),
+dataset contents or policy weights changed is refused, naming what changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from hiprm.annotate.grow import GrowSettings, grow_trees
+from hiprm.annotate.tree import Tree, tree_stats
+from hiprm.artifacts import (
+    DataError,
+    SkipLog,
+    append_jsonl,
+    check_resumable,
+    read_appended,
+    read_json,
+    write_json,
+    write_meta,
+)
+from hiprm.config import ConfigError, to_dict
+from hiprm.grading import is_equivalent
+from hiprm.policy.build import OPERATIONAL_POLICY_KEYS, PolicyConfig, PromptConfig, build_policy, build_style
+from hiprm.records import Problem, problem_id_for
+
+log = logging.getLogger(__name__)
+
+DATASETS = {
+    "gsm8k-train": "gsm8k/train.jsonl",
+    "math-train": "math/math_train7500_problems_answers.json",
+    "prm800k-train": "prm800k/phase1_train.reconstructed.jsonl",
+}
+
+
+@dataclass
+class AnnotateConfig:
+    """`dataset`: gsm8k-train | math-train | prm800k-train | path/to/problems.jsonl (with
+    `question_field` / `answer_field`). `order`: file | shortest_solution (GSM8K: problems whose
+    reference solution is shortest first, the ones a small model can sometimes solve). `mode`,
+    `children`, `max_depth`, `budget` (+ `budget_unit`), sampling and MCTS settings: see
+    `hiprm.annotate.grow`. `executor`: local. `batch_problems`: problems in flight at once."""
+
+    out_dir: str = "runs/annotate"
+    dataset: str = "gsm8k-train"
+    data_dir: str = "../shared/data"
+    question_field: str = "question"
+    answer_field: str = "answer"
+    limit: int = 0
+    order: Literal["file", "shortest_solution"] = "file"
+    mode: Literal["bfs", "mcts"] = "bfs"
+    children: int = 5
+    max_depth: int = 7
+    budget: int = 0
+    budget_unit: Literal["rollouts", "tokens"] = "rollouts"
+    temperature: float = 0.7
+    top_p: float = 0.95
+    max_step_tokens: int = 256
+    max_solution_tokens: int = 1024
+    rollouts_per_round: int = 4
+    c_explore: float = 0.1
+    ci_width: float = 0.0
+    truncated_as: Literal["wrong", "drop"] = "wrong"
+    grade_timeout: float = 3.0
+    batch_problems: int = 16
+    executor: str = "local"
+    seed: int = 0
+    skip_bad: bool = False
+    progress: bool = True
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+
+
+OPERATIONAL_KEYS = {"limit", "progress", "batch_problems", "executor", *OPERATIONAL_POLICY_KEYS}
+
+
+def check_config(cfg: AnnotateConfig) -> None:
+    """Ranges and names, before any work starts."""
+    checks = [
+        (cfg.children >= 1, "children", "must be >= 1"),
+        (cfg.max_depth >= 1, "max_depth", "must be >= 1"),
+        (cfg.budget >= 0, "budget", "must be >= 0 (0 = no budget)"),
+        (cfg.limit >= 0, "limit", "must be >= 0 (0 = all)"),
+        (cfg.temperature >= 0, "temperature", "must be >= 0"),
+        (0 < cfg.top_p <= 1, "top_p", "must be in (0, 1]"),
+        (cfg.max_step_tokens >= 1 and cfg.max_solution_tokens >= 1, "max_step_tokens/max_solution_tokens", "must be >= 1"),
+        (cfg.rollouts_per_round >= 1, "rollouts_per_round", "must be >= 1"),
+        (cfg.batch_problems >= 1, "batch_problems", "must be >= 1"),
+        (0 <= cfg.ci_width <= 1, "ci_width", "must be in [0, 1]"),
+        (cfg.grade_timeout >= 0, "grade_timeout", "must be >= 0"),
+        (cfg.mode == "bfs" or cfg.budget > 0 or cfg.ci_width > 0, "budget", "mode=mcts needs budget > 0 or ci_width > 0"),
+    ]
+    for ok, key, why in checks:
+        if not ok:
+            raise ConfigError(f"{key}: {why}")
+    if cfg.executor not in EXECUTORS:
+        raise ConfigError(f"executor: {cfg.executor!r} is not one of {sorted(EXECUTORS)}")
+    if cfg.mode == "bfs" and cfg.temperature == 0 and cfg.children > 1:
+        log.warning("temperature=0 with children=%d: every sibling is the same step (stored once, counted %d times)",
+                    cfg.children, cfg.children)  # fmt: skip
+
+
+# --- problems ------------------------------------------------------------------------------------
+
+
+def _math_train(path: Path) -> list[Problem]:
+    rows = read_json(path)
+    if not isinstance(rows, list):
+        raise DataError(path, "expected a JSON array of {problem, final_answer}")
+    out = []
+    for i, row in enumerate(rows):
+        where = f"[{i}]"
+        if not isinstance(row, dict):
+            raise DataError(path, f"expected an object, got {type(row).__name__}", field=where)
+        q, a = row.get("problem"), row.get("final_answer")
+        for key, v in (("problem", q), ("final_answer", a)):
+            if not isinstance(v, str | int | float) or isinstance(v, bool) or not str(v).strip():
+                raise DataError(path, "missing or empty", field=f"{where}.{key}")
+        out.append(Problem(problem_id_for(str(q)), str(q), str(a), source=f"{path}{where}"))
+    return out
+
+
+def _prm800k_train(path: Path) -> list[Problem]:
+    from hiprm.data.prm800k import read_prm800k
+
+    out: dict[str, Problem] = {}
+    for sol in read_prm800k(path):
+        # The paper annotates the problems of the finished phase-1 train solutions.
+        if sol.finish_reason == "solution" and sol.reference_answer and sol.problem_id not in out:
+            out[sol.problem_id] = Problem(sol.problem_id, sol.question, sol.reference_answer, source=sol.source)
+    return list(out.values())
+
+
+def load_problems(cfg: AnnotateConfig, skip_log: SkipLog | None = None) -> tuple[list[Problem], Path]:
+    from hiprm.data.problems import read_gsm8k, read_problems_jsonl
+
+    if cfg.dataset in DATASETS:
+        path = Path(cfg.data_dir) / DATASETS[cfg.dataset]
+        if not path.is_file():
+            raise ConfigError(f"dataset {cfg.dataset!r}: {path} not found (set data_dir=)")
+        reader: Callable[[Path], list[Problem]] = {
+            "gsm8k-train": lambda p: read_gsm8k(p, skip_log),
+            "math-train": _math_train,
+            "prm800k-train": _prm800k_train,
+        }[cfg.dataset]
+        problems = reader(path)
+    elif Path(cfg.dataset).is_file():
+        path = Path(cfg.dataset)
+        problems = read_problems_jsonl(path, cfg.question_field, cfg.answer_field, skip_bad=skip_log)
+    else:
+        raise ConfigError(f"dataset: {cfg.dataset!r} is neither one of {sorted(DATASETS)} nor a JSONL file")
+    seen: set[str] = set()
+    problems = [p for p in problems if not (p.problem_id in seen or seen.add(p.problem_id))]
+    if cfg.order == "shortest_solution":
+        problems.sort(key=lambda p: (len(str(p.extra.get("solution", ""))) or len(p.question), p.problem_id))
+    checked = []
+    for p in problems if cfg.limit == 0 else problems[: cfg.limit * 2 + 8]:
+        # An answer the grader cannot match even to itself would make every leaf wrong.
+        if not is_equivalent(p.answer, p.answer, timeout=cfg.grade_timeout or 3.0):
+            err = DataError(p.source.rsplit(":", 1)[0] if ":" in p.source else p.source,
+                            f"reference answer {p.answer[:80]!r} cannot be graded (it does not match itself)",
+                            _line_of(p.source), cfg.answer_field)  # fmt: skip
+            if skip_log is None:
+                raise err
+            skip_log.add(err)
+            continue
+        checked.append(p)
+        if cfg.limit and len(checked) == cfg.limit:
+            break
+    return checked, path
+
+
+def _line_of(source: str) -> int | None:
+    tail = source.rsplit(":", 1)[-1]
+    return int(tail) if tail.isdigit() else None
+
+
+# --- identity --------------------------------------------------------------------------------------
+
+
+def policy_fingerprint(pc: PolicyConfig) -> str:
+    """What identifies the policy's weights: for a local model folder, a hash of its config and
+    of each weight file's size and first/last MiB (a retrained model at the same path differs);
+    otherwise the name (served models are identified by `model` + `base_url`)."""
+    if pc.backend == "scripted":
+        return hashlib.sha256(Path(pc.script).read_bytes()).hexdigest()[:16] if Path(pc.script).is_file() else ""
+    folder = Path(pc.model).expanduser()
+    if pc.backend != "hf" or not folder.is_dir():
+        return pc.model
+    h = hashlib.sha256()
+    for f in sorted(folder.iterdir()):
+        if f.is_file() and (f.suffix in (".json", ".safetensors", ".bin")):
+            size = f.stat().st_size
+            h.update(f"{f.name}:{size}".encode())
+            with f.open("rb") as fh:
+                h.update(fh.read(1 << 20))
+                if size > 2 << 20:
+                    fh.seek(-(1 << 20), 2)
+                    h.update(fh.read())
+    return h.hexdigest()[:16]
+
+
+# --- executors ---------------------------------------------------------------------------------------
+
+
+def local_executor(problems: list[Problem], policy: Any, cfg: AnnotateConfig, on_round: Callable | None) -> Iterator[Tree]:
+    """The seam every executor fills: problems in, finished trees out (any order)."""
+    return grow_trees(problems, policy, build_style(cfg.prompt), grow_settings(cfg), on_round)
+
+
+EXECUTORS: dict[str, Callable[..., Iterator[Tree]]] = {"local": local_executor}
+
+
+def grow_settings(cfg: AnnotateConfig) -> GrowSettings:
+    keys = GrowSettings.__dataclass_fields__
+    return GrowSettings(**{k: getattr(cfg, k) for k in keys})
+
+
+# --- runner ------------------------------------------------------------------------------------------
+
+
+def run(cfg: AnnotateConfig, *, policy: Any = None) -> Path:
+    """Annotate; returns the path of `trees.jsonl`. `policy` overrides the configured one (tests)."""
+    check_config(cfg)
+    build_style(cfg.prompt)
+    out_dir = Path(cfg.out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"out_dir: {out_dir} exists and is not a folder")
+    skip_log = SkipLog() if cfg.skip_bad else None
+    problems, data_path = load_problems(cfg, skip_log)
+    if not problems:
+        raise DataError(data_path, "no problems to annotate (check limit, dataset and skip_bad)")
+    if skip_log is not None and skip_log.count:
+        log.warning("%s: %s", data_path, skip_log.summary())
+    config = {**to_dict(cfg), "policy_fingerprint": policy_fingerprint(cfg.policy)}
+    trees_path = out_dir / "trees.jsonl"
+    check_resumable(out_dir, config, "trees.jsonl", OPERATIONAL_KEYS, inputs=[data_path])
+    done = {t["problem_id"] for t in read_appended(trees_path)}
+    todo = [p for p in problems if p.problem_id not in done]
+    write_meta(out_dir, config, inputs=[data_path], dataset_path=str(data_path), problems=len(problems), status="running")
+    log.info("%d problems, %d already done, %d to go -> %s", len(problems), len(problems) - len(todo), len(todo), trees_path)
+    if todo:
+        _annotate(cfg, todo, len(problems), trees_path, policy)
+    trees = [Tree.from_dict(d, str(trees_path), i + 1) for i, d in enumerate(read_appended(trees_path))]
+    wanted = {p.problem_id for p in problems}
+    trees = [t for t in trees if t.problem_id in wanted]
+    write_meta(out_dir, config, inputs=[data_path], dataset_path=str(data_path), problems=len(problems),
+               status="done" if len(trees) == len(problems) else "partial", summary=summarize(trees),
+               skipped_bad=skip_log.count if skip_log else 0)  # fmt: skip
+    return trees_path
+
+
+def _annotate(cfg: AnnotateConfig, todo: list[Problem], total: int, trees_path: Path, policy: Any) -> None:
+    from tqdm import tqdm
+
+    own = policy is None
+    policy = build_policy(cfg.policy) if own else policy
+    t0 = time.perf_counter()
+    totals = {"rollouts": 0, "tokens": 0}
+    bar = tqdm(total=total, initial=total - len(todo), desc=f"annotate ({cfg.mode})", unit="problem", disable=not cfg.progress)
+
+    def on_round(stats: dict[str, Any]) -> None:
+        totals["tokens"] += stats["tokens"]
+        elapsed = max(time.perf_counter() - t0, 1e-9)
+        bar.set_postfix(round=stats["round"], tokens=totals["tokens"], tok_s=f"{totals['tokens'] / elapsed:.0f}", refresh=False)
+        bar.refresh()
+
+    try:
+        for tree in EXECUTORS[cfg.executor](todo, policy, cfg, on_round):
+            append_jsonl(trees_path, tree.to_dict())
+            bar.update(1)
+    finally:
+        bar.close()
+        if own and hasattr(policy, "close"):
+            policy.close()
+
+
+def summarize(trees: list[Tree]) -> dict[str, Any]:
+    """meta.json's summary: tree statistics plus the summed cost blocks."""
+    stats = tree_stats(trees)
+    cost: dict[str, float] = {}
+    for t in trees:
+        for k, v in t.cost.items():
+            if isinstance(v, int | float) and k != "tokens_per_labelled_node":
+                cost[k] = cost.get(k, 0) + v
+    labelled = cost.get("labelled_nodes", 0)
+    cost["tokens_per_labelled_node"] = round(cost.get("generated_tokens", 0) / labelled, 2) if labelled else None
+    return {**stats, "cost": cost}

@@ -433,11 +433,17 @@ def from_openr(obj: dict[str, Any], where: str = "<openr>", line: int | None = N
         if nid in t:
             # An identical sibling: a repeated leaf is one node counted twice; a repeated inner
             # step keeps one node and its children join the first copy's (deduplicated in turn).
+            # A step that is a leaf in one copy and expanded in another becomes the inner node
+            # (a node is never both), whichever copy came first; the leaf copy's rollout is dropped.
+            existing = t.node(nid)
             if kids:
+                if existing.outcome is not None:
+                    existing.outcome = existing.answer = None
+                    existing.count = 1
                 for k in range(len(kids) - 1, -1, -1):
                     stack.append((kids[k], nid, here, f"{field_path}.children[{k}]"))
-            else:
-                t.node(nid).count += 1
+            elif existing.outcome is not None:
+                existing.count += 1
             continue
         outcome = None if kids else ("correct" if mc >= 1.0 else "wrong")
         answer = None if kids else extract_answer(text)
@@ -446,6 +452,7 @@ def from_openr(obj: dict[str, Any], where: str = "<openr>", line: int | None = N
             stack.append((kids[k], nid, here, f"{field_path}.children[{k}]"))
     _parents_first(t)
     recompute(t)
+    validate(t, where, line)
     return t
 
 

@@ -247,7 +247,8 @@ def forest_examples(
     (`val_ids`). A problem's trees are processed together (in order of first appearance) so that
     duplicates are found across them."""  # fmt: skip
     # The build allocates a few million small acyclic dicts and lists; the cyclic collector
-    # would re-scan all of them at every full pass (1M nodes: 9.9 s with it, 4.0 s without).
+    # would re-scan all of them at every full pass (1M nodes, one run each on a shared machine:
+    # 9.9 s with it, 4.0 s without).
     # Nothing here makes a cycle, so it is paused and restored, whatever happens.
     was_enabled = gc.isenabled()
     gc.disable()

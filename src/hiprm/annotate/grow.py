@@ -93,7 +93,9 @@ class _Growth:
     expansions: dict[str, int] = field(default_factory=dict)  # requests made from each node
     frontier: list[str] = field(default_factory=list)  # bfs: nodes to expand this round
     exhausted: set[str] = field(default_factory=set)  # mcts: nothing more to grow below
-    cost: dict[str, float] = field(default_factory=lambda: dict(prompt_tokens=0, generated_tokens=0, calls=0, rollouts=0, seconds=0.0))
+    cost: dict[str, float] = field(
+        default_factory=lambda: dict(prompt_tokens=0, generated_tokens=0, calls=0, rollouts=0, seconds=0.0)
+    )
     started: float = field(default_factory=time.perf_counter)
     done: bool = False
 
@@ -218,8 +220,11 @@ class Engine:
         step = raw.strip()
         depth = t.node(parent).depth + 1
         outcome = answer = None
-        if kind == "final" or kind in ("end", "cut"):
-            outcome, answer = self._grade(g, raw) if kind == "final" else ("no_answer", None)
+        if kind in ("final", "end", "cut"):
+            # The solution ended here: by its answer marker, or by the end marker / end of
+            # sequence. The last two are graded too when they state an answer in another way
+            # ("the answer is 5", \boxed{5}); without one the leaf is `no_answer`.
+            outcome, answer = self._grade(g, raw)
         elif depth >= self.s.max_depth:
             outcome = "truncated"
         tokens = self.policy.count_tokens(raw)
@@ -243,7 +248,9 @@ class Engine:
         g.tree.cost = {k: (round(v, 3) if isinstance(v, float) else int(v)) for k, v in g.cost.items()}
         labelled = sum(1 for n in g.tree.nodes[1:] if n.mc is not None)
         g.tree.cost["labelled_nodes"] = labelled
-        g.tree.cost["tokens_per_labelled_node"] = round(g.cost["generated_tokens"] / labelled, 2) if labelled else None
+        g.tree.cost["tokens_per_labelled_node"] = (
+            round(g.cost["generated_tokens"] / labelled, 2) if labelled else None
+        )
         g.done = True
         return g.tree
 
@@ -313,7 +320,11 @@ class Engine:
         kids = g.tree.children()
         picks: dict[str, int] = {}
         virtual: dict[str, int] = {}
-        budget_left = math.inf if not self.s.budget or self.s.budget_unit != "rollouts" else self.s.budget - g.cost["rollouts"]
+        budget_left = (
+            math.inf
+            if not self.s.budget or self.s.budget_unit != "rollouts"
+            else self.s.budget - g.cost["rollouts"]
+        )
         for _ in range(int(min(self.s.rollouts_per_round, budget_left))):
             nid = self._descend(g, kids, virtual)
             if nid is None:
@@ -344,13 +355,14 @@ class Engine:
                 node = t.root  # start again without the exhausted branch
                 continue
 
-            def score(c: TreeNode) -> float:
-                v = g.visits.get(c.id, 0) + virtual.get(c.id, 0)
-                p = (g.wins.get(c.id, 0) + 1) / (v + 2)
-                se = math.sqrt(p * (1 - p) / (v + 2))
-                return se + self.s.c_explore * math.sqrt(math.log(n_visits + 1) / (v + 1))
+            node = max(open_kids, key=lambda c, nv=n_visits: self._ucb(g, c, nv, virtual))
 
-            node = max(open_kids, key=score)
+    def _ucb(self, g: _Growth, c: TreeNode, parent_visits: int, virtual: dict[str, int]) -> float:
+        """Standard error of the child's Beta(1, 1) posterior plus the UCT exploration bonus."""
+        v = g.visits.get(c.id, 0) + virtual.get(c.id, 0)
+        p = (g.wins.get(c.id, 0) + 1) / (v + 2)
+        se = math.sqrt(p * (1 - p) / (v + 2))
+        return se + self.s.c_explore * math.sqrt(math.log(parent_visits + 1) / (v + 1))
 
     def _all_certain(self, g: _Growth) -> bool:
         for n in g.tree.nodes:
@@ -435,7 +447,9 @@ def grow_trees(
             on_round(stats)
 
 
-def _by_stops(group: list, depth_of: list[int], style: PromptStyle, bfs: bool) -> dict[tuple[str, ...], list[int]]:
+def _by_stops(
+    group: list, depth_of: list[int], style: PromptStyle, bfs: bool
+) -> dict[tuple[str, ...], list[int]]:
     out: dict[tuple[str, ...], list[int]] = {}
     for i, depth in enumerate(depth_of):
         stops = tuple(style.stops_at(depth)) if bfs else (style.end_stop,)

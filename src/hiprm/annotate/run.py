@@ -36,11 +36,10 @@ from hiprm.artifacts import (
     check_resumable,
     read_appended,
     read_json,
-    write_json,
     write_meta,
 )
 from hiprm.config import ConfigError, to_dict
-from hiprm.grading import is_equivalent
+from hiprm.grading import extract_answer, is_equivalent
 from hiprm.policy.build import OPERATIONAL_POLICY_KEYS, PolicyConfig, PromptConfig, build_policy, build_style
 from hiprm.records import Problem, problem_id_for
 
@@ -57,7 +56,7 @@ DATASETS = {
 class AnnotateConfig:
     """`dataset`: gsm8k-train | math-train | prm800k-train | path/to/problems.jsonl (with
     `question_field` / `answer_field`). `order`: file | shortest_solution (GSM8K: problems whose
-    reference solution is shortest first, the ones a small model can sometimes solve). `mode`,
+    reference solution is shortest first) | shortest_question. `mode`,
     `children`, `max_depth`, `budget` (+ `budget_unit`), sampling and MCTS settings: see
     `hiprm.annotate.grow`. `executor`: local. `batch_problems`: problems in flight at once."""
 
@@ -67,7 +66,7 @@ class AnnotateConfig:
     question_field: str = "question"
     answer_field: str = "answer"
     limit: int = 0
-    order: Literal["file", "shortest_solution"] = "file"
+    order: Literal["file", "shortest_solution", "shortest_question"] = "file"
     mode: Literal["bfs", "mcts"] = "bfs"
     children: int = 5
     max_depth: int = 7
@@ -103,12 +102,20 @@ def check_config(cfg: AnnotateConfig) -> None:
         (cfg.limit >= 0, "limit", "must be >= 0 (0 = all)"),
         (cfg.temperature >= 0, "temperature", "must be >= 0"),
         (0 < cfg.top_p <= 1, "top_p", "must be in (0, 1]"),
-        (cfg.max_step_tokens >= 1 and cfg.max_solution_tokens >= 1, "max_step_tokens/max_solution_tokens", "must be >= 1"),
+        (
+            cfg.max_step_tokens >= 1 and cfg.max_solution_tokens >= 1,
+            "max_step_tokens/max_solution_tokens",
+            "must be >= 1",
+        ),
         (cfg.rollouts_per_round >= 1, "rollouts_per_round", "must be >= 1"),
         (cfg.batch_problems >= 1, "batch_problems", "must be >= 1"),
         (0 <= cfg.ci_width <= 1, "ci_width", "must be in [0, 1]"),
         (cfg.grade_timeout >= 0, "grade_timeout", "must be >= 0"),
-        (cfg.mode == "bfs" or cfg.budget > 0 or cfg.ci_width > 0, "budget", "mode=mcts needs budget > 0 or ci_width > 0"),
+        (
+            cfg.mode == "bfs" or cfg.budget > 0 or cfg.ci_width > 0,
+            "budget",
+            "mode=mcts needs budget > 0 or ci_width > 0",
+        ),
     ]
     for ok, key, why in checks:
         if not ok:
@@ -124,19 +131,31 @@ def check_config(cfg: AnnotateConfig) -> None:
 
 
 def _math_train(path: Path) -> list[Problem]:
+    """MATH train (a JSON array of {problem, final_answer}). Entries without a final answer (2 of
+    the 7,500 in the shared file) cannot be annotated: they are left out and counted in the log."""
     rows = read_json(path)
     if not isinstance(rows, list):
         raise DataError(path, "expected a JSON array of {problem, final_answer}")
     out = []
+    skipped = []
     for i, row in enumerate(rows):
         where = f"[{i}]"
         if not isinstance(row, dict):
             raise DataError(path, f"expected an object, got {type(row).__name__}", field=where)
         q, a = row.get("problem"), row.get("final_answer")
-        for key, v in (("problem", q), ("final_answer", a)):
-            if not isinstance(v, str | int | float) or isinstance(v, bool) or not str(v).strip():
-                raise DataError(path, "missing or empty", field=f"{where}.{key}")
+        bad = [key for key, v in (("problem", q), ("final_answer", a))
+               if not isinstance(v, str | int | float) or isinstance(v, bool) or not str(v).strip()]  # fmt: skip
+        if bad:
+            skipped.append(f"{where}.{bad[0]}")
+            continue
         out.append(Problem(problem_id_for(str(q)), str(q), str(a), source=f"{path}{where}"))
+    if skipped:
+        log.warning(
+            "%s: %d entries without a question or answer left out (%s)",
+            path,
+            len(skipped),
+            ", ".join(skipped[:5]),
+        )
     return out
 
 
@@ -147,7 +166,9 @@ def _prm800k_train(path: Path) -> list[Problem]:
     for sol in read_prm800k(path):
         # The paper annotates the problems of the finished phase-1 train solutions.
         if sol.finish_reason == "solution" and sol.reference_answer and sol.problem_id not in out:
-            out[sol.problem_id] = Problem(sol.problem_id, sol.question, sol.reference_answer, source=sol.source)
+            out[sol.problem_id] = Problem(
+                sol.problem_id, sol.question, sol.reference_answer, source=sol.source
+            )
     return list(out.values())
 
 
@@ -173,12 +194,14 @@ def load_problems(cfg: AnnotateConfig, skip_log: SkipLog | None = None) -> tuple
     problems = [p for p in problems if not (p.problem_id in seen or seen.add(p.problem_id))]
     if cfg.order == "shortest_solution":
         problems.sort(key=lambda p: (len(str(p.extra.get("solution", ""))) or len(p.question), p.problem_id))
+    elif cfg.order == "shortest_question":
+        problems.sort(key=lambda p: (len(p.question), p.problem_id))
     checked = []
     for p in problems if cfg.limit == 0 else problems[: cfg.limit * 2 + 8]:
-        # An answer the grader cannot match even to itself would make every leaf wrong.
-        if not is_equivalent(p.answer, p.answer, timeout=cfg.grade_timeout or 3.0):
+        why = ungradable(p.answer, cfg.grade_timeout)
+        if why:
             err = DataError(p.source.rsplit(":", 1)[0] if ":" in p.source else p.source,
-                            f"reference answer {p.answer[:80]!r} cannot be graded (it does not match itself)",
+                            f"reference answer {p.answer[:80]!r} cannot be graded ({why})",
                             _line_of(p.source), cfg.answer_field)  # fmt: skip
             if skip_log is None:
                 raise err
@@ -188,6 +211,21 @@ def load_problems(cfg: AnnotateConfig, skip_log: SkipLog | None = None) -> tuple
         if cfg.limit and len(checked) == cfg.limit:
             break
     return checked, path
+
+
+def ungradable(answer: str, timeout: float = 3.0) -> str:
+    r"""Why a reference answer cannot serve as one ("" if it can): a leaf that writes exactly the
+    reference in the policy's `# Answer` format must be graded correct, or every leaf of the tree
+    would be wrong whatever the policy does.
+
+    >>> ungradable("\\frac{1}{2}"), ungradable("\\frac{"), ungradable("3\n\n4")
+    ('', 'unbalanced braces', 'an answer block with it does not grade as correct')
+    """
+    if answer.count("{") != answer.count("}"):
+        return "unbalanced braces"
+    if not is_equivalent(extract_answer(f"# Answer\n\n{answer}"), answer, timeout=timeout or 3.0):
+        return "an answer block with it does not grade as correct"
+    return ""
 
 
 def _line_of(source: str) -> int | None:
@@ -203,7 +241,9 @@ def policy_fingerprint(pc: PolicyConfig) -> str:
     of each weight file's size and first/last MiB (a retrained model at the same path differs);
     otherwise the name (served models are identified by `model` + `base_url`)."""
     if pc.backend == "scripted":
-        return hashlib.sha256(Path(pc.script).read_bytes()).hexdigest()[:16] if Path(pc.script).is_file() else ""
+        return (
+            hashlib.sha256(Path(pc.script).read_bytes()).hexdigest()[:16] if Path(pc.script).is_file() else ""
+        )
     folder = Path(pc.model).expanduser()
     if pc.backend != "hf" or not folder.is_dir():
         return pc.model
@@ -223,7 +263,9 @@ def policy_fingerprint(pc: PolicyConfig) -> str:
 # --- executors ---------------------------------------------------------------------------------------
 
 
-def local_executor(problems: list[Problem], policy: Any, cfg: AnnotateConfig, on_round: Callable | None) -> Iterator[Tree]:
+def local_executor(
+    problems: list[Problem], policy: Any, cfg: AnnotateConfig, on_round: Callable | None
+) -> Iterator[Tree]:
     """The seam every executor fills: problems in, finished trees out (any order)."""
     return grow_trees(problems, policy, build_style(cfg.prompt), grow_settings(cfg), on_round)
 
@@ -257,8 +299,21 @@ def run(cfg: AnnotateConfig, *, policy: Any = None) -> Path:
     check_resumable(out_dir, config, "trees.jsonl", OPERATIONAL_KEYS, inputs=[data_path])
     done = {t["problem_id"] for t in read_appended(trees_path)}
     todo = [p for p in problems if p.problem_id not in done]
-    write_meta(out_dir, config, inputs=[data_path], dataset_path=str(data_path), problems=len(problems), status="running")
-    log.info("%d problems, %d already done, %d to go -> %s", len(problems), len(problems) - len(todo), len(todo), trees_path)
+    write_meta(
+        out_dir,
+        config,
+        inputs=[data_path],
+        dataset_path=str(data_path),
+        problems=len(problems),
+        status="running",
+    )
+    log.info(
+        "%d problems, %d already done, %d to go -> %s",
+        len(problems),
+        len(problems) - len(todo),
+        len(todo),
+        trees_path,
+    )
     if todo:
         _annotate(cfg, todo, len(problems), trees_path, policy)
     trees = [Tree.from_dict(d, str(trees_path), i + 1) for i, d in enumerate(read_appended(trees_path))]
@@ -277,12 +332,23 @@ def _annotate(cfg: AnnotateConfig, todo: list[Problem], total: int, trees_path: 
     policy = build_policy(cfg.policy) if own else policy
     t0 = time.perf_counter()
     totals = {"rollouts": 0, "tokens": 0}
-    bar = tqdm(total=total, initial=total - len(todo), desc=f"annotate ({cfg.mode})", unit="problem", disable=not cfg.progress)
+    bar = tqdm(
+        total=total,
+        initial=total - len(todo),
+        desc=f"annotate ({cfg.mode})",
+        unit="problem",
+        disable=not cfg.progress,
+    )
 
     def on_round(stats: dict[str, Any]) -> None:
         totals["tokens"] += stats["tokens"]
         elapsed = max(time.perf_counter() - t0, 1e-9)
-        bar.set_postfix(round=stats["round"], tokens=totals["tokens"], tok_s=f"{totals['tokens'] / elapsed:.0f}", refresh=False)
+        bar.set_postfix(
+            round=stats["round"],
+            tokens=totals["tokens"],
+            tok_s=f"{totals['tokens'] / elapsed:.0f}",
+            refresh=False,
+        )
         bar.refresh()
 
     try:
@@ -304,5 +370,7 @@ def summarize(trees: list[Tree]) -> dict[str, Any]:
             if isinstance(v, int | float) and k != "tokens_per_labelled_node":
                 cost[k] = cost.get(k, 0) + v
     labelled = cost.get("labelled_nodes", 0)
-    cost["tokens_per_labelled_node"] = round(cost.get("generated_tokens", 0) / labelled, 2) if labelled else None
+    cost["tokens_per_labelled_node"] = (
+        round(cost.get("generated_tokens", 0) / labelled, 2) if labelled else None
+    )
     return {**stats, "cost": cost}

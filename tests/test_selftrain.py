@@ -5,6 +5,7 @@ and the saved folder loading as an HF policy."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -148,6 +149,9 @@ def test_train_writes_a_loadable_policy_and_both_loss_terms(trees_file, tiny_lm_
     assert all(r["lm_loss"] > 0 and r["kl"] >= 0 and "log_kl" in r for r in train_rows)
     assert train_rows[0]["kl"] < 1e-6 < train_rows[-1]["kl"]  # starts at the reference, moves away
     assert train_rows[-1]["lm_loss"] < train_rows[0]["lm_loss"]
+    # one micro-batch per step: the optimised loss is exactly L_LM + lam * log(KL + eps)
+    for r in train_rows:
+        assert r["loss"] == pytest.approx(r["lm_loss"] + 0.5 * math.log(r["kl"] + 1e-6), rel=1e-4, abs=1e-4)
     assert (out / "fig4.png").stat().st_size > 1000
     meta = json.loads((out / "meta.json").read_text())
     assert meta["status"] == "done" and meta["selection"]["kept"] == 12
@@ -189,6 +193,28 @@ def test_lora_sweep_merges_and_plots_one_column_per_lambda(trees_file, tiny_lm_d
     assert lam0[0]["kl_term"] == 0.0
 
 
+def test_train_top_layers_leaves_the_rest_and_the_tied_head_alone(trees_file, tiny_lm_dir, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from hiprm.selftrain.train import run
+
+    out = run(
+        make_cfg(trees_file, tiny_lm_dir, tmp_path / "top", "train_top_layers=1", "max_steps=2", "lr=1e-2")
+    )
+    base, new = (
+        AutoModelForCausalLM.from_pretrained(tiny_lm_dir),
+        AutoModelForCausalLM.from_pretrained(out / "model"),
+    )
+    torch.testing.assert_close(
+        new.model.layers[0].mlp.up_proj.weight, base.model.layers[0].mlp.up_proj.weight
+    )
+    torch.testing.assert_close(new.lm_head.weight, base.lm_head.weight)
+    assert not torch.allclose(new.model.layers[1].mlp.up_proj.weight, base.model.layers[1].mlp.up_proj.weight)
+    with pytest.raises(ConfigError, match="set one of them"):
+        run(make_cfg(trees_file, tiny_lm_dir, tmp_path / "both", "train_top_layers=1", "lora.r=4"))
+
+
 def test_bad_input_is_named(trees_file, tiny_lm_dir, tmp_path):
     from hiprm.selftrain.train import run
 
@@ -202,6 +228,8 @@ def test_bad_input_is_named(trees_file, tiny_lm_dir, tmp_path):
         run(make_cfg(trees_file, tiny_lm_dir, tmp_path / "d", "min_mc=2"))
     with pytest.raises(ConfigError, match="transform"):
         make_cfg(trees_file, tiny_lm_dir, tmp_path / "e", "transform=sqrt")
+    with pytest.raises(DataError, match="longer than max_length=64 tokens"):
+        run(make_cfg(trees_file, tiny_lm_dir, tmp_path / "g", "max_length=64"))
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "q", "answer": "1", "nodes": [{"id": "r", "parent": null, "depth": 0}]}\n')
     with pytest.raises(DataError, match=r"bad.jsonl:1: field 'nodes\[0\]\.step'"):
@@ -213,8 +241,8 @@ def test_resume_after_kill_9(trees_file, tiny_lm_dir, tmp_path):
     """A run killed with SIGKILL after its first checkpoint continues from it when rerun."""
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "hiprm.cli", "selftrain", f"trees={trees_file}", f"model={tiny_lm_dir}",
-           f"out_dir={out}", "max_length=2048", "batch_size=2", "max_steps=40", "save_every=2", "min_mc=0.4",
-           "lr=1e-3", "epochs=10"]  # fmt: skip
+           f"out_dir={out}", "max_length=2048", "batch_size=2", "max_steps=200", "save_every=4", "min_mc=0.4",
+           "lr=1e-3", "epochs=100"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -225,15 +253,15 @@ def test_resume_after_kill_9(trees_file, tiny_lm_dir, tmp_path):
             time.time() < deadline
             and not (out / "checkpoints" / "checkpoint-4" / "trainer_state.json").exists()
         ):
-            time.sleep(0.2)
+            time.sleep(0.01)
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait()
     assert not (out / "model").exists()
     subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=600)
     steps = [r["step"] for r in rows(out) if "lm_loss" in r]
-    assert steps == list(range(1, 41))  # one uninterrupted run, no step twice
-    assert json.loads((out / "meta.json").read_text())["global_step"] == 40
+    assert steps == list(range(1, 201))  # one uninterrupted run, no step twice
+    assert json.loads((out / "meta.json").read_text())["global_step"] == 200
     assert (out / "model" / "config.json").is_file()
 
 
@@ -245,11 +273,17 @@ def test_two_processes_under_accelerate(trees_file, tiny_lm_dir, tmp_path):
     out = tmp_path / "ddp"
     cmd = [str(accelerate), "launch", "--config_file", str(REPO / "configs" / "accelerate" / "cpu_2proc.yaml"),
            "-m", "hiprm.cli", "selftrain", f"trees={trees_file}", f"model={tiny_lm_dir}", f"out_dir={out}",
-           "max_length=2048", "batch_size=1", "grad_accum=2", "max_steps=3", "save_every=3", "min_mc=0.4"]  # fmt: skip
+           "max_length=2048", "batch_size=1", "grad_accum=2", "max_steps=3", "save_every=3", "min_mc=0.4",
+           "transform=identity", "lam=2"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     meta = json.loads((out / "meta.json").read_text())
     assert meta["world_size"] == 2 and meta["global_step"] == 3
-    assert all(r["lm_loss"] > 0 for r in rows(out) if "lm_loss" in r)
+    train_rows = [r for r in rows(out) if "lm_loss" in r]
+    assert len(train_rows) == 3 and all(4 < r["lm_loss"] < 8 for r in train_rows)  # ~log(vocab 400), not 2x
+    # 2 processes x 2 micro-batches: with f = identity the step's loss is exactly the global
+    # token-mean LM loss + lam * the global token-mean KL, as logged from the reduced sums
+    for r in train_rows:
+        assert r["loss"] == pytest.approx(r["lm_loss"] + 2 * r["kl"], rel=1e-4, abs=1e-5)
     assert (out / "model" / "config.json").is_file()

@@ -123,6 +123,14 @@ def build_models(path: str, cfg: Any) -> tuple[Any, Any, Any, Any]:
     policy.config.use_cache = False
     reference.eval()
     reference.requires_grad_(False)
+    if cfg.train_top_layers >= 0:
+        from hiprm.rm.backbone import freeze_lower_layers
+
+        freeze_lower_layers(policy, cfg.train_top_layers)
+        # freeze_lower_layers keeps the output head trainable; for a causal LM with tied
+        # embeddings that weight is also the input embedding, whose gradient would pull the
+        # backward pass through every frozen layer. Train only the top layers and the norm.
+        policy.get_output_embeddings().weight.requires_grad_(False)
     if cfg.lora.r > 0:
         from peft import LoraConfig, get_peft_model
 

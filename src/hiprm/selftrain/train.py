@@ -62,7 +62,7 @@ class SelftrainConfig:
     rule: Literal["all_steps", "mean"] = "all_steps"
     max_trajectories: int | None = None  # first N after selection (quick runs)
     val_fraction: float = 0.0  # problems held out, evaluated once at the end
-    max_length: int = 1024  # prompt + completion tokens; longer completions are cut at the end
+    max_length: int = 1024  # prompt + completion tokens; longer trajectories are dropped
     # loss
     lam: float = 0.5
     lambdas: list[float] = field(default_factory=list)  # a sweep: one run per value
@@ -81,6 +81,10 @@ class SelftrainConfig:
     max_grad_norm: float = 1.0
     precision: Literal["fp32", "bf16"] = "fp32"
     gradient_checkpointing: bool = False
+    # Train only the top k decoder layers (+ final norm; the tied lm_head stays frozen), so the
+    # backward pass stops k layers down: what makes a quickstart-sized run affordable on CPU.
+    # -1 = everything. Exclusive with LoRA.
+    train_top_layers: int = -1
     seed: int = 42
     lora: LoraConfig = field(default_factory=LoraConfig)
     # bookkeeping
@@ -110,6 +114,10 @@ def check_config(cfg: SelftrainConfig) -> None:
         (0.0 <= cfg.val_fraction < 1.0, "val_fraction must be in [0, 1)"),
         (cfg.save_every >= 1, "save_every must be >= 1"),
         (cfg.lora.r >= 0, "lora.r must be >= 0 (0 = full fine-tuning)"),
+        (
+            cfg.lora.r == 0 or cfg.train_top_layers < 0,
+            "lora.r and train_top_layers are two ways to train less; set one of them",
+        ),
         (cfg.max_trajectories is None or cfg.max_trajectories >= 1, "max_trajectories must be >= 1"),
     ]
     for ok, message in checks:
@@ -137,24 +145,24 @@ def pick(cfg: SelftrainConfig) -> tuple[list[Trajectory], list[Trajectory], dict
 
 def encode(
     trajectories: list[Trajectory], tokenizer: Any, render_chat: Any, max_length: int
-) -> list[dict[str, list[int]]]:
-    """Token ids and HF-aligned labels (-100 over the prompt) per trajectory.
+) -> tuple[list[dict[str, list[int]]], int]:
+    """(examples, how many were too long): token ids and HF-aligned labels (-100 over the prompt).
 
     The completion ends with the tokenizer's eos (the end of the assistant turn), so the policy
-    also learns to stop after `# END!`. Examples whose prompt alone fills max_length are dropped.
+    also learns to stop after `# END!`. A trajectory longer than max_length is dropped, not cut:
+    a cut completion would teach the policy to stop mid-solution without `# END!`.
     """
     eos = tokenizer.eos_token or ""
-    out = []
+    out, too_long = [], 0
     for t in trajectories:
         prompt, completion = training_text(t, render_chat)
         p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         c = tokenizer(completion + eos, add_special_tokens=False)["input_ids"]
-        if len(p) >= max_length - 8:
-            log.warning("%s: prompt is %d tokens (max_length %d); skipped", t.problem_id, len(p), max_length)
+        if len(p) + len(c) > max_length:
+            too_long += 1
             continue
-        c = c[: max_length - len(p)]
         out.append({"input_ids": p + c, "labels": [-100] * len(p) + c})
-    return out
+    return out, too_long
 
 
 class PadCollator:
@@ -242,12 +250,16 @@ def _train_one(cfg: SelftrainConfig, out: Path) -> Path:
         path = resolve_model_path(cfg.model) if not Path(cfg.model).expanduser().is_dir() else cfg.model
     set_seed(cfg.seed)
     policy, reference, tokenizer, render_chat = build_models(path, cfg)
-    train_set = encode(train, tokenizer, render_chat, cfg.max_length)
-    val_set = encode(val, tokenizer, render_chat, cfg.max_length) if val else None
+    train_set, too_long = encode(train, tokenizer, render_chat, cfg.max_length)
+    val_set, val_too_long = encode(val, tokenizer, render_chat, cfg.max_length) if val else (None, 0)
     if not train_set:
         raise DataError(
-            cfg.trees, f"every selected trajectory's prompt is longer than max_length={cfg.max_length}"
+            cfg.trees,
+            f"all {len(train)} selected training trajectories are longer than max_length={cfg.max_length} tokens",
         )
+    if too_long or val_too_long:
+        log.warning("dropped %d train / %d val trajectories longer than max_length=%d tokens", too_long,
+                    val_too_long, cfg.max_length)  # fmt: skip
     if is_main:
         rows = [{**t.to_dict(), "split": s} for s, ts in (("train", train), ("val", val)) for t in ts]
         write_jsonl(out / "trajectories.jsonl", rows)
@@ -281,7 +293,7 @@ def _train_one(cfg: SelftrainConfig, out: Path) -> Path:
 
         plot_fig4({cfg.lam: out / "metrics.jsonl"}, out / "fig4.png", cfg.kl_eps)
         write_meta(out, run_config(cfg), [cfg.trees], status="done", model=path, selection=stats,
-                   examples={"train": len(train_set), "val": len(val_set or [])}, train_loss=train_loss,
+                   examples={"train": len(train_set), "val": len(val_set or []), "too_long": too_long + val_too_long}, train_loss=train_loss,
                    global_step=trainer.state.global_step, validation=validation,
                    world_size=args.world_size)  # fmt: skip
     return out

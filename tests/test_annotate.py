@@ -350,3 +350,20 @@ def test_openai_greedy_n_and_stop_reason(caplog):
     with caplog.at_level("WARNING"):
         p.generate(["q"], SamplingParams(n=2, temperature=0.7, stop=["\n\n"]))
     assert "dropped the stop string" not in caplog.text  # ended at end-of-sequence: nothing to warn about
+
+
+def test_child_mean_score_and_repeats_count_in_mcts():
+    settings = GrowSettings(mode="mcts", children=3, budget=20, score="child_mean")
+    trees = list(grow_trees(_problems(), ScriptedPolicy(TEXTS), STYLES["step"], settings))
+    for t in trees:
+        assert t.mc_from == "child_mean"
+        validate(t)
+        kids = t.children()
+        for n in t.nodes:
+            below = [c for c in kids.get(n.id, []) if c.mc is not None]
+            if below:
+                want = sum(c.count * c.mc for c in below) / sum(c.count for c in below)
+                assert abs(n.mc - want) < 1e-12
+    # with only two distinct first steps for 9-2 and 20 rollouts, repeats are counted on them
+    p2 = next(t for t in trees if t.problem_id == "p2")
+    assert sum(c.count for c in p2.children()[p2.root.id]) > len(p2.children()[p2.root.id])

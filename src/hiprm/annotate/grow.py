@@ -10,26 +10,32 @@ fraction of correct leaves below it.
   samples of its next step (paper: 5-6), down to `max_depth` (paper: 7). A node at `max_depth`
   that is not a final step becomes a `truncated` leaf.
 - `mcts`: a budget of rollouts (or generated tokens) per problem, spent where the labels are
-  uncertain. The rule is UCT-style MCTS with Monte-Carlo rollouts and no value model, as in
-  ReST-MCTS* and AlphaMath's value-free variant, with two changes for annotation rather than
-  search: (1) the exploitation term of UCT is replaced by the standard error of the node's
-  Beta(1, 1) posterior, sqrt(p(1-p)/(n+2)) with p = (correct+1)/(leaves+2), so selection goes
-  where an MC-score is least certain (OmegaPRM's motivation, without its binary search for the
-  first error); (2) progressive widening: a node grows a new child while it has fewer than
-  `children` and (children so far)^2 <= its rollouts, otherwise selection descends to the child
-  maximising  se(child) + c_explore * sqrt(ln(N_parent + 1) / (N_child + 1)).
+  uncertain. The rule: Monte-Carlo tree search without a value model, as in ReST-MCTS* and
+  AlphaMath's value-free variant, with selection made for annotation rather than for finding a
+  best path (OmegaPRM's motivation, without its binary search for the first error): each round
+  picks, over the whole tree, the growable nodes whose MC-score is least certain, by the
+  standard error of the node's Beta(1, 1) posterior, sqrt(p(1-p)/(n+2)) with
+  p = (correct+1)/(n+2), plus a UCT exploration bonus c_explore * sqrt(ln(N_root+1)/(n+1)).
+  A node grows at most `children` children.
   Expansion and rollout are one generate call: from the selected node the policy completes the
   solution to `# END!`; the text is split into steps by `policy.steps.split_solution` (the
   splitter step search uses), the first step is the new child, the rest are stored as a chain
   below it, the last is graded, and the leaf counts propagate to the root. A problem stops when
   its budget is spent, when every node's 95% Wilson interval is narrower than `ci_width`
   (`ci_width=0`: off), or when nothing is left to grow.
-- Identical sibling steps (white space normalised) are stored once. In `bfs` a repeated sample
-  raises the node's `count`, which weighs its one grown subtree in the parent's estimate as if
-  each copy had grown its own (unbiased; see `tree.py`), so low-temperature sampling does not
-  pay for duplicate subtrees. In `mcts` a rollout whose first step repeats an existing child is
-  simply one more visit through that child (count stays 1: the rollout is a real sample below
-  it); only identical finished leaves are counted.
+- Identical sibling steps (white space normalised) are stored once. A repeated sample raises
+  the node's `count`, which weighs its one grown subtree in the parent's estimate as if each
+  copy had grown its own (unbiased; see `tree.py`), so low-temperature sampling does not pay for
+  duplicate subtrees. In `mcts` with `score=leaf_fraction` a rollout whose first step repeats
+  an existing child is instead one more visit through it (count stays 1), since the child's
+  leaves already hold that rollout.
+- `score`: `leaf_fraction` (the paper: correct leaves / leaves below) or `child_mean` (the
+  count-weighted mean of the children's scores). With BFS's uneven subtrees, and with MCTS
+  rollouts that start below a node, the leaf fraction over-weights the large or often-chosen
+  subtrees; the child mean is an unbiased estimate of the node's success probability in both
+  modes (each child is a fresh sample of the node's next step). Measured on a simulated policy
+  (benchmarks/bench_annotate.py): RMSE against the true values 0.196 (leaf fraction) vs 0.162
+  (child mean) for BFS at the paper's settings.
 
 Batching: every round, the requests of all problems in flight (`batch_problems` of them) go into
 one `generate` call per distinct `n`, with `n` samples per prompt so a server (vLLM, SGLang with
@@ -76,6 +82,7 @@ class GrowSettings:
     c_explore: float = 0.1
     ci_width: float = 0.0
     truncated_as: Literal["wrong", "drop"] = "wrong"
+    score: Literal["leaf_fraction", "child_mean"] = "leaf_fraction"
     grade_timeout: float = 3.0
     batch_problems: int = 16
     seed: int = 0
@@ -92,7 +99,6 @@ class _Growth:
     wins: dict[str, int] = field(default_factory=dict)
     expansions: dict[str, int] = field(default_factory=dict)  # requests made from each node
     frontier: list[str] = field(default_factory=list)  # bfs: nodes to expand this round
-    exhausted: set[str] = field(default_factory=set)  # mcts: nothing more to grow below
     cost: dict[str, float] = field(
         default_factory=lambda: dict(prompt_tokens=0, generated_tokens=0, calls=0, rollouts=0, seconds=0.0)
     )
@@ -243,6 +249,7 @@ class Engine:
         return node
 
     def finish(self, g: _Growth) -> Tree:
+        g.tree.mc_from = "child_mean" if self.s.score == "child_mean" else "leaves"
         recompute(g.tree, truncated_counts=self.s.truncated_as == "wrong")
         g.cost["seconds"] = round(time.perf_counter() - g.started, 3)
         g.tree.cost = {k: (round(v, 3) if isinstance(v, float) else int(v)) for k, v in g.cost.items()}
@@ -293,7 +300,9 @@ class Engine:
                 kind = "cut"
             if kind == "cut" and ANSWER_MARK in piece:
                 kind = "final"
-            node = self._add(g, at, piece, kind, count_duplicate=False)
+            # child_mean weighs a child by how often its step was sampled, so a repeat counts;
+            # with leaf_fraction a count would weigh the child's whole subtree twice.
+            node = self._add(g, at, piece, kind, count_duplicate=self.s.score == "child_mean")
             at = node.id
             if node.outcome is not None:
                 leaf = node
@@ -309,60 +318,47 @@ class Engine:
                 g.visits[n.id] = g.visits.get(n.id, 0) + 1
                 g.wins[n.id] = g.wins.get(n.id, 0) + win
 
+
     def _growable(self, g: _Growth, n: TreeNode) -> bool:
-        return n.outcome is None and n.depth < self.s.max_depth and n.id not in g.exhausted
+        return n.outcome is None and n.depth < self.s.max_depth
 
     def _mcts_select(self, g: _Growth) -> list[tuple[str, int]]:
+        """Up to `rollouts_per_round` start nodes for this round's rollouts (with repeats).
+
+        Each pick is the growable node (not a leaf, above `max_depth`) whose MC-score is least
+        certain: the largest se + c_explore * sqrt(ln(N_root + 1) / (N + 1)), se being the
+        standard error of its Beta(1, 1) posterior; picks made this round count as visits
+        (virtual loss) so one round spreads over several nodes. Choosing over the whole tree,
+        rather than descending by UCT from the root, sends rollouts straight to the nodes that
+        one rollout left with a single sample (measured in benchmarks/bench_annotate.py: about
+        half the RMSE at the same budget).
+        """
         if self._over_budget(g):
             return []
         if self.s.ci_width > 0 and g.cost["rollouts"] > 0 and self._all_certain(g):
             return []
+        left = math.inf if not self.s.budget or self.s.budget_unit != "rollouts" else self.s.budget - g.cost["rollouts"]
         kids = g.tree.children()
+        # A rollout from a node adds a child (unless its first step repeats one): a node with
+        # `children` children is full, and only its descendants can start rollouts.
+        cands = [n for n in g.tree.nodes if self._growable(g, n) and len(kids.get(n.id, [])) < self.s.children]
         picks: dict[str, int] = {}
         virtual: dict[str, int] = {}
-        budget_left = (
-            math.inf
-            if not self.s.budget or self.s.budget_unit != "rollouts"
-            else self.s.budget - g.cost["rollouts"]
-        )
-        for _ in range(int(min(self.s.rollouts_per_round, budget_left))):
-            nid = self._descend(g, kids, virtual)
-            if nid is None:
+        n_root = g.visits.get(g.tree.root.id, 0)
+        for _ in range(int(min(self.s.rollouts_per_round, left))):
+            if not cands:
                 break
-            picks[nid] = picks.get(nid, 0) + 1
-            for n in path_to(g.tree, nid):
+            best = max(cands, key=lambda n: self._priority(g, n, n_root, virtual))
+            picks[best.id] = picks.get(best.id, 0) + 1
+            for n in path_to(g.tree, best.id):
                 virtual[n.id] = virtual.get(n.id, 0) + 1
         return sorted(picks.items())
 
-    def _descend(self, g: _Growth, kids: dict[str, list[TreeNode]], virtual: dict[str, int]) -> str | None:
-        t = g.tree
-        node = t.root
-        while True:
-            if not self._growable(g, node):
-                return None
-            below = kids.get(node.id, [])
-            n_visits = g.visits.get(node.id, 0) + virtual.get(node.id, 0)
-            room = len(below) < self.s.children
-            if room and len(below) ** 2 <= n_visits:
-                return node.id
-            open_kids = [c for c in below if self._growable(g, c)]
-            if not open_kids:
-                if room:
-                    return node.id
-                g.exhausted.add(node.id)
-                if node.parent is None:
-                    return None
-                node = t.root  # start again without the exhausted branch
-                continue
-
-            node = max(open_kids, key=lambda c, nv=n_visits: self._ucb(g, c, nv, virtual))
-
-    def _ucb(self, g: _Growth, c: TreeNode, parent_visits: int, virtual: dict[str, int]) -> float:
-        """Standard error of the child's Beta(1, 1) posterior plus the UCT exploration bonus."""
-        v = g.visits.get(c.id, 0) + virtual.get(c.id, 0)
-        p = (g.wins.get(c.id, 0) + 1) / (v + 2)
+    def _priority(self, g: _Growth, n: TreeNode, n_root: int, virtual: dict[str, int]) -> float:
+        v = g.visits.get(n.id, 0) + virtual.get(n.id, 0)
+        p = (g.wins.get(n.id, 0) + 1) / (v + 2)
         se = math.sqrt(p * (1 - p) / (v + 2))
-        return se + self.s.c_explore * math.sqrt(math.log(parent_visits + 1) / (v + 1))
+        return se + self.s.c_explore * math.sqrt(math.log(n_root + 1) / (v + 1))
 
     def _all_certain(self, g: _Growth) -> bool:
         for n in g.tree.nodes:

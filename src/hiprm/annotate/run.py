@@ -80,6 +80,7 @@ class AnnotateConfig:
     c_explore: float = 0.1
     ci_width: float = 0.0
     truncated_as: Literal["wrong", "drop"] = "wrong"
+    score: Literal["leaf_fraction", "child_mean"] = "leaf_fraction"
     grade_timeout: float = 3.0
     batch_problems: int = 16
     executor: str = "local"

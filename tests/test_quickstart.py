@@ -33,12 +33,22 @@ def test_quickstart_end_to_end_and_rerun(tmp_path, shared_data, tiny_backbone_di
             "max_steps=2",
             "max_step_tokens=8",
             "max_solution_tokens=16",
+            "annotate_problems=2",
+            "annotate_budget=3",
+            "annotate_children=2",
+            "annotate_max_depth=2",
+            "annotate_max_solution_tokens=12",
+            "tree_train_steps=1",
+            "selftrain_steps=1",
+            "selftrain_top_layers=1",
         ],
     )
     report = run(cfg)
     text = report.read_text()
     for needle in ["## Training data", "hrm_pair", "## Reward-model training", "## Evaluation without a policy",
-                   "## Best-of-N and step-level search", "smoke-scale"]:  # fmt: skip
+                   "## Best-of-N and step-level search", "smoke-scale", "## Auto-annotation",
+                   "Share of nodes with 0 < MC < 1", "## PRM and HRM trained on the trees",
+                   "## Self-training: base vs tuned policy"]:  # fmt: skip
         assert needle in text, needle
     out = tmp_path / "qs"
     for kind in ("prm", "hrm"):
@@ -46,6 +56,10 @@ def test_quickstart_end_to_end_and_rerun(tmp_path, shared_data, tiny_backbone_di
         assert (out / "data" / kind / "train.jsonl").exists()
     assert (out / "rm_eval" / "rm_eval.json").exists()
     assert (out / "eval_gsm8k" / "metrics.json").exists()
+    assert len((out / "annotate" / "trees.jsonl").read_text().splitlines()) == 2
+    assert (out / "annotate" / "mc_histogram.png").exists()
+    for kind in ("tree_prm", "tree_hrm"):
+        assert (out / "rm" / kind / "model" / "config.json").exists()
     # PRM and HRM trained with the same budget from the same problems
     prm_cfg = (out / "rm" / "prm" / "config.yaml").read_text()
     hrm_cfg = (out / "rm" / "hrm" / "config.yaml").read_text()

@@ -49,7 +49,12 @@ def test_payload_api_key_and_shape(monkeypatch):
     assert seen[0].headers["authorization"] == "Bearer sekret"
     body = json.loads(seen[0].content)
     assert {k: body[k] for k in ("model", "n", "max_tokens", "temperature", "top_p", "stop")} == {
-        "model": "m", "n": 3, "max_tokens": 7, "temperature": 0.5, "top_p": 0.9, "stop": ["# END!"]
+        "model": "m",
+        "n": 3,
+        "max_tokens": 7,
+        "temperature": 0.5,
+        "top_p": 0.9,
+        "stop": ["# END!"],
     }
     assert body["include_stop_str_in_output"] is True
     assert {json.loads(r.content)["prompt"] for r in seen} == {"p1", "p2"}
@@ -164,8 +169,11 @@ def test_real_timeout_against_a_silent_socket():
 def test_stop_strings_reapplied_and_restored_from_stop_reason():
     def handler(request):
         # one server overshoots the stop, another drops it but names it (vLLM's stop_reason)
-        return _ok(request, texts=["x = 1 \\]\n\nmore text"]) if "A" in json.loads(request.content)["prompt"] \
+        return (
+            _ok(request, texts=["x = 1 \\]\n\nmore text"])
+            if "A" in json.loads(request.content)["prompt"]
             else _ok(request, texts=["y = 2 "], stop_reason="\\)\n\n")
+        )
 
     pol = _policy(handler)
     out = pol.generate(["A", "B"], SamplingParams(stop=["\\]\n\n", "\\)\n\n"]))
@@ -262,16 +270,34 @@ def llama_server():
     log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"hiprm-llama-server-{port}.log"
     with log_path.open("w") as log_file:
         proc = subprocess.Popen(
-            [sys.executable, "-c", SERVER_MAIN, "--model", str(gguf), "--host", "127.0.0.1",
-             "--port", str(port), "--n_ctx", "2048", "--n_threads", "2", "--model_alias", "smollm2"],
-            stdout=log_file, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-c",
+                SERVER_MAIN,
+                "--model",
+                str(gguf),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--n_ctx",
+                "2048",
+                "--n_threads",
+                "2",
+                "--model_alias",
+                "smollm2",
+            ],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
         )
     base = f"http://127.0.0.1:{port}/v1"
     try:
         deadline = time.time() + 120
         while True:
             if proc.poll() is not None:
-                pytest.fail(f"llama_cpp.server exited with {proc.returncode}; log: {log_path.read_text()[-2000:]}")
+                pytest.fail(
+                    f"llama_cpp.server exited with {proc.returncode}; log: {log_path.read_text()[-2000:]}"
+                )
             try:
                 if httpx.get(base + "/models", timeout=2).status_code == 200:
                     break
@@ -332,13 +358,29 @@ def test_hiprm_eval_runs_against_the_llama_cpp_server(llama_server, tmp_path):
 
     data = tmp_path / "p.jsonl"
     data.write_text(json.dumps({"question": "What is 2 + 3?", "answer": "5"}) + "\n")
-    cfg = load_config(EvalConfig, None, [
-        f"dataset={data}", f"out_dir={tmp_path / 'out'}", "methods=[majority,orm,prm-step,prm-min]",
-        "n_values=[1,2]", "subsamples=2", "orm=fake", "prm=fake", "policy.backend=openai",
-        f"policy.base_url={llama_server}", "policy.model=smollm2", "policy.server_stops=false",
-        "policy.concurrency=2", "prompt.style=paragraph", "max_solution_tokens=48", "max_step_tokens=24",
-        "max_steps=2", "progress=false",
-    ])
+    cfg = load_config(
+        EvalConfig,
+        None,
+        [
+            f"dataset={data}",
+            f"out_dir={tmp_path / 'out'}",
+            "methods=[majority,orm,prm-step,prm-min]",
+            "n_values=[1,2]",
+            "subsamples=2",
+            "orm=fake",
+            "prm=fake",
+            "policy.backend=openai",
+            f"policy.base_url={llama_server}",
+            "policy.model=smollm2",
+            "policy.server_stops=false",
+            "policy.concurrency=2",
+            "prompt.style=paragraph",
+            "max_solution_tokens=48",
+            "max_step_tokens=24",
+            "max_steps=2",
+            "progress=false",
+        ],
+    )
     out = run(cfg, scorers={"orm": FakeRM(), "prm": FakeRM()})
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["problems"] == 1
@@ -347,3 +389,38 @@ def test_hiprm_eval_runs_against_the_llama_cpp_server(llama_server, tmp_path):
     steps = [r for r in rows if r["kind"] == "step"]
     assert steps and all("\n\n" not in r["text"].rstrip("\n") for r in steps)  # cut at the step stop
     assert metrics["cost"]["tokens_generated"] > 0
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("mode", ["bfs", "mcts"])
+def test_hiprm_annotate_runs_against_the_llama_cpp_server(llama_server, tmp_path, mode):
+    """Both growth modes with the policy on llama.cpp: valid trees, graded leaves, real token counts."""
+    from hiprm.annotate.run import AnnotateConfig, run
+    from hiprm.annotate.tree import read_trees
+    from hiprm.config import load_config
+
+    data = tmp_path / "p.jsonl"
+    data.write_text(
+        "".join(
+            json.dumps({"question": q, "answer": a}) + "\n"
+            for q, a in [("What is 2 + 3?", "5"), ("What is 10 - 4?", "6")]
+        )
+    )
+    cfg = load_config(AnnotateConfig, None, [
+        f"dataset={data}", f"out_dir={tmp_path / mode}", f"mode={mode}", "budget=4", "children=2", "max_depth=2",
+        "policy.backend=openai", f"policy.base_url={llama_server}", "policy.model=smollm2", "policy.server_stops=false",
+        "policy.concurrency=2", "prompt.style=paragraph", "max_step_tokens=24", "max_solution_tokens=48",
+        "temperature=0.8", "progress=false",
+    ])  # fmt: skip
+    trees = list(read_trees(run(cfg)))
+    assert len(trees) == 2
+    for t in trees:
+        assert len(t.nodes) > 1 and t.root.leaves > 0
+        assert all(
+            n.outcome in ("correct", "wrong", "no_answer", "truncated")
+            for n in t.nodes
+            if not t.children().get(n.id)
+        )
+        assert t.cost["generated_tokens"] > 0 and t.cost["calls"] > 0
+        if mode == "mcts":
+            assert t.cost["rollouts"] <= 4

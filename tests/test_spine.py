@@ -135,3 +135,19 @@ def test_imports_only_go_down():
                 if _level(target) > _level(me):
                     bad.append(f"{me} imports {target}")
     assert not bad, bad
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_every_command_answers_help_with_its_keys(name, capsys):
+    import importlib
+
+    from hiprm.config import describe_config
+
+    module, cls, _, _ = COMMANDS[name]
+    keys = [k for k, *_ in describe_config(getattr(importlib.import_module(module), cls))]
+    for flag in ("--help", "-h"):
+        assert main([*name.split(), flag]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith(f"usage: hiprm {name}") and all(f"  {k} " in out for k in keys)
+    assert main(["--help"]) == 0
+    assert name in capsys.readouterr().out

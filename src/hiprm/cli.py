@@ -86,6 +86,37 @@ def _resolve(name: str, argv: list[str]) -> tuple[Any, Any]:
     return cfg, getattr(module, run_name)
 
 
+def _first_line(module_name: str) -> str:
+    """What a command does: the first line of its module's docstring, without the command name."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(module_name)
+    if spec is None or spec.origin is None:
+        return ""
+    import ast
+
+    with open(spec.origin, encoding="utf-8") as f:
+        doc = ast.get_docstring(ast.parse(f.read())) or ""
+    line = doc.strip().splitlines()[0] if doc.strip() else ""
+    return line.split(": ", 1)[1] if line.startswith("`hiprm") and ": " in line else line
+
+
+def command_help(name: str) -> str:
+    """`hiprm NAME --help`: what it does, how to call it, and every key with type and default."""
+    from hiprm.config import describe_config
+
+    module_name, cls_name, _, positional = COMMANDS[name]
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    arg = f" {positional.upper()}" if positional else ""
+    lines = [f"usage: hiprm {name}{arg} [CONFIG.yaml] [key=value ...]", "", _first_line(module_name), "",
+             "keys (defaults < CONFIG.yaml < key=value; --key value works too; unknown keys are errors):"]  # fmt: skip
+    rows = describe_config(cls)
+    width = max(len(k) for k, *_ in rows)
+    for key, tp, default, text in rows:
+        lines.append(f"  {key:<{width}}  {tp} = {default}" + (f"\n  {'':<{width}}    {text}" if text else ""))
+    return "\n".join(lines)
+
+
 def _command_name(argv: list[str]) -> tuple[str | None, list[str]]:
     for width in (2, 1):
         name = " ".join(argv[:width])
@@ -95,11 +126,15 @@ def _command_name(argv: list[str]) -> tuple[str | None, list[str]]:
 
 
 def _usage() -> str:
-    lines = ["usage: hiprm SUBCOMMAND [CONFIG.yaml] [key=value ...]", "", "subcommands:"]
-    for name, (module, cls, _, pos) in COMMANDS.items():
-        arg = f" {pos.upper()}" if pos else ""
-        lines.append(f"  {name}{arg}    ({module}.{cls})")
-    lines.append("  validate SUBCOMMAND [CONFIG.yaml] [key=value ...]    print the resolved config")
+    lines = ["usage: hiprm SUBCOMMAND [CONFIG.yaml] [key=value ...]   (hiprm SUBCOMMAND --help: its keys)", "",
+             "subcommands:"]  # fmt: skip
+    rows = [
+        (f"{name}{' ' + pos.upper() if pos else ''}", _first_line(module))
+        for name, (module, _, _, pos) in COMMANDS.items()
+    ]
+    rows.append(("validate SUBCOMMAND ...", "print the resolved config of a command without running it"))
+    width = max(len(r[0]) for r in rows)
+    lines += [f"  {a:<{width}}  {b}" for a, b in rows]
     return "\n".join(lines)
 
 
@@ -125,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     if name is None:
         print(f"hiprm: unknown subcommand {' '.join(rest[:2])!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    if any(w in ("-h", "--help") for w in tail):
+        print(command_help(name))
+        return 0
     try:
         cfg, run = _resolve(name, tail)
         if validate:

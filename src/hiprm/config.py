@@ -170,3 +170,83 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     except ConfigError as e:
         where = f"{path}: " if path else ""
         raise ConfigError(f"{where}{e}") from None
+
+
+def _field_comments(cls: type) -> dict[str, str]:
+    """Trailing `# ...` comments on the field lines of a dataclass's source (its help text)."""
+    import inspect
+    import io
+    import tokenize
+
+    try:
+        src = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    out: dict[str, str] = {}
+    pending = None
+    depth = 0
+    for tok in tokenize.generate_tokens(io.StringIO(src).readline):
+        if tok.type == tokenize.OP and tok.string in "([{":
+            depth += 1
+        elif tok.type == tokenize.OP and tok.string in ")]}":
+            depth -= 1
+        elif tok.type == tokenize.NAME and tok.start[1] == 4 and depth == 0 and pending is None:
+            pending = tok.string
+        elif tok.type == tokenize.COMMENT and pending and depth == 0:
+            out.setdefault(pending, tok.string.lstrip("# ").strip())
+        if tok.type in (tokenize.NEWLINE, tokenize.NL) and depth == 0:
+            pending = None
+    return out
+
+
+def _doc_mentions(cls: type) -> dict[str, str]:
+    """`key`: text  phrases of the class docstring, up to the next sentence end."""
+    import re
+
+    doc = " ".join((cls.__doc__ or "").split())
+    out: dict[str, str] = {}
+    for m in re.finditer(r"`([a-z_]+)`(?: \([^)]*\))?: (.+?)(?:\.(?= |$)|$)", doc):
+        out.setdefault(m.group(1), m.group(2).strip())
+    return out
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is typing.Literal:
+        return "|".join(str(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
+    if origin in (list, tuple):
+        args = typing.get_args(tp)
+        return f"list[{_type_name(args[0])}]" if args else "list"
+    if origin is dict:
+        return "mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def describe_config(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(dotted key, type, default, help) for every field, nested sections flattened; the help is
+    the field's trailing comment or its `key`: mention in the class docstring.
+
+    >>> import dataclasses
+    >>> C = dataclasses.make_dataclass("C", [("n", int, 3), ("mode", str, "a")])
+    >>> C.__doc__ = "`n`: how many. `mode`: a or b."
+    >>> describe_config(C)
+    [('n', 'int', '3', 'how many'), ('mode', 'str', "'a'", 'a or b')]
+    """
+    types_ = _field_types(cls)
+    comments = {**_doc_mentions(cls), **_field_comments(cls)}
+    rows = []
+    for f in dataclasses.fields(cls):
+        tp = types_[f.name]
+        if dataclasses.is_dataclass(tp):
+            rows += describe_config(tp, prefix + f.name + ".")
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = f.default_factory()  # type: ignore[misc]
+        else:
+            default = "(required)"
+        rows.append((prefix + f.name, _type_name(tp), repr(default), comments.get(f.name, "")))
+    return rows

@@ -60,33 +60,33 @@ class AnnotateConfig:
     `children`, `max_depth`, `budget` (+ `budget_unit`), sampling and MCTS settings: see
     `hiprm.annotate.grow`. `executor`: local. `batch_problems`: problems in flight at once."""
 
-    out_dir: str = "runs/annotate"
+    out_dir: str = "runs/annotate"  # trees.jsonl + meta.json go here
     dataset: str = "gsm8k-train"
-    data_dir: str = "../shared/data"
+    data_dir: str = "../shared/data"  # where the named datasets are
     question_field: str = "question"
     answer_field: str = "answer"
-    limit: int = 0
+    limit: int = 0  # first N problems (after `order`); 0 = all
     order: Literal["file", "shortest_solution", "shortest_question"] = "file"
     mode: Literal["bfs", "mcts"] = "bfs"
-    children: int = 5
-    max_depth: int = 7
-    budget: int = 0
+    children: int = 5  # samples per node (bfs) / most children of a node (mcts); paper 5-6
+    max_depth: int = 7  # deepest step; a step there that is not final is a truncated leaf
+    budget: int = 0  # per problem, in budget_unit (mcts: required unless ci_width; bfs: a cap); 0 = none
     budget_unit: Literal["rollouts", "tokens"] = "rollouts"
-    temperature: float = 0.7
+    temperature: float = 0.7  # sampling (reference code: 0.1)
     top_p: float = 0.95
-    max_step_tokens: int = 256
-    max_solution_tokens: int = 1024
-    rollouts_per_round: int = 4
-    c_explore: float = 0.1
-    ci_width: float = 0.0
-    truncated_as: Literal["wrong", "drop"] = "wrong"
-    score: Literal["leaf_fraction", "child_mean"] = "leaf_fraction"
-    grade_timeout: float = 3.0
-    batch_problems: int = 16
-    executor: str = "local"
-    seed: int = 0
-    skip_bad: bool = False
-    progress: bool = True
+    max_step_tokens: int = 256  # bfs: tokens per step
+    max_solution_tokens: int = 1024  # mcts: tokens per rollout
+    rollouts_per_round: int = 4  # mcts: rollouts per problem per generate round
+    c_explore: float = 0.1  # mcts: weight of the UCT exploration bonus
+    ci_width: float = 0.0  # mcts: stop once every 95% Wilson interval is narrower; 0 = off
+    truncated_as: Literal["wrong", "drop"] = "wrong"  # how depth-limited leaves count
+    score: Literal["leaf_fraction", "child_mean"] = "leaf_fraction"  # MC-score rule (paper: leaf_fraction)
+    grade_timeout: float = 3.0  # seconds for the symbolic answer check
+    batch_problems: int = 16  # problems in flight at once (one generate call per round for all)
+    executor: str = "local"  # how problems are mapped to trees: local
+    seed: int = 0  # request seeds derive from it, the problem and the node
+    skip_bad: bool = False  # skip (and count) bad problems instead of stopping
+    progress: bool = True  # progress bar
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
 

@@ -27,7 +27,7 @@ import random
 import re
 import sys
 import time
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
@@ -54,7 +54,7 @@ class World:
     def __init__(self, name: str):
         self.name = name
 
-    @lru_cache(maxsize=None)  # noqa: B019 - one World per problem, lives for the benchmark
+    @cache  # noqa: B019 - one World per problem, lives for the benchmark
     def probs(self, state: tuple[int, ...]) -> tuple[float, ...]:
         g = [-math.log(max(_u(self.name, state, k, "p"), 1e-12)) for k in range(K)]
         s = sum(g)
@@ -68,7 +68,7 @@ class World:
         # Worlds differ in difficulty so that values spread over (0, 1).
         return _u(self.name, state, k, "right") < 0.25 + 0.5 * _u(self.name, "difficulty")
 
-    @lru_cache(maxsize=None)  # noqa: B019
+    @cache  # noqa: B019
     def value(self, state: tuple[int, ...]) -> float:
         v = 0.0
         for k, p in enumerate(self.probs(state)):
@@ -168,7 +168,9 @@ def quality(args: argparse.Namespace) -> None:
         trees = list(grow_trees(problems, pol, style, settings))
         return trees, sum(t.cost["generated_tokens"] for t in trees), pol
 
-    bfs_trees, bfs_tokens, pol = grow(GrowSettings(mode="bfs", children=5, max_depth=7, batch_problems=64, score=args.score))
+    bfs_trees, bfs_tokens, pol = grow(
+        GrowSettings(mode="bfs", children=5, max_depth=7, batch_problems=64, score=args.score)
+    )
     bfs_sq = errors(bfs_trees, pol)
     bfs_err = rmse(bfs_sq)
     rows = [("bfs (paper: 5 children, depth 7)", bfs_tokens, bfs_err, float("nan"), len(bfs_sq))]
@@ -180,7 +182,15 @@ def quality(args: argparse.Namespace) -> None:
         sq = errors(trees, pol)
         common = [k for k in sq if k in bfs_sq]
         err = rmse(sq)
-        rows.append((f"mcts budget={budget} rollouts", tokens, err, rmse(sq, common) if common else float("nan"), len(sq)))
+        rows.append(
+            (
+                f"mcts budget={budget} rollouts",
+                tokens,
+                err,
+                rmse(sq, common) if common else float("nan"),
+                len(sq),
+            )
+        )
         points.append((tokens, err))
         if first_match is None and err <= bfs_err:
             first_match = (budget, tokens)
@@ -236,7 +246,9 @@ def throughput(args: argparse.Namespace) -> None:
     from hiprm.policy.hf import HFPolicy
     from hiprm.policy.prompts import make_style
 
-    problems, _ = load_problems(AnnotateConfig(dataset="math-train", order="shortest_question", limit=args.problems))
+    problems, _ = load_problems(
+        AnnotateConfig(dataset="math-train", order="shortest_question", limit=args.problems)
+    )
     hf = HFPolicy(args.model, batch_size=64)
     style = make_style("paragraph")
     settings = GrowSettings(mode="bfs", children=args.children, max_depth=args.depth, max_step_tokens=args.step_tokens,
@@ -252,7 +264,9 @@ def throughput(args: argparse.Namespace) -> None:
         print(f"{name:<22} {secs:7.1f} s  {tokens:6d} tokens  {tokens / secs:7.1f} tok/s  {nodes:5d} nodes  "
               f"{nodes / secs * 60:7.1f} nodes/min", flush=True)  # fmt: skip
     a, b = results["batched (hiprm)"], results["one prompt at a time"]
-    print(f"ratio batched / one-at-a-time: {a[0] / b[0]:.2f}x tokens/s, {a[1] / b[1]:.2f}x labelled nodes/min")
+    print(
+        f"ratio batched / one-at-a-time: {a[0] / b[0]:.2f}x tokens/s, {a[1] / b[1]:.2f}x labelled nodes/min"
+    )
 
 
 def main() -> None:

@@ -318,7 +318,6 @@ class Engine:
                 g.visits[n.id] = g.visits.get(n.id, 0) + 1
                 g.wins[n.id] = g.wins.get(n.id, 0) + win
 
-
     def _growable(self, g: _Growth, n: TreeNode) -> bool:
         return n.outcome is None and n.depth < self.s.max_depth
 
@@ -337,11 +336,17 @@ class Engine:
             return []
         if self.s.ci_width > 0 and g.cost["rollouts"] > 0 and self._all_certain(g):
             return []
-        left = math.inf if not self.s.budget or self.s.budget_unit != "rollouts" else self.s.budget - g.cost["rollouts"]
+        left = (
+            math.inf
+            if not self.s.budget or self.s.budget_unit != "rollouts"
+            else self.s.budget - g.cost["rollouts"]
+        )
         kids = g.tree.children()
         # A rollout from a node adds a child (unless its first step repeats one): a node with
         # `children` children is full, and only its descendants can start rollouts.
-        cands = [n for n in g.tree.nodes if self._growable(g, n) and len(kids.get(n.id, [])) < self.s.children]
+        cands = [
+            n for n in g.tree.nodes if self._growable(g, n) and len(kids.get(n.id, [])) < self.s.children
+        ]
         picks: dict[str, int] = {}
         virtual: dict[str, int] = {}
         n_root = g.visits.get(g.tree.root.id, 0)

@@ -68,3 +68,31 @@ def test_quickstart_end_to_end_and_rerun(tmp_path, shared_data, tiny_backbone_di
     assert "quickstart done" in first and str(report) in first
     # A rerun finds every stage finished and rewrites the same report.
     assert run(cfg) == report
+
+
+@pytest.mark.slow
+def test_tree_stages_alone_with_hnc_selftrain_and_tree_eval(tmp_path, shared_data, tiny_backbone_dir):
+    """The §4.2 / Table 4 pipeline shape (configs/mcts_cpu.yaml): trees -> PRM/HRM on trees ->
+    their evaluation, and self-training from the trees and from the HNC trees."""
+    cfg = load_config(QuickstartConfig, None, [
+        f"out_dir={tmp_path / 'qs'}", f"data_dir={shared_data}", f"model={tiny_backbone_dir}",
+        "stages=[annotate,tree_rms,selftrain]", "tree_rm_eval=true", "selftrain_from_hnc=true", "selftrain_min_mc=0.0",
+        "annotate_problems=2", "annotate_budget=3", "annotate_children=2", "annotate_max_depth=2",
+        "annotate_max_solution_tokens=12", "tree_train_steps=1", "selftrain_steps=1", "selftrain_top_layers=1",
+        "max_length=128", "train_top_layers=1", "batch_size=2", "max_val=4", "prm800k_limit=1", "processbench_limit=3",
+        "problems=1", "n_values=[1]", "subsamples=1", "max_steps=1", "max_step_tokens=8", "max_solution_tokens=16",
+    ])  # fmt: skip
+    text = run(cfg).read_text()
+    out = tmp_path / "qs"
+    assert "## Auto-annotation" in text and "## PRM and HRM trained on the trees" in text
+    assert "## Training data" not in text  # the PRM800K stages did not run
+    assert (out / "rm_eval_trees" / "rm_eval.json").exists()
+    assert (out / "annotate" / "trees_hnc.jsonl").exists()
+    assert "tuned on `trees`" in text and "tuned on `hnc_trees`" in text
+
+
+def test_unknown_stage_is_an_error(tmp_path):
+    from hiprm.config import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown"):
+        run(QuickstartConfig(out_dir=str(tmp_path), stages=["annotate", "fly"]))

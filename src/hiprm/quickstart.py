@@ -33,7 +33,7 @@ from hiprm.annotate import run as annotate_run
 from hiprm.annotate.stats import format_tree_stats, plot_mc_histogram
 from hiprm.annotate.tree import read_trees, tree_stats
 from hiprm.artifacts import DataError, atomic_write, write_json, write_meta
-from hiprm.config import to_dict
+from hiprm.config import ConfigError, to_dict
 from hiprm.data import build as data_build
 from hiprm.data.stats import format_stats
 from hiprm.rm import evaluate as rm_evaluate
@@ -42,6 +42,9 @@ from hiprm.search import run as search_run
 from hiprm.selftrain import train as selftrain
 
 log = logging.getLogger(__name__)
+
+
+STAGES = ("data", "train", "rm_eval", "eval", "annotate", "tree_rms", "selftrain")
 
 
 @dataclass
@@ -79,6 +82,9 @@ class QuickstartConfig:
     # sometimes right (6 of 64 sampled solutions of the 16 shortest; 0 of 96 on the shortest
     # GSM8K solutions), so MC-scores are not all 0 or 1. A short paragraph prompt: the paper's
     # prompt makes this model copy its example's answer.
+    annotate_backend: str = "hf"  # or openai: a vLLM / SGLang / llama.cpp server (annotate_base_url)
+    annotate_base_url: str = ""
+    annotate_served_model: str = ""  # the server's model name (default: `model`)
     annotate_dataset: str = "math-train"
     annotate_order: str = "shortest_question"
     annotate_problems: int = 6
@@ -88,18 +94,24 @@ class QuickstartConfig:
     annotate_max_depth: int = 4
     annotate_max_solution_tokens: int = 96
     annotate_temperature: float = 0.8
+    annotate_prompt_style: str = "paragraph"  # step = the paper's A.3 "# Step X" prompt
     annotate_template: str = (
         "{question}\nSolve it step by step. Put a blank line after each step. "
         "End with '# Answer' on its own line, then the final answer.\n{previous_steps}"
     )
+    # Which stages run (a stage left out uses what an earlier run left in out_dir).
+    stages: list[str] = field(default_factory=lambda: list(STAGES))
     # Reward models from the trees: the same budget for both.
     tree_train_steps: int = 6
+    tree_val_fraction: float = 0.2
+    tree_rm_eval: bool = False  # also evaluate them like stage 3 (adds ~2 min on CPU)
     # Self-training on the trees' trajectories, then the tuned policy on the eval problems.
     selftrain_steps: int = 4
     selftrain_min_mc: float = (
         0.0  # paper 0.9; at this scale few paths pass more than "reaches a correct leaf"
     )
     selftrain_top_layers: int = 4
+    selftrain_from_hnc: bool = False  # also tune on the HNC trees (paper Table 4: PRM vs HRM trees)
 
 
 def _train_config(
@@ -166,9 +178,12 @@ def _annotate_config(cfg: QuickstartConfig, out: Path) -> annotate_run.AnnotateC
         temperature=cfg.annotate_temperature,
         batch_problems=cfg.annotate_problems,
     )
-    ac.policy.model = cfg.model
+    ac.policy.model = cfg.annotate_served_model or cfg.model
     ac.policy.device = cfg.device
-    ac.prompt.style = "paragraph"
+    ac.policy.backend = cfg.annotate_backend
+    if cfg.annotate_base_url:
+        ac.policy.base_url = cfg.annotate_base_url
+    ac.prompt.style = cfg.annotate_prompt_style
     ac.prompt.template = cfg.annotate_template
     return ac
 
@@ -181,11 +196,11 @@ def _tree_summary(trees_path: Path, out: Path) -> dict[str, Any]:
     return s
 
 
-def _selftrain(cfg: QuickstartConfig, out: Path, trees_path: Path) -> Path | None:
+def _selftrain(cfg: QuickstartConfig, out_dir: Path, trees_path: Path) -> Path | None:
     st = selftrain.SelftrainConfig(
         trees=str(trees_path),
         model=cfg.model,
-        out_dir=str(out / "selftrain"),
+        out_dir=str(out_dir),
         min_mc=cfg.selftrain_min_mc,
         max_steps=cfg.selftrain_steps,
         train_top_layers=cfg.selftrain_top_layers,
@@ -208,33 +223,142 @@ def _stage(name: str) -> float:
 
 
 def run(cfg: QuickstartConfig) -> Path:
+    """Run the chosen `stages` in order (each resumes or returns its finished result) and write
+    the report. A stage left out uses what an earlier run of it left in `out_dir`."""
+    unknown = sorted(set(cfg.stages) - set(STAGES))
+    if unknown:
+        raise ConfigError(f"stages: unknown {unknown}; known: {list(STAGES)}")
     out = Path(cfg.out_dir)
     write_meta(out, to_dict(cfg), inputs=[cfg.data_input])
     timings: dict[str, float] = {}
+    on = set(cfg.stages)
+    n = len(cfg.stages) + 1
+    k = iter(range(1, n + 1))
+    data_dirs = {kind: out / "data" / kind for kind in ("prm", "hrm")}
+    models = {kind: out / "rm" / kind / "model" for kind in ("prm", "hrm")}
+    rm_eval_json = out / "rm_eval" / "rm_eval.json"
+    eval_dir = out / f"eval_{cfg.dataset}"
+    trees_path = out / "annotate" / "trees.jsonl"
 
-    t = _stage("1/8 build PRM and HRM data from PRM800K phase-1 train")
-    data_dirs = {}
-    for kind in ("prm", "hrm"):
-        data_dirs[kind] = data_build.run(
-            data_build.BuildConfig(
-                kind=kind,  # type: ignore[arg-type]
-                input=cfg.data_input,
-                out_dir=str(out / "data" / kind),
-                max_problems=cfg.data_max_problems,
+    if "data" in on:
+        t = _stage(f"{next(k)}/{n} build PRM and HRM data from PRM800K phase-1 train")
+        for kind in ("prm", "hrm"):
+            data_dirs[kind] = data_build.run(
+                data_build.BuildConfig(
+                    kind=kind,  # type: ignore[arg-type]
+                    input=cfg.data_input,
+                    out_dir=str(out / "data" / kind),
+                    max_problems=cfg.data_max_problems,
+                )
             )
+        timings["data"] = time.perf_counter() - t
+
+    if "train" in on:
+        t = _stage(
+            f"{next(k)}/{n} train a PRM and an HRM ({cfg.train_steps} steps x batch {cfg.batch_size} each)"
         )
-    timings["data"] = time.perf_counter() - t
+        for kind in ("prm", "hrm"):
+            models[kind] = rm_train.run(_train_config(cfg, kind, out)) / "model"
+        timings["train"] = time.perf_counter() - t
 
-    t = _stage(f"2/8 train a PRM and an HRM ({cfg.train_steps} steps x batch {cfg.batch_size} each)")
-    models = {}
-    for kind in ("prm", "hrm"):
-        models[kind] = rm_train.run(_train_config(cfg, kind, out)) / "model"
-    timings["train"] = time.perf_counter() - t
+    if "rm_eval" in on:
+        t = _stage(f"{next(k)}/{n} evaluate both without a policy (PRM800K test, ProcessBench)")
+        rm_eval_json = rm_evaluate.run(_rm_eval_config(cfg, [models["prm"], models["hrm"]], out / "rm_eval"))
+        timings["rm_eval"] = time.perf_counter() - t
 
-    t = _stage("3/8 evaluate both without a policy (PRM800K test, ProcessBench)")
-    ec = rm_evaluate.EvalConfig(
-        models=[str(models["prm"]), str(models["hrm"])],
-        out=str(out / "rm_eval"),
+    if "eval" in on:
+        t = _stage(
+            f"{next(k)}/{n} search with the policy on {cfg.problems} {cfg.dataset} problems, N in {cfg.n_values}"
+        )
+        eval_dir = search_run.run(_eval_config(cfg, eval_dir, models=_existing(models, "train")))
+        timings["eval"] = time.perf_counter() - t
+
+    trees_summary = None
+    if "annotate" in on:
+        t = _stage(f"{next(k)}/{n} annotate {cfg.annotate_problems} {cfg.annotate_dataset} problems "
+                   f"({cfg.annotate_mode}, no human labels)")  # fmt: skip
+        trees_path = annotate_run.run(_annotate_config(cfg, out))
+        trees_summary = _tree_summary(trees_path, out)
+        timings["annotate"] = time.perf_counter() - t
+
+    tree_data: dict[str, Path] = {}
+    tree_models: dict[str, Path] = {}
+    tree_eval = None
+    if "tree_rms" in on:
+        t = _stage(f"{next(k)}/{n} PRM and HRM (+HNC) data from the trees; train both with the same budget")
+        _need(trees_path, "annotate")
+        for kind in ("prm", "hrm"):
+            tree_data[kind] = data_build.run(
+                data_build.BuildConfig(
+                    kind=kind,  # type: ignore[arg-type]
+                    trees=str(trees_path),
+                    out_dir=str(out / "data" / f"tree_{kind}"),
+                    val_fraction=cfg.tree_val_fraction,
+                    quiet=True,
+                )
+            )
+            tc = _train_config(cfg, kind, out, data=out / "data" / f"tree_{kind}", name=f"tree_{kind}")
+            tc.optim.max_steps = cfg.tree_train_steps
+            tc.eval.every_steps = tc.checkpoint.every_steps = cfg.tree_train_steps
+            tree_models[kind] = rm_train.run(tc) / "model"
+        if cfg.tree_rm_eval:
+            tree_eval = rm_evaluate.run(
+                _rm_eval_config(cfg, [tree_models["prm"], tree_models["hrm"]], out / "rm_eval_trees")
+            )
+        timings["tree_rms"] = time.perf_counter() - t
+
+    tuned: dict[str, Path | None] = {}
+    tuned_evals: dict[str, Path] = {}
+    if "selftrain" in on:
+        t = _stage(
+            f"{next(k)}/{n} self-train the policy on the trees ({cfg.selftrain_steps} steps), then base vs tuned"
+        )
+        _need(trees_path, "annotate")
+        sources = {"trees": trees_path}
+        if cfg.selftrain_from_hnc:
+            from hiprm.annotate import hnc_run
+
+            hnc_path = out / "annotate" / "trees_hnc.jsonl"
+            sources["hnc_trees"] = hnc_run.run(
+                hnc_run.HNCConfig(trees=str(trees_path), out=str(hnc_path), quiet=True)
+            )
+        rms = _existing(models, "train") or _existing(
+            {kk: out / "rm" / f"tree_{kk}" / "model" for kk in models}, "tree_rms"
+        )
+        for name, src in sources.items():
+            tuned[name] = _selftrain(
+                cfg, out / f"selftrain_{name}" if len(sources) > 1 else out / "selftrain", src
+            )
+            if tuned[name] is not None:
+                sc = _eval_config(cfg, out / f"eval_{cfg.dataset}_tuned_{name}", models=rms)
+                sc.methods = ["majority", "pass"] + [f"{rm}-min" for rm in sorted(rms or {})]
+                sc.policy.model = str(tuned[name])
+                tuned_evals[name] = search_run.run(sc)
+        timings["selftrain"] = time.perf_counter() - t
+
+    _stage(f"{n}/{n} report")
+    report = write_report(cfg, out, data_dirs, models, rm_eval_json, eval_dir, timings, on)
+    _append_tree_report(
+        report, cfg, trees_summary, tree_data, tree_models, tree_eval, tuned, eval_dir, tuned_evals
+    )
+    print(f"\nquickstart done in {sum(timings.values()) / 60:.1f} min; report: {report}")
+    return report
+
+
+def _existing(models: dict[str, Path], stage: str) -> dict[str, Path] | None:
+    """The models if they all exist (trained now or by an earlier run), else None."""
+    return models if all((m / "config.json").is_file() for m in models.values()) else None
+
+
+def _need(path: Path, stage: str) -> None:
+    if not path.is_file():
+        raise ConfigError(f"{path} does not exist: run the '{stage}' stage first (stages=[{stage}, ...])")
+
+
+def _rm_eval_config(cfg: QuickstartConfig, models: list[Path], out: Path) -> rm_evaluate.EvalConfig:
+    return rm_evaluate.EvalConfig(
+        models=[str(m) for m in models],
+        out=str(out),
         data_dir=cfg.data_dir,
         prm800k_limit=cfg.prm800k_limit,
         processbench_splits=list(cfg.processbench_splits),
@@ -243,54 +367,6 @@ def run(cfg: QuickstartConfig) -> Path:
         device=cfg.device,
         bootstrap=200,
     )
-    rm_eval_json = rm_evaluate.run(ec)
-    timings["rm_eval"] = time.perf_counter() - t
-
-    t = _stage(f"4/8 search with the policy on {cfg.problems} {cfg.dataset} problems, N in {cfg.n_values}")
-    sc = _eval_config(cfg, out / f"eval_{cfg.dataset}", models=models)
-    eval_dir = search_run.run(sc)
-    timings["eval"] = time.perf_counter() - t
-
-    t = _stage(
-        f"5/8 annotate {cfg.annotate_problems} {cfg.annotate_dataset} problems ({cfg.annotate_mode}, no human labels)"
-    )
-    trees_path = annotate_run.run(_annotate_config(cfg, out))
-    trees_summary = _tree_summary(trees_path, out)
-    timings["annotate"] = time.perf_counter() - t
-
-    t = _stage("6/8 PRM and HRM (+HNC) data from the trees; train both with the same budget")
-    tree_data, tree_models = {}, {}
-    for kind in ("prm", "hrm"):
-        tree_data[kind] = data_build.run(
-            data_build.BuildConfig(
-                kind=kind,  # type: ignore[arg-type]
-                trees=str(trees_path),
-                out_dir=str(out / "data" / f"tree_{kind}"),
-                val_fraction=0.2,
-                quiet=True,
-            )
-        )
-        tc = _train_config(cfg, kind, out, data=out / "data" / f"tree_{kind}", name=f"tree_{kind}")
-        tc.optim.max_steps = cfg.tree_train_steps
-        tc.eval.every_steps = tc.checkpoint.every_steps = cfg.tree_train_steps
-        tree_models[kind] = rm_train.run(tc) / "model"
-    timings["tree_rms"] = time.perf_counter() - t
-
-    t = _stage(f"7/8 self-train the policy on the trees ({cfg.selftrain_steps} steps), then base vs tuned")
-    tuned = _selftrain(cfg, out, trees_path)
-    tuned_eval = None
-    if tuned is not None:
-        tc_eval = _eval_config(cfg, out / f"eval_{cfg.dataset}_tuned", models=None)
-        tc_eval.methods = ["majority", "pass"]
-        tc_eval.policy.model = str(tuned)
-        tuned_eval = search_run.run(tc_eval)
-    timings["selftrain"] = time.perf_counter() - t
-
-    _stage("8/8 report")
-    report = write_report(cfg, out, data_dirs, models, rm_eval_json, eval_dir, timings)
-    _append_tree_report(report, cfg, trees_summary, tree_data, tree_models, tuned, eval_dir, tuned_eval)
-    print(f"\nquickstart done in {sum(timings.values()) / 60:.1f} min; report: {report}")
-    return report
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -313,13 +389,13 @@ def write_report(
     rm_eval_json: Path,
     eval_dir: Path,
     timings: dict[str, float],
+    stages: set[str] | None = None,
 ) -> Path:
+    on = set(STAGES) if stages is None else stages
     lines = [
         "# hiprm quickstart report",
         "",
-        f"Backbone and policy: `{cfg.model}`. PRM and HRM trained with the same budget: "
-        f"{cfg.train_steps} steps x batch {cfg.batch_size}, lr {cfg.learning_rate}, max length {cfg.max_length}, "
-        f"top {cfg.train_top_layers} layers trained (-1 = all).",
+        f"Backbone and policy: `{cfg.model}`. Stages: {', '.join(x for x in STAGES if x in on)}.",
         "",
         "**Scale.** This is a CPU smoke-scale run: a 135M model, tens of training steps, a few",
         f"dozen evaluation items and {cfg.problems} policy problems. Differences between PRM and HRM",
@@ -327,79 +403,105 @@ def write_report(
         "`configs/quickstart_gpu.yaml` runs the paper-scale experiment.",
         "",
         "Stage times: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in timings.items()),
-        "",
-        "## Training data",
     ]
-    for kind, d in data_dirs.items():
-        meta = _read_json(d / "meta.json")
-        lines += ["", "```", format_stats(meta["stats"], title=f"{kind}: {d}"), "```"]
-    lines += ["", "## Reward-model training", ""]
-    for kind, m in models.items():
-        lines.append(
-            f"- **{kind.upper()}** (`{m}`): {_training_summary(m)}; curves: `{m.parent / 'loss.png'}`"
-        )
-    lines += ["", "## Evaluation without a policy", ""]
-    md = rm_eval_json.with_suffix(".md")
-    lines.append(md.read_text(encoding="utf-8") if md.exists() else f"(missing {md})")
-    lines += ["", f"## Best-of-N and step-level search on {cfg.dataset} ({cfg.problems} problems)", ""]
-    table = eval_dir / "report.md"
-    lines.append(table.read_text(encoding="utf-8") if table.exists() else f"(missing {table})")
-    lines.append(f"\nPlot: `{eval_dir / 'accuracy.png'}`")
+    if "data" in on:
+        lines += ["", "## Training data"]
+        for kind, d in data_dirs.items():
+            meta = _read_json(d / "meta.json")
+            lines += ["", "```", format_stats(meta["stats"], title=f"{kind}: {d}"), "```"]
+    if "train" in on:
+        lines += ["", "## Reward-model training", "",
+                  f"PRM and HRM trained with the same budget: {cfg.train_steps} steps x batch {cfg.batch_size}, "
+                  f"lr {cfg.learning_rate}, max length {cfg.max_length}, top {cfg.train_top_layers} layers "
+                  "trained (-1 = all).", ""]  # fmt: skip
+        for kind, m in models.items():
+            lines.append(
+                f"- **{kind.upper()}** (`{m}`): {_training_summary(m)}; curves: `{m.parent / 'loss.png'}`"
+            )
+    if "rm_eval" in on:
+        lines += ["", "## Evaluation without a policy", ""]
+        md = rm_eval_json.with_suffix(".md")
+        lines.append(md.read_text(encoding="utf-8") if md.exists() else f"(missing {md})")
+    if "eval" in on:
+        lines += ["", f"## Best-of-N and step-level search on {cfg.dataset} ({cfg.problems} problems)", ""]
+        table = eval_dir / "report.md"
+        lines.append(table.read_text(encoding="utf-8") if table.exists() else f"(missing {table})")
+        lines.append(f"\nPlot: `{eval_dir / 'accuracy.png'}`")
     path = out / "report.md"
     with atomic_write(path) as f:
         f.write("\n".join(lines) + "\n")
     return path
 
 
+def _append_tree_report(
+    report: Path,
+    cfg: QuickstartConfig,
+    trees: dict[str, Any] | None,
+    tree_data: dict[str, Path],
+    tree_models: dict[str, Path],
+    tree_eval: Path | None,
+    tuned: dict[str, Path | None],
+    base_eval: Path,
+    tuned_evals: dict[str, Path],
+) -> None:
+    lines: list[str] = []
+    if trees is not None:
+        lines += [
+            "",
+            f"## Auto-annotation: {cfg.annotate_mode} trees on {cfg.annotate_problems} {cfg.annotate_dataset} problems",
+            "",
+            "```",
+            format_tree_stats(trees),
+            "```",
+            "",
+            f"Share of nodes with 0 < MC < 1: **{trees['share_strictly_between']:.1%}** of {trees['scored_nodes']}. "
+            f"Histogram: `{report.parent / 'annotate' / 'mc_histogram.png'}`.",
+        ]
+    if tree_models:
+        lines += [
+            "",
+            "## PRM and HRM trained on the trees (soft MC-score labels, HNC on the training split)",
+            "",
+        ]
+        for kind, d in tree_data.items():
+            meta = _read_json(d / "meta.json")
+            lines += ["```", format_stats(meta["stats"], title=f"tree {kind}: {d}"), "```"]
+        for kind, m in tree_models.items():
+            lines.append(f"- **tree {kind.upper()}** (`{m}`): {_training_summary(m)}")
+        if tree_eval is not None:
+            md = tree_eval.with_suffix(".md")
+            lines += ["", md.read_text(encoding="utf-8") if md.exists() else f"(missing {md})"]
+    if tuned:
+        lines += ["", "## Self-training: base vs tuned policy", ""]
+        base = _accuracy_rows(base_eval)
+        done = {k: v for k, v in tuned.items() if v is not None}
+        for name, path in tuned.items():
+            lines.append(f"- tuned on `{name}`: " + (f"`{path}` ({cfg.selftrain_steps} steps)" if path else
+                         "skipped: no trajectory passed the selection (see the log)"))  # fmt: skip
+        if done:
+            cols = list(done)
+            rows = {name: _accuracy_rows(tuned_evals.get(name)) for name in cols}
+            lines += ["", f"Accuracy (%) ± 95% CI on {cfg.problems} {cfg.dataset} problems (same prompts and N):", "",
+                      "| method | N | base | " + " | ".join(f"tuned ({c})" for c in cols) + " |",
+                      "|---|---:|---:|" + "---:|" * len(cols)]  # fmt: skip
+            methods = sorted({m for r in rows.values() for m in r})
+            for method in methods:
+                for n_ in sorted({n for r in rows.values() for n in r.get(method, {})}, key=int):
+                    cells = [_pct(rows[c].get(method, {}).get(n_, {})) for c in cols]
+                    lines.append(
+                        f"| {method} | {n_} | {_pct(base.get(method, {}).get(n_, {}))} | "
+                        + " | ".join(cells)
+                        + " |"
+                    )
+    if lines:
+        with atomic_write(report) as f:
+            f.write(report.read_text(encoding="utf-8") + "\n".join(lines) + "\n")
+
+
 def _accuracy_rows(eval_dir: Path | None) -> dict[str, dict[str, Any]]:
     if eval_dir is None:
         return {}
     return _read_json(eval_dir / "metrics.json").get("accuracy", {})
-
-
-def _append_tree_report(
-    report: Path,
-    cfg: QuickstartConfig,
-    trees: dict[str, Any],
-    tree_data: dict[str, Path],
-    tree_models: dict[str, Path],
-    tuned: Path | None,
-    base_eval: Path,
-    tuned_eval: Path | None,
-) -> None:
-    lines = [
-        "",
-        f"## Auto-annotation: {cfg.annotate_mode} trees on {cfg.annotate_problems} {cfg.annotate_dataset} problems",
-        "",
-        "```",
-        format_tree_stats(trees),
-        "```",
-        "",
-        f"Share of nodes with 0 < MC < 1: **{trees['share_strictly_between']:.1%}** of {trees['scored_nodes']}. "
-        f"Histogram: `{report.parent / 'annotate' / 'mc_histogram.png'}`.",
-        "",
-        "## PRM and HRM trained on the trees (soft MC-score labels, HNC on the training split)",
-        "",
-    ]
-    for kind, d in tree_data.items():
-        meta = _read_json(d / "meta.json")
-        lines += ["```", format_stats(meta["stats"], title=f"tree {kind}: {d}"), "```"]
-    for kind, m in tree_models.items():
-        lines.append(f"- **tree {kind.upper()}** (`{m}`): {_training_summary(m)}")
-    lines += ["", "## Self-training: base vs tuned policy", ""]
-    if tuned is None:
-        lines.append("Skipped: no trajectory of the trees passed the selection (see the log).")
-    else:
-        base, new = _accuracy_rows(base_eval), _accuracy_rows(tuned_eval)
-        lines += [f"Tuned policy: `{tuned}` ({cfg.selftrain_steps} steps). Accuracy (%) ± 95% CI, "
-                  f"{cfg.problems} {cfg.dataset} problems:", "",
-                  "| method | N | base | tuned |", "|---|---:|---:|---:|"]  # fmt: skip
-        for method in ("majority", "pass"):
-            for n in sorted(new.get(method, {}), key=int):
-                b, t = base.get(method, {}).get(n, {}), new[method][n]
-                lines.append(f"| {method} | {n} | {_pct(b)} | {_pct(t)} |")
-    with atomic_write(report) as f:
-        f.write(report.read_text(encoding="utf-8") + "\n".join(lines) + "\n")
 
 
 def _pct(cell: dict[str, Any]) -> str:

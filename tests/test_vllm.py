@@ -1,0 +1,115 @@
+"""Against a real vLLM server (the CPU build, `scripts/vllm_server.sh`): `hiprm annotate` in both
+modes, greedy sampling with n > 1 (which vLLM rejects unless sent as n = 1), and `hiprm eval`.
+
+Marker `vllm`. The server is the one at $HIPRM_VLLM_URL, or one this module starts from
+`.venv-vllm` (made by `bash scripts/vllm_server.sh install`; ~2-4 min to warm up on 2 cores);
+without either the tests skip.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+
+from hiprm.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+PORT = 8013
+pytestmark = pytest.mark.vllm
+
+
+@pytest.fixture(scope="module")
+def vllm_url():
+    url = os.environ.get("HIPRM_VLLM_URL")
+    if url:
+        yield url.rstrip("/")
+        return
+    if not (ROOT / ".venv-vllm" / "bin" / "python").exists():
+        pytest.skip("no vLLM: set HIPRM_VLLM_URL or run `bash scripts/vllm_server.sh install`")
+    script = ROOT / "scripts" / "vllm_server.sh"
+    start = subprocess.run(
+        ["bash", str(script), "start", "", str(PORT)], cwd=ROOT, capture_output=True, text=True
+    )
+    if start.returncode != 0:
+        pytest.fail(f"vLLM did not start: {start.stdout[-1000:]} {start.stderr[-2000:]}")
+    try:
+        yield f"http://127.0.0.1:{PORT}/v1"
+    finally:
+        subprocess.run(["bash", str(script), "stop", str(PORT)], cwd=ROOT, capture_output=True)
+
+
+def _policy_args(url: str) -> list[str]:
+    return [f"policy.base_url={url}", "policy.backend=openai", "policy.model=policy", "policy.concurrency=16",
+            "policy.tokenizer=smollm2-135m-instruct"]  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", ["bfs", "mcts"])
+def test_annotate_against_vllm(vllm_url, tmp_path, mode, caplog):
+    from hiprm.annotate.run import AnnotateConfig, run
+    from hiprm.annotate.tree import read_trees
+
+    data = tmp_path / "p.jsonl"
+    data.write_text(
+        "".join(
+            json.dumps({"question": q, "answer": a}) + "\n"
+            for q, a in [("What is 2 + 3?", "5"), ("What is 10 - 4?", "6")]
+        )
+    )
+    cfg = load_config(AnnotateConfig, None, [
+        f"dataset={data}", f"out_dir={tmp_path / mode}", f"mode={mode}", "budget=4", "children=2", "max_depth=2",
+        "prompt.style=paragraph", "max_step_tokens=24", "max_solution_tokens=48", "temperature=0.8", "progress=false",
+        *_policy_args(vllm_url),
+    ])  # fmt: skip
+    with caplog.at_level(logging.WARNING):
+        trees = list(read_trees(run(cfg)))
+    assert "dropped the stop string" not in caplog.text  # vLLM says which stop matched (stop_reason)
+    assert len(trees) == 2
+    for t in trees:
+        assert t.root.leaves > 0 and t.cost["generated_tokens"] > 0
+
+
+def test_greedy_n_gt_1_against_vllm(vllm_url):
+    from hiprm.policy.openai_http import OpenAIPolicy
+    from hiprm.policy.protocol import SamplingParams
+
+    pol = OpenAIPolicy(base_url=vllm_url, model="policy")
+    out = pol.generate(
+        ["Question: What is 2 + 3?\nAnswer:"],
+        SamplingParams(n=3, temperature=0.0, max_tokens=12, stop=["\n\n"]),
+    )
+    assert len(out[0]) == 3 and len(set(out[0])) == 1
+    # the request the client used to send, which vLLM 0.32 rejects
+    r = httpx.post(
+        vllm_url + "/completions",
+        json={"model": "policy", "prompt": "x", "n": 2, "temperature": 0, "max_tokens": 2},
+    )
+    assert r.status_code == 400 and "greedy" in r.text
+
+
+def test_eval_against_vllm(vllm_url, tmp_path):
+    """Step-level search and best-of-N with the policy on vLLM (reward models faked)."""
+    from hiprm.search.run import EvalConfig, run
+
+    class FakeRM:
+        def score_batch(self, items):
+            return [[min(1.0, len(s) / 100) for s in steps] for _, steps in items]
+
+        def score_candidates(self, question, prefix, candidates):
+            return [min(1.0, len(c) / 100) for c in candidates]
+
+    data = tmp_path / "p.jsonl"
+    data.write_text(json.dumps({"question": "What is 2 + 3?", "answer": "5"}) + "\n")
+    cfg = load_config(EvalConfig, None, [
+        f"dataset={data}", f"out_dir={tmp_path / 'out'}", "methods=[majority,orm,prm-step,prm-min]", "n_values=[1,2]",
+        "subsamples=2", "orm=fake", "prm=fake", "prompt.style=paragraph", "max_solution_tokens=48",
+        "max_step_tokens=24", "max_steps=2", "progress=false", *_policy_args(vllm_url),
+    ])  # fmt: skip
+    out = run(cfg, scorers={"orm": FakeRM(), "prm": FakeRM()})
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["problems"] == 1 and metrics["cost"]["tokens_generated"] > 0

@@ -2,6 +2,7 @@
 
     python benchmarks/bench_annotate.py quality [--problems 40] [--png runs/bench_annotate.png]
     python benchmarks/bench_annotate.py throughput [--problems 4] [--model smollm2-135m-instruct]
+    python benchmarks/bench_annotate.py throughput --base-url http://127.0.0.1:8011/v1 --problems 16
 
 1. quality: a simulated policy whose steps have known probabilities, so every node's true
    MC-score (its probability of reaching a correct answer) is computed exactly. Each problem is
@@ -12,7 +13,8 @@
    it prints generated tokens and the RMSE of the inner nodes' MC-scores against the truth, over
    the nodes each tree labelled and over the nodes both trees share, then the token ratio at
    which mcts first matches BFS's error (goal: <= 1/3). Writes a PNG of RMSE vs tokens.
-2. throughput: the same annotate run on a real model (hf backend) with cross-problem batching
+2. throughput: the same annotate run on a real model (hf backend, or `--base-url` of a vLLM
+   server: `bash scripts/vllm_server.sh start`) with cross-problem batching
    and prefix sharing (many problems per generate call, n samples per prompt) against one
    prompt and one sample per call (the reference code's shape), same backend, same trees
    settings: generated tokens/s and labelled nodes/minute, and their ratio.
@@ -249,7 +251,14 @@ def throughput(args: argparse.Namespace) -> None:
     problems, _ = load_problems(
         AnnotateConfig(dataset="math-train", order="shortest_question", limit=args.problems)
     )
-    hf = HFPolicy(args.model, batch_size=64)
+    if args.base_url:
+        from hiprm.policy.openai_http import OpenAIPolicy
+
+        hf = OpenAIPolicy(base_url=args.base_url, model=args.served_model, concurrency=args.concurrency, tokenizer=args.model)
+    else:
+        hf = HFPolicy(args.model, batch_size=64)
+    print(f"backend: {args.base_url or 'hf (in process)'}; {len(problems)} problems, bfs children={args.children} "
+          f"depth={args.depth}, {args.step_tokens} tokens per step")  # fmt: skip
     style = make_style("paragraph")
     settings = GrowSettings(mode="bfs", children=args.children, max_depth=args.depth, max_step_tokens=args.step_tokens,
                             batch_problems=len(problems))  # fmt: skip
@@ -283,6 +292,9 @@ def main() -> None:
     t.add_argument("--depth", type=int, default=2)
     t.add_argument("--step-tokens", type=int, default=32)
     t.add_argument("--model", default="smollm2-135m-instruct")
+    t.add_argument("--base-url", default="", help="an OpenAI-compatible server (vLLM) instead of the hf backend")
+    t.add_argument("--served-model", default="policy")
+    t.add_argument("--concurrency", type=int, default=32)
     args = ap.parse_args()
     quality(args) if args.what == "quality" else throughput(args)
 

@@ -14,7 +14,10 @@
 # and fails, so the server starts as `python -m vllm.entrypoints.openai.api_server`;
 # torchvision / torchaudio / torchcodec from the index do not load beside this torch, and text
 # models do not need them, so they are removed; VLLM_CPU_KVCACHE_SPACE=1 (GiB) fits the 24 GiB
-# machines. A sequence-classification checkpoint (hiprm rm train) serves with `--runner pooling`.
+# machines; chunked prefill is off (`--no-enable-chunked-prefill`): with it, a batch of seeded
+# requests (hiprm sends one seed per request) crashed the engine once here ("CPU Generator does
+# not use offset" in the sampler's bookkeeping), which killed the server for every client.
+# A sequence-classification checkpoint (hiprm rm train) serves with `--runner pooling`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${VLLM_VENV:-.venv-vllm}"
@@ -47,7 +50,7 @@ case "$cmd" in
     VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-1}" VLLM_USAGE_STATS_SERVER="" DO_NOT_TRACK=1 VLLM_NO_USAGE_STATS=1 \
       HF_HUB_OFFLINE=1 nohup "$VENV/bin/python" -m vllm.entrypoints.openai.api_server --model "$model" \
       --served-model-name "${VLLM_NAME:-policy}" --dtype float32 --max-model-len "${VLLM_MAX_LEN:-2048}" \
-      --host 127.0.0.1 --port "$port" "$@" >"$log" 2>&1 &
+      --host 127.0.0.1 --port "$port" --no-enable-chunked-prefill "$@" >"$log" 2>&1 &
     echo $! >"$LOGDIR/server-$port.pid"
     deadline=$(( $(date +%s) + ${VLLM_START_TIMEOUT:-600} ))
     until curl -sf "http://127.0.0.1:$port/v1/models" >/dev/null 2>&1; do

@@ -17,8 +17,9 @@ gradients (full fine-tuning); the reference's do not. Variants:
 
 Each variant runs in a fresh Python process: peak memory = the process's peak RSS
 (`resource.getrusage(...).ru_maxrss`, which sees torch's allocations, unlike tracemalloc) during
-the first forward + backward, minus its RSS after the inputs were built; speed = best of
-`--repeat` timed steps after that. Prints both and the ratios against `full`
+the first forward + backward, minus its RSS after the inputs were built (glibc's mmap threshold
+fixed at 1 MiB for every variant, so freed blocks go back to the OS); speed = best of
+`--repeat` timed steps in a second fresh process with the default allocator. Prints both and the ratios against `full`
 (goal: fused <= 1/4 of full's peak memory at >= 0.9x its tokens/s).
 """
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -97,8 +99,18 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--one", v, "--tokens", str(a.tokens), "--vocab", str(a.vocab),
                "--hidden", str(a.hidden), "--chunk", str(a.chunk), "--repeat", str(a.repeat),
                "--threads", str(a.threads)]  # fmt: skip
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-        rows.append(json.loads(out.strip().splitlines()[-1]))
+        # Memory: glibc's mmap threshold fixed at 1 MiB, so blocks that size and up are unmapped on
+        # free and the peak RSS follows the live tensors, not how the adaptive threshold happened
+        # to recycle freed chunk-sized blocks (which moved the fused peak by ~25% run to run).
+        # Speed: a second fresh process with the default allocator (mmap per chunk costs faults).
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
+        mem = json.loads(
+            subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout.splitlines()[-1]
+        )
+        speed = json.loads(
+            subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1]
+        )
+        rows.append({**speed, "peak_mb": mem["peak_mb"]})
     print(f"tokens {a.tokens}, vocab {a.vocab}, hidden {a.hidden}, chunk {a.chunk}, threads {a.threads}; "
           f"fwd+bwd of LM + 0.5 * log KL")  # fmt: skip
     full = next((r for r in rows if r["variant"] == "full"), rows[0])

@@ -225,7 +225,7 @@ def _is_main() -> bool:
 def _train_one(cfg: SelftrainConfig, out: Path) -> Path:
     from transformers import set_seed
 
-    from hiprm.rm.backbone import resolve_model_path
+    from hiprm.policy.hf import resolve_policy_model
     from hiprm.rm.train import train_or_restore
     from hiprm.rm.train_log import (
         MetricsLog,
@@ -247,7 +247,7 @@ def _train_one(cfg: SelftrainConfig, out: Path) -> Path:
     resume = last_complete_checkpoint(out / "checkpoints")
     train, val, stats = pick(cfg)
     with args.main_process_first(desc="model"):
-        path = resolve_model_path(cfg.model) if not Path(cfg.model).expanduser().is_dir() else cfg.model
+        path = resolve_policy_model(cfg.model)  # a folder as is, else the embedded name
     set_seed(cfg.seed)
     policy, reference, tokenizer, render_chat = build_models(path, cfg)
     train_set, too_long = encode(train, tokenizer, render_chat, cfg.max_length)

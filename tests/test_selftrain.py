@@ -215,6 +215,18 @@ def test_train_top_layers_leaves_the_rest_and_the_tied_head_alone(trees_file, ti
         run(make_cfg(trees_file, tiny_lm_dir, tmp_path / "both", "train_top_layers=1", "lora.r=4"))
 
 
+def test_validation_split_is_evaluated_once(trees_file, tiny_lm_dir, tmp_path):
+    from hiprm.selftrain.train import run
+
+    out = run(make_cfg(trees_file, tiny_lm_dir, tmp_path / "val", "val_fraction=0.34", "max_steps=2"))
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["examples"] == {"train": 8, "val": 4, "too_long": 0}
+    assert meta["validation"]["eval_lm_loss"] > 0 and "eval_kl" in meta["validation"]
+    picked = [json.loads(x) for x in (out / "trajectories.jsonl").read_text().splitlines()]
+    val_ids = {p["problem_id"] for p in picked if p["split"] == "val"}
+    assert len(val_ids) == 2 and not val_ids & {p["problem_id"] for p in picked if p["split"] == "train"}
+
+
 def test_bad_input_is_named(trees_file, tiny_lm_dir, tmp_path):
     from hiprm.selftrain.train import run
 

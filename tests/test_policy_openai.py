@@ -424,3 +424,63 @@ def test_hiprm_annotate_runs_against_the_llama_cpp_server(llama_server, tmp_path
         assert t.cost["generated_tokens"] > 0 and t.cost["calls"] > 0
         if mode == "mcts":
             assert t.cost["rollouts"] <= 4
+
+
+# ---- several servers ------------------------------------------------------------------------
+
+
+def test_requests_spread_over_servers_and_move_off_a_dead_one(caplog):
+    hits: dict[str, int] = {}
+
+    def handler(request):
+        host = request.url.host
+        hits[host] = hits.get(host, 0) + 1
+        if host == "dead.test":
+            raise httpx.ConnectError("connection refused", request=request)
+        return _ok(request)
+
+    urls = ["http://a.test/v1", "http://dead.test/v1", "http://b.test/v1"]
+    pol = OpenAIPolicy(
+        base_url=urls, model="m", transport=httpx.MockTransport(handler), backoff=1.0, concurrency=2
+    )
+    with caplog.at_level("WARNING"):
+        out = pol.generate([f"p{i}" for i in range(30)], SamplingParams(n=1, max_tokens=4))
+    assert len(out) == 30 and all(len(o) == 1 for o in out)
+    assert hits["a.test"] > 5 and hits["b.test"] > 5  # both healthy servers took a share
+    assert hits.get("dead.test", 0) <= 3  # tried, then left alone while it pauses
+    assert "http://dead.test/v1/completions failed" in caplog.text
+
+
+def test_every_server_failing_names_each():
+    def handler(request):
+        return httpx.Response(503, text=f"busy {request.url.host}")
+
+    pol = OpenAIPolicy(base_url=["http://a.test/v1", "http://b.test/v1"], model="m", max_retries=3, backoff=0.0,
+                       transport=httpx.MockTransport(handler))  # fmt: skip
+    with pytest.raises(
+        PolicyServerError, match=r"every policy server failed.*a.test.*busy a.test.*b.test.*busy b.test"
+    ):
+        pol.generate(["x"], SamplingParams(max_tokens=2))
+
+
+def test_a_bad_request_is_not_retried_elsewhere():
+    calls = []
+
+    def handler(request):
+        calls.append(request.url.host)
+        return httpx.Response(400, text="bad prompt")
+
+    pol = OpenAIPolicy(base_url=["http://a.test/v1", "http://b.test/v1"], model="m", backoff=0.0,
+                       transport=httpx.MockTransport(handler))  # fmt: skip
+    with pytest.raises(PolicyServerError, match="HTTP 400"):
+        pol.generate(["x"], SamplingParams(max_tokens=2))
+    assert len(calls) == 1
+
+
+def test_policy_config_takes_a_list_of_servers():
+    from hiprm.config import load_config
+    from hiprm.policy.build import PolicyConfig
+
+    c = load_config(PolicyConfig, None, ["base_url=[http://a:8000/v1, http://b:8000/v1]"])
+    assert c.base_url == ["http://a:8000/v1", "http://b:8000/v1"]
+    assert load_config(PolicyConfig, None, ["base_url=http://a:8000/v1"]).base_url == "http://a:8000/v1"

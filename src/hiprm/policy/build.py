@@ -32,7 +32,7 @@ class PolicyConfig:
     chat_template: bool = True
     batch_size: int = 16
     device: str = "cpu"
-    base_url: str = "http://127.0.0.1:8000/v1"
+    base_url: str | list[str] = "http://127.0.0.1:8000/v1"  # or a list: requests spread over the servers
     api_key_env: str = "OPENAI_API_KEY"
     concurrency: int = 8
     timeout: float = 120.0

@@ -15,6 +15,11 @@ Only `httpx` is needed; no server library is imported. What it does for you:
   drops it silently (llama-cpp-python) cannot tell a step delimiter from end-of-sequence, which
   step-level search needs: use `server_stops=False` there, so the server generates up to
   `max_tokens` and the client cuts at the first stop string (costs the tokens past the stop).
+- several servers (`base_url` a list, e.g. one vLLM per GPU node): each request goes to the
+  healthy server with the fewest requests in flight, at most `concurrency` per server; a request
+  that fails on one server (connection error, timeout, 429 / 5xx) is retried at once on another,
+  and a server that failed sits out a growing pause and is named in a warning. Only when every
+  server keeps failing does the call raise, naming each server's last error.
 The API key is read from the environment variable named by `api_key_env` (default
 OPENAI_API_KEY); a local server needs none.
 """
@@ -54,7 +59,7 @@ class OpenAIPolicy:
 
     def __init__(
         self,
-        base_url: str = "http://127.0.0.1:8000/v1",
+        base_url: str | list[str] = "http://127.0.0.1:8000/v1",
         model: str = "default",
         api_key_env: str = "OPENAI_API_KEY",
         concurrency: int = 8,
@@ -67,9 +72,20 @@ class OpenAIPolicy:
         server_stops: bool = True,
         transport: httpx.BaseTransport | None = None,
     ):
-        self.url = base_url.rstrip("/") + "/completions"
+        bases = [base_url] if isinstance(base_url, str) else list(base_url)
+        if not bases or not all(isinstance(b, str) and b.strip() for b in bases):
+            raise ValueError(f"base_url: expected a URL or a non-empty list of URLs, got {base_url!r}")
+        self.urls = [b.rstrip("/") + "/completions" for b in bases]
+        self.url = (
+            self.urls[0] if len(self.urls) == 1 else f"{len(self.urls)} servers ({', '.join(self.urls)})"
+        )
         self.model = model
         self.concurrency = max(1, concurrency)
+        self._inflight = dict.fromkeys(self.urls, 0)
+        self._sent = dict.fromkeys(self.urls, 0)
+        self._down_until = dict.fromkeys(self.urls, 0.0)
+        self._failures = dict.fromkeys(self.urls, 0)
+        self._slots = {u: threading.BoundedSemaphore(self.concurrency) for u in self.urls}
         self.max_retries = max_retries
         self.backoff = backoff
         self.max_backoff = max_backoff
@@ -82,7 +98,7 @@ class OpenAIPolicy:
         self.client = httpx.Client(
             headers=headers,
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
-            limits=httpx.Limits(max_connections=self.concurrency),
+            limits=httpx.Limits(max_connections=self.concurrency * len(self.urls)),
             transport=transport,
         )
         self._tokenizer = None
@@ -116,7 +132,7 @@ class OpenAIPolicy:
         if not prompts:
             return []
         jobs = list(enumerate(prompts))
-        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(jobs))) as pool:
+        with ThreadPoolExecutor(max_workers=min(self.concurrency * len(self.urls), len(jobs))) as pool:
             return list(pool.map(lambda job: self._samples_for(job[0], job[1], params), jobs))
 
     def _samples_for(self, index: int, prompt: str, params: SamplingParams) -> list[str]:
@@ -128,7 +144,11 @@ class OpenAIPolicy:
             # Distinct seeds per prompt and round: a server that ignores `n` and is asked again
             # with the same seed would return the same sample.
             base = params.seed_for(index)
-            seed = None if base is None else (base * 1_000_003 + (0 if params.seeds else index) * 1009 + rounds) % 2**31
+            seed = (
+                None
+                if base is None
+                else (base * 1_000_003 + (0 if params.seeds else index) * 1009 + rounds) % 2**31
+            )
             # Greedy samples are all the same, and vLLM rejects n > 1 at temperature 0 ("n must
             # be 1 when using greedy sampling"): ask for one and repeat it.
             if params.temperature == 0:
@@ -142,7 +162,9 @@ class OpenAIPolicy:
             texts.extend(self._choice_text(c, params) for c in choices[:need])
             rounds += 1
             if rounds > params.n + 3:
-                raise PolicyServerError(f"{self.url}: still {params.n - len(texts)} samples short after {rounds} requests")
+                raise PolicyServerError(
+                    f"{self.url}: still {params.n - len(texts)} samples short after {rounds} requests"
+                )
         return texts
 
     def _choice_text(self, choice: dict[str, Any], params: SamplingParams) -> str:
@@ -195,36 +217,84 @@ class OpenAIPolicy:
                 self.tokens_generated += usage["completion_tokens"]
         return sorted(choices, key=lambda c: c.get("index", 0) if isinstance(c, dict) else 0)
 
+    def _pick(self, tried: set[str]) -> str:
+        """The healthy server with the fewest requests in flight (one not tried for this request
+        if there is one); when all are pausing after failures, the one back soonest."""
+        now = time.monotonic()
+        with self._lock:
+            fresh = [u for u in self.urls if u not in tried] or self.urls
+            healthy = [u for u in fresh if self._down_until[u] <= now] or [
+                min(fresh, key=self._down_until.get)
+            ]
+            # fewest in flight, then fewest sent so far (so servers that answer at once still share)
+            url = min(healthy, key=lambda u: (self._inflight[u], self._sent[u], self.urls.index(u)))
+            self._inflight[url] += 1
+            self._sent[url] += 1
+        return url
+
+    def _mark(self, url: str, ok: bool, why: str = "") -> None:
+        with self._lock:
+            self._inflight[url] -= 1
+            if ok:
+                self._failures[url] = 0
+                return
+            self._failures[url] += 1
+            pause = min(self.max_backoff, self.backoff * 2 ** (self._failures[url] - 1))
+            self._down_until[url] = time.monotonic() + pause
+            first = self._failures[url] == 1
+        if first and len(self.urls) > 1:
+            log.warning("policy server %s failed (%s); its requests go to the other servers", url, why)
+
     def _post(self, payload: dict[str, Any]) -> Any:
-        last = ""
+        last: dict[str, str] = {}
+        tried: set[str] = set()
         for attempt in range(self.max_retries + 1):
             retry_after: float | None = None
-            try:
-                r = self.client.post(self.url, json=payload)
-            except httpx.TimeoutException as e:
-                last = f"timed out ({type(e).__name__})"
-            except httpx.TransportError as e:
-                last = f"connection failed ({type(e).__name__}: {e})"
-            else:
-                if r.status_code == 200:
-                    try:
-                        return r.json()
-                    except ValueError:
-                        raise PolicyServerError(f"{self.url}: HTTP 200 but the body is not JSON: {r.text[:200]!r}") from None
-                last = f"HTTP {r.status_code}: {r.text[:300]}"
-                if r.status_code not in RETRY_STATUS:
-                    raise PolicyServerError(f"{self.url}: {last}")
-                retry_after = _retry_after(r)
+            url = self._pick(tried)
+            tried.add(url)
+            slot = self._slots[url]
+            with slot:
+                try:
+                    r = self.client.post(url, json=payload)
+                except httpx.TimeoutException as e:
+                    last[url] = f"timed out ({type(e).__name__})"
+                except httpx.TransportError as e:
+                    last[url] = f"connection failed ({type(e).__name__}: {e})"
+                else:
+                    if r.status_code == 200:
+                        self._mark(url, True)
+                        try:
+                            return r.json()
+                        except ValueError:
+                            raise PolicyServerError(
+                                f"{url}: HTTP 200 but the body is not JSON: {r.text[:200]!r}"
+                            ) from None
+                    last[url] = f"HTTP {r.status_code}: {r.text[:300]}"
+                    if r.status_code not in RETRY_STATUS:
+                        self._mark(url, True)  # the request is wrong, not the server
+                        raise PolicyServerError(f"{url}: {last[url]}")
+                    retry_after = _retry_after(r)
+            self._mark(url, False, last[url])
             if attempt == self.max_retries:
                 break
+            with self._lock:
+                self.retries += 1
+            if len(tried) < len(self.urls):
+                continue  # another server has not been tried for this request: go there now
+            tried.clear()
             delay = min(self.max_backoff, self.backoff * 2**attempt) * (0.5 + random.random() / 2)
             if retry_after is not None:
                 delay = min(self.max_backoff, max(delay, retry_after))
-            with self._lock:
-                self.retries += 1
-            log.debug("%s: %s; retry %d in %.2fs", self.url, last, attempt + 1, delay)
+            log.debug("%s: %s; retry %d in %.2fs", url, last[url], attempt + 1, delay)
             time.sleep(delay)
-        raise PolicyServerError(f"{self.url}: {last} (gave up after {self.max_retries + 1} attempts)")
+        if len(self.urls) == 1:
+            raise PolicyServerError(
+                f"{self.urls[0]}: {last[self.urls[0]]} (gave up after {self.max_retries + 1} attempts)"
+            )
+        detail = "; ".join(f"{u}: {m}" for u, m in last.items())
+        raise PolicyServerError(
+            f"every policy server failed (gave up after {self.max_retries + 1} attempts): {detail}"
+        )
 
 
 def _retry_after(r: httpx.Response) -> float | None:

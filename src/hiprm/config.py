@@ -150,6 +150,11 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+def from_dict(cls: type[T], values: dict[str, Any]) -> T:
+    """A config from a plain dict (e.g. `to_dict` output shipped to a worker), checked like a file."""
+    return _build(cls, values)
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
     """Defaults of `cls` < YAML at `path` < `key=value` overrides; raises ConfigError on misfits."""
     values: dict[str, Any] = {}

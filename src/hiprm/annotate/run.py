@@ -58,7 +58,7 @@ class AnnotateConfig:
     `question_field` / `answer_field`). `order`: file | shortest_solution (GSM8K: problems whose
     reference solution is shortest first) | shortest_question. `mode`,
     `children`, `max_depth`, `budget` (+ `budget_unit`), sampling and MCTS settings: see
-    `hiprm.annotate.grow`. `executor`: local. `batch_problems`: problems in flight at once."""
+    `hiprm.annotate.grow`. `executor`: local | ray. `batch_problems`: problems in flight at once (per Ray task)."""
 
     out_dir: str = "runs/annotate"  # trees.jsonl + meta.json go here
     dataset: str = "gsm8k-train"
@@ -83,7 +83,9 @@ class AnnotateConfig:
     score: Literal["leaf_fraction", "child_mean"] = "leaf_fraction"  # MC-score rule (paper: leaf_fraction)
     grade_timeout: float = 3.0  # seconds for the symbolic answer check
     batch_problems: int = 16  # problems in flight at once (one generate call per round for all)
-    executor: str = "local"  # how problems are mapped to trees: local
+    executor: str = "local"  # local (this process) | ray (chunks of batch_problems as Ray tasks)
+    ray_address: str = ""  # a Ray cluster (ray://HOST:10001 or auto); empty = a local Ray
+    ray_workers: int = 2  # CPUs of the local Ray (ignored with ray_address)
     seed: int = 0  # request seeds derive from it, the problem and the node
     skip_bad: bool = False  # skip (and count) bad problems instead of stopping
     progress: bool = True  # progress bar
@@ -91,7 +93,15 @@ class AnnotateConfig:
     prompt: PromptConfig = field(default_factory=PromptConfig)
 
 
-OPERATIONAL_KEYS = {"limit", "progress", "batch_problems", "executor", *OPERATIONAL_POLICY_KEYS}
+OPERATIONAL_KEYS = {
+    "limit",
+    "progress",
+    "batch_problems",
+    "executor",
+    "ray_address",
+    "ray_workers",
+    *OPERATIONAL_POLICY_KEYS,
+}
 
 
 def check_config(cfg: AnnotateConfig) -> None:
@@ -121,8 +131,8 @@ def check_config(cfg: AnnotateConfig) -> None:
     for ok, key, why in checks:
         if not ok:
             raise ConfigError(f"{key}: {why}")
-    if cfg.executor not in EXECUTORS:
-        raise ConfigError(f"executor: {cfg.executor!r} is not one of {sorted(EXECUTORS)}")
+    if cfg.executor not in EXECUTOR_NAMES:
+        raise ConfigError(f"executor: {cfg.executor!r} is not one of {list(EXECUTOR_NAMES)}")
     if cfg.mode == "bfs" and cfg.temperature == 0 and cfg.children > 1:
         log.warning("temperature=0 with children=%d: every sibling is the same step (stored once, counted %d times)",
                     cfg.children, cfg.children)  # fmt: skip
@@ -262,16 +272,50 @@ def policy_fingerprint(pc: PolicyConfig) -> str:
 
 
 # --- executors ---------------------------------------------------------------------------------------
+# The seam: problems in, finished trees out, in any order. `local` grows every problem in this
+# process, `batch_problems` at a time in one generate call per round; `ray` sends chunks of
+# `batch_problems` problems to Ray tasks (`hiprm.executors`), each growing its chunk the same
+# way with a policy built in the worker from the same config. Trees do not depend on how
+# problems are batched (per-request seeds), so both give the same file.
+
+EXECUTOR_NAMES = ("local", "ray")
+_WORKER_POLICIES: dict[str, Any] = {}  # one policy per config per Ray worker process
 
 
-def local_executor(
-    problems: list[Problem], policy: Any, cfg: AnnotateConfig, on_round: Callable | None
-) -> Iterator[Tree]:
-    """The seam every executor fills: problems in, finished trees out (any order)."""
-    return grow_trees(problems, policy, build_style(cfg.prompt), grow_settings(cfg), on_round)
+def annotate_chunk(job: dict[str, Any]) -> list[dict[str, Any]]:
+    """One Ray task: a chunk of problems -> their tree dicts (module level, so Ray can ship it)."""
+    from hiprm.config import from_dict
+
+    cfg = from_dict(AnnotateConfig, job["config"])
+    key = repr(sorted(job["config"]["policy"].items()))
+    if key not in _WORKER_POLICIES:
+        _WORKER_POLICIES[key] = build_policy(cfg.policy)
+    problems = [Problem(**p) for p in job["problems"]]
+    return [
+        t.to_dict()
+        for t in grow_trees(problems, _WORKER_POLICIES[key], build_style(cfg.prompt), grow_settings(cfg))
+    ]
 
 
-EXECUTORS: dict[str, Callable[..., Iterator[Tree]]] = {"local": local_executor}
+def _trees_of(
+    cfg: AnnotateConfig, todo: list[Problem], policy: Any, on_round: Callable | None
+) -> Iterator[dict[str, Any]]:
+    if cfg.executor == "local":
+        for tree in grow_trees(todo, policy, build_style(cfg.prompt), grow_settings(cfg), on_round):
+            yield tree.to_dict()
+        return
+    from dataclasses import asdict
+
+    from hiprm.executors import map_unordered
+
+    config = to_dict(cfg)
+    k = cfg.batch_problems
+    jobs = [
+        {"config": config, "problems": [asdict(p) for p in todo[i : i + k]]} for i in range(0, len(todo), k)
+    ]
+    for trees in map_unordered(annotate_chunk, jobs, executor="ray", ray_address=cfg.ray_address,
+                               workers=cfg.ray_workers):  # fmt: skip
+        yield from trees
 
 
 def grow_settings(cfg: AnnotateConfig) -> GrowSettings:
@@ -329,7 +373,7 @@ def run(cfg: AnnotateConfig, *, policy: Any = None) -> Path:
 def _annotate(cfg: AnnotateConfig, todo: list[Problem], total: int, trees_path: Path, policy: Any) -> None:
     from tqdm import tqdm
 
-    own = policy is None
+    own = policy is None and cfg.executor == "local"  # Ray workers build their own
     policy = build_policy(cfg.policy) if own else policy
     t0 = time.perf_counter()
     totals = {"rollouts": 0, "tokens": 0}
@@ -353,8 +397,8 @@ def _annotate(cfg: AnnotateConfig, todo: list[Problem], total: int, trees_path: 
         bar.refresh()
 
     try:
-        for tree in EXECUTORS[cfg.executor](todo, policy, cfg, on_round):
-            append_jsonl(trees_path, tree.to_dict())
+        for tree in _trees_of(cfg, todo, policy, on_round):
+            append_jsonl(trees_path, tree)
             bar.update(1)
     finally:
         bar.close()

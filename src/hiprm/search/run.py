@@ -23,6 +23,7 @@ shards computed on several machines and copied into one folder are reported toge
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -91,10 +92,19 @@ class EvalConfig:
     max_steps: int = 10
     progress: bool = True
     report_only: bool = False
+    # Where problems are solved: local (one after another), threads (`workers` at once: for a
+    # policy behind a server, keeps it busy; reward models take turns), ray (one Ray task per
+    # problem on `ray_address`, or a local Ray of `workers` CPUs).
+    executor: str = "local"
+    workers: int = 4
+    ray_address: str = ""
 
 
 # Keys that may change between a run and its resumption without changing any result's meaning.
 OPERATIONAL_KEYS = {
+    "executor",
+    "workers",
+    "ray_address",
     "limit",
     "progress",
     "report_only",
@@ -326,6 +336,13 @@ def run(cfg: EvalConfig, *, policy: Any = None, scorers: dict[str, Any] | None =
     if not cfg.n_values or min(cfg.n_values) < 1:
         raise ConfigError(f"n_values: need positive integers, got {cfg.n_values}")
     check_policy_config(cfg.policy)
+    if cfg.executor not in ("local", "threads", "ray"):
+        raise ConfigError(f"executor: {cfg.executor!r} is not one of ['local', 'threads', 'ray']")
+    if cfg.executor == "threads" and cfg.policy.backend == "hf":
+        raise ConfigError("executor=threads needs a policy behind a server (policy.backend=openai): "
+                          "the hf backend samples from one generator per process; use executor=ray for hf")  # fmt: skip
+    if cfg.workers < 1:
+        raise ConfigError("workers: must be >= 1")
     try:
         make_style(cfg.prompt.style, cfg.prompt.template, cfg.prompt.step_stops, cfg.prompt.end_stop)
     except ValueError as e:
@@ -354,18 +371,81 @@ def run(cfg: EvalConfig, *, policy: Any = None, scorers: dict[str, Any] | None =
     return run_dir
 
 
+_WORKER_STATE: dict[str, tuple[Any, dict[str, Any]]] = {}  # Ray worker: policy and scorers per config
+
+
+def eval_problem(job: dict[str, Any]) -> dict[str, Any]:
+    """One Ray task: one problem -> its record (module level, so Ray can ship it). The policy and
+    reward models are built once per worker process and config."""
+    from hiprm.config import from_dict
+
+    cfg = from_dict(EvalConfig, job["config"])
+    methods = resolve_methods(cfg)
+    key = json.dumps(job["config"], sort_keys=True, default=str)
+    if key not in _WORKER_STATE:
+        _WORKER_STATE[key] = (build_policy(cfg.policy), _build_scorers(cfg, methods))
+    policy, scorers = _WORKER_STATE[key]
+    return solve_problem(Problem(**job["problem"]), cfg, methods, policy, scorers)
+
+
+class _LockedScorer:
+    """Reward models are one torch model each: problems solved in threads take turns on them."""
+
+    def __init__(self, inner: Any, lock: Any):
+        self.inner, self.lock = inner, lock
+
+    def __getattr__(self, name: str) -> Any:
+        fn = getattr(self.inner, name)
+        if not callable(fn):
+            return fn
+
+        def locked(*args: Any, **kwargs: Any) -> Any:
+            with self.lock:
+                return fn(*args, **kwargs)
+
+        return locked
+
+
+def _records(
+    cfg: EvalConfig, methods: list[Method], todo: list[Problem], policy: Any, scorers: dict[str, Any]
+):
+    from dataclasses import asdict
+
+    from hiprm.executors import map_unordered
+
+    if cfg.executor == "ray":
+        config = to_dict(cfg)
+        jobs = [{"config": config, "problem": asdict(p)} for p in todo]
+        yield from map_unordered(
+            eval_problem, jobs, executor="ray", ray_address=cfg.ray_address, workers=cfg.workers
+        )
+        return
+    if cfg.executor == "threads":
+        import threading
+
+        lock = threading.Lock()
+        scorers = {k: _LockedScorer(v, lock) for k, v in scorers.items()}
+    yield from map_unordered(
+        lambda p: solve_problem(p, cfg, methods, policy, scorers),
+        todo,
+        executor=cfg.executor,
+        workers=cfg.workers,
+    )
+
+
 def _solve_all(cfg, methods, todo, total, results_path, policy, scorers) -> None:
     from tqdm import tqdm
 
-    own_policy = policy is None
-    policy = policy if policy is not None else build_policy(cfg.policy)
-    scorers = scorers if scorers is not None else _build_scorers(cfg, methods)
+    remote = cfg.executor == "ray"
+    own_policy = policy is None and not remote
+    if not remote:
+        policy = policy if policy is not None else build_policy(cfg.policy)
+        scorers = scorers if scorers is not None else _build_scorers(cfg, methods)
     try:
         with tqdm(
             total=total, initial=total - len(todo), desc="eval", unit="problem", disable=not cfg.progress
         ) as bar:
-            for problem in todo:
-                rec = solve_problem(problem, cfg, methods, policy, scorers)
+            for rec in _records(cfg, methods, todo, policy, scorers):
                 append_jsonl(results_path, rec)
                 bar.update(1)
     finally:

@@ -59,7 +59,7 @@ from hiprm.artifacts import StageError
 from hiprm.grading import extract_answer, is_equivalent
 from hiprm.policy.prompts import PromptStyle
 from hiprm.policy.protocol import Policy, SamplingParams
-from hiprm.policy.steps import ANSWER_MARK, split_solution
+from hiprm.policy.steps import ANSWER_MARK, split_solution, split_trailing_header
 from hiprm.records import Problem
 
 
@@ -150,15 +150,7 @@ def raw_step(text: str, style: PromptStyle) -> str:
         i = text.find(style.end_stop)
         if i >= 0:
             text = text[:i]
-    pattern = style.header_pattern()
-    if pattern is not None:
-        tail = text.rstrip()
-        last = None
-        for m in pattern.finditer(tail):
-            last = m
-        if last is not None and last.end() == len(tail) and last.start() > 0:
-            text = text[: last.start()]
-    return text
+    return split_trailing_header(text, style)[0]
 
 
 def split_rollout(text: str, style: PromptStyle) -> list[str]:

@@ -60,21 +60,32 @@ def step_texts(chunks: list[str], style: PromptStyle) -> list[str]:
     >>> step_texts(["# Step 1\\na=1\\n\\n# Step 2", "\\nb=2\\n\\n# Answer\\n\\n3\\n# END!"], STYLES["step"])
     ['# Step 1\\na=1', '# Step 2\\nb=2\\n\\n# Answer\\n\\n3']
     """
-    pattern = style.header_pattern()
     out: list[str] = []
     carry = ""
     for chunk in chunks:
-        text = solution_text(carry + chunk, style)
-        carry = ""
-        if pattern is not None:
-            tail = text.rstrip()
-            last = None
-            for m in pattern.finditer(tail):
-                last = m
-            if last is not None and last.end() == len(tail) and last.start() > 0:
-                carry, text = tail[last.start() :], tail[: last.start()]
+        text, carry = split_trailing_header(solution_text(carry + chunk, style), style)
         out.append(text.strip())
     return out
+
+
+def split_trailing_header(text: str, style: PromptStyle) -> tuple[str, str]:
+    r"""(text before, header) when `text` ends with the next step's header (the stop that ended a
+    step, `# Step 3`), else (text, ""). A header that is the whole text is kept as text.
+
+    >>> from hiprm.policy.prompts import STYLES
+    >>> split_trailing_header("# Step 1\na=1\n\n# Step 2", STYLES["step"])
+    ('# Step 1\na=1\n\n', '# Step 2')
+    """
+    pattern = style.header_pattern()
+    if pattern is None:
+        return text, ""
+    tail = text.rstrip()
+    last = None
+    for m in pattern.finditer(tail):
+        last = m
+    if last is not None and last.end() == len(tail) and last.start() > 0:
+        return text[: last.start()], tail[last.start() :]
+    return text, ""
 
 
 def is_final(chunk: str, style: PromptStyle) -> bool:

@@ -187,19 +187,24 @@ def check_config(cfg: TrainConfig) -> None:
         check_input_file(cfg.data.val)
 
 
+def check_launcher_precision(precision: str, key: str) -> None:
+    """Refuse fp32 under an accelerate launcher set to mixed precision: Trainer would silently
+    take the launcher's setting over ours. Shared by `rm train` and `selftrain`."""
+    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    if precision == "fp32" and launcher not in ("no", "fp32"):
+        raise ConfigError(
+            f"{key} is fp32 but the accelerate launcher asks for {launcher}; set "
+            f"{key}={launcher} or mixed_precision: 'no' in the accelerate config"
+        )
+
+
 def training_arguments(cfg: TrainConfig, out: Path) -> Any:
     import torch
     from transformers import TrainingArguments
 
     o, v, c = cfg.optim, cfg.eval, cfg.checkpoint
     validating = has_val(cfg)
-    launcher_precision = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
-    if o.precision == "fp32" and launcher_precision not in ("no", "fp32"):
-        # Trainer would silently take the launcher's setting over ours.
-        raise ConfigError(
-            f"optim.precision is fp32 but the accelerate launcher asks for {launcher_precision}; set "
-            f"optim.precision={launcher_precision} or mixed_precision: 'no' in the accelerate config"
-        )
+    check_launcher_precision(o.precision, "optim.precision")
     return TrainingArguments(
         output_dir=str(out / "checkpoints"),
         per_device_train_batch_size=o.batch_size,

@@ -24,6 +24,7 @@ import torch
 from transformers import Trainer
 
 from hiprm.config import ConfigError
+from hiprm.rm.train import check_launcher_precision
 from hiprm.selftrain.loss import kl_transform, selftrain_loss_from_hidden
 
 log = logging.getLogger(__name__)
@@ -37,12 +38,7 @@ def _has_accelerator() -> bool:
 def training_arguments(cfg: Any, out: Path) -> Any:
     from transformers import TrainingArguments
 
-    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
-    if cfg.precision == "fp32" and launcher not in ("no", "fp32"):
-        raise ConfigError(
-            f"precision is fp32 but the accelerate launcher asks for {launcher}; set precision={launcher} "
-            f"or mixed_precision: 'no' in the accelerate config"
-        )
+    check_launcher_precision(cfg.precision, "precision")
     return TrainingArguments(
         output_dir=str(out / "checkpoints"),
         per_device_train_batch_size=cfg.batch_size,

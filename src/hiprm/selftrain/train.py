@@ -38,18 +38,11 @@ from typing import Any, Literal
 from hiprm.annotate.tree import read_trees
 from hiprm.artifacts import DataError, check_input_file, write_jsonl, write_meta
 from hiprm.config import ConfigError, to_dict
+from hiprm.rm.train import LoraConfig  # one LoRA block for both trainers
 from hiprm.selftrain.loss import DIRECTIONS, TRANSFORMS
 from hiprm.selftrain.select import RULES, Trajectory, select_trajectories, split_trajectories, training_text
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class LoraConfig:
-    r: int = 0  # 0 = full fine-tuning
-    alpha: int = 16
-    dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
 
 
 @dataclass

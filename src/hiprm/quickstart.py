@@ -337,7 +337,31 @@ def run(cfg: QuickstartConfig) -> Path:
         timings["selftrain"] = time.perf_counter() - t
 
     _stage(f"{n}/{n} report")
-    report = write_report(cfg, out, data_dirs, models, rm_eval_json, eval_dir, timings, on)
+    # Stages left out this time are reported from what an earlier run left in out_dir.
+    shown = set(on)
+    shown |= {"data"} if all((d / "meta.json").is_file() for d in data_dirs.values()) else set()
+    shown |= {"train"} if _existing(models, "train") else set()
+    shown |= {"rm_eval"} if rm_eval_json.is_file() else set()
+    shown |= {"eval"} if (eval_dir / "report.md").is_file() else set()
+    if trees_summary is None and trees_path.is_file():
+        trees_summary = tree_stats(list(read_trees(trees_path)))
+    if not tree_models:
+        found = {k: out / "rm" / f"tree_{k}" / "model" for k in ("prm", "hrm")}
+        if all((m / "config.json").is_file() for m in found.values()):
+            tree_models = found
+            tree_data = {k: out / "data" / f"tree_{k}" for k in found}
+    if not tuned:
+        for name, folder in (("trees", out / "selftrain"), ("trees", out / "selftrain_trees"),
+                             ("hnc_trees", out / "selftrain_hnc_trees")):  # fmt: skip
+            if (folder / "model" / "config.json").is_file():
+                tuned[name] = folder / "model"
+                done_eval = out / f"eval_{cfg.dataset}_tuned_{name}"
+                if (done_eval / "metrics.json").is_file():
+                    tuned_evals[name] = done_eval
+    tree_models = tree_models if len(tree_models) == 2 else {}
+    if tree_eval is None and (out / "rm_eval_trees" / "rm_eval.json").is_file():
+        tree_eval = out / "rm_eval_trees" / "rm_eval.json"
+    report = write_report(cfg, out, data_dirs, models, rm_eval_json, eval_dir, timings, shown)
     _append_tree_report(
         report, cfg, trees_summary, tree_data, tree_models, tree_eval, tuned, eval_dir, tuned_evals
     )

@@ -141,8 +141,12 @@ def test_is_final_and_final_answer():
     s = STYLES["step"]
     chunks = _chunks(STEP_SOLUTION, s)
     assert [is_final(c, s) for c in chunks] == [False, False, True]
-    assert is_final("\\boxed{4}", s)
     assert is_final("anything # END!", s)
+    # mentioning an answer does not end a solution; only the style's answer or end marker does
+    for chunk in ["To see what the answer is, first compute 2+3.", "The answer is not 4, since 2+3=5.",
+                  "An intermediate \\boxed{5} here.", "So the answer is 5."]:  # fmt: skip
+        for style in STYLES.values():
+            assert not is_final(chunk, style), (chunk, style.name)
     assert final_answer(STEP_SOLUTION, s) == "18"
     assert final_answer("# Step 1\nno answer yet", s) is None
     assert solution_text("a # END! b", s) == "a "

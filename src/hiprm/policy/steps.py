@@ -89,10 +89,19 @@ def split_trailing_header(text: str, style: PromptStyle) -> tuple[str, str]:
 
 
 def is_final(chunk: str, style: PromptStyle) -> bool:
-    """A step that ends the solution: it reached `# END!` or already states a final answer."""
+    r"""A step that ends the solution, by the prompt style's own terminal rule: it writes the
+    answer marker (`# Answer`, every built-in style asks for it) or reaches the end marker
+    (`# END!`). Mentioning an answer is not the end of a solution ("To see what the answer is,
+    first ...", "The answer is not 4, since ...", an intermediate \boxed{5}), as in the paper's
+    search.
+
+    >>> from hiprm.policy.prompts import STYLES
+    >>> [is_final(c, STYLES["paragraph"]) for c in ["The answer is not 4, since 2+3=5.", "So \\boxed{5}.", "# Answer\n\n5"]]
+    [False, False, True]
+    """
     if style.end_stop and style.end_stop in chunk:
         return True
-    return bool(extract_answer(chunk))
+    return ANSWER_MARK in chunk
 
 
 def final_answer(text: str, style: PromptStyle) -> str | None:

@@ -54,7 +54,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from hiprm.annotate.tree import Tree, TreeNode, node_id, path_to, recompute, wilson
+from hiprm.annotate.tree import Tree, TreeNode, path_to, recompute, wilson
 from hiprm.artifacts import StageError
 from hiprm.grading import extract_answer, is_equivalent
 from hiprm.policy.prompts import PromptStyle
@@ -191,8 +191,6 @@ class Engine:
     def start(self, problem: Problem) -> _Growth:
         g = _Growth(problem, Tree.new(problem.problem_id, problem.question, problem.answer, problem.source))
         g.raw[g.tree.root.id] = ""
-        g.visits[g.tree.root.id] = 0
-        g.wins[g.tree.root.id] = 0
         g.frontier = [g.tree.root.id]
         return g
 
@@ -227,17 +225,11 @@ class Engine:
             outcome = "truncated"
         tokens = self.policy.count_tokens(raw)
         g.cost["generated_tokens"] += tokens
-        nid = node_id([n.step for n in path_to(t, parent)][1:] + [step])
-        if nid in t:
-            node = t.node(nid)
-            node.tokens += tokens
-            if count_duplicate or node.outcome is not None:
-                node.count += 1
-            return node
-        node = t.add(parent, step, outcome=outcome, answer=answer, tokens=tokens)
-        g.raw[node.id] = g.raw[parent] + raw
-        g.visits.setdefault(node.id, 0)
-        g.wins.setdefault(node.id, 0)
+        node = t.add(
+            parent, step, outcome=outcome, answer=answer, tokens=tokens, count_duplicate=count_duplicate
+        )
+        if node.id not in g.raw:  # a new node: later prompts continue the model's own text of it
+            g.raw[node.id] = g.raw[parent] + raw
         return node
 
     def finish(self, g: _Growth) -> Tree:
@@ -287,11 +279,10 @@ class Engine:
         leaf: TreeNode | None = None
         for k, piece in enumerate(pieces):
             last = k == len(pieces) - 1
+            # Only the last piece can end the solution; ending on a step delimiter is a cut.
             kind = classify_step(text, self.style) if last else "step"
             if kind == "step" and last:
                 kind = "cut"
-            if kind == "cut" and ANSWER_MARK in piece:
-                kind = "final"
             # child_mean weighs a child by how often its step was sampled, so a repeat counts;
             # with leaf_fraction a count would weigh the child's whole subtree twice.
             node = self._add(g, at, piece, kind, count_duplicate=self.s.score == "child_mean")

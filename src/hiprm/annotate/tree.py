@@ -180,14 +180,25 @@ class Tree:
         self.nodes.append(node)
         return node
 
-    def add(self, parent: str, step: str, outcome: str | None = None, answer: str | None = None, tokens: int = 0) -> TreeNode:
-        """Add a child of `parent`, or, if an identical sibling exists, count one more copy of it."""
+    def add(
+        self,
+        parent: str,
+        step: str,
+        outcome: str | None = None,
+        answer: str | None = None,
+        tokens: int = 0,
+        count_duplicate: bool = True,
+    ) -> TreeNode:
+        """Add a child of `parent`, or, if an identical sibling exists, count one more copy of it
+        (its tokens added). `count_duplicate=False` (MCTS with leaf fractions): a repeat of an
+        inner step is one more visit through it, not a copy; a repeated leaf is still a copy."""
         p = self.node(parent)
         steps = [n.step for n in path_to(self, parent)][1:] + [step]
         nid = node_id(steps)
         if nid in self._index:
             existing = self.node(nid)
-            existing.count += 1
+            if count_duplicate or existing.outcome is not None:
+                existing.count += 1
             existing.tokens += tokens
             return existing
         return self._append(TreeNode(nid, parent, p.depth + 1, step, outcome, answer, tokens=tokens))
@@ -357,7 +368,11 @@ def validate(tree: Tree, where: str = "<tree>", line: int | None = None) -> None
             if n.parent is None:
                 raise DataError(where, "a second root (parent null)", line, f)
             if n.parent not in seen:
-                what = "a parent that comes later (a cycle or bad order)" if n.parent in tree else "a missing parent"
+                what = (
+                    "a parent that comes later (a cycle or bad order)"
+                    if n.parent in tree
+                    else "a missing parent"
+                )
                 raise DataError(where, f"{what}: {n.parent}", line, f)
             if n.depth != seen[n.parent].depth + 1:
                 raise DataError(where, f"depth {n.depth} but parent depth {seen[n.parent].depth}", line, f)
@@ -369,7 +384,9 @@ def validate(tree: Tree, where: str = "<tree>", line: int | None = None) -> None
         seen[n.id] = n
     for i, n in enumerate(tree.nodes):
         if n.id in has_child and n.outcome is not None:
-            raise DataError(where, f"node has children but an outcome ({n.outcome})", line, f"nodes[{i}] (id {n.id})")
+            raise DataError(
+                where, f"node has children but an outcome ({n.outcome})", line, f"nodes[{i}] (id {n.id})"
+            )
     expected = Tree(tree.problem_id, tree.question, tree.answer, mc_from="given")
     expected._index = tree._index
     expected.nodes = [TreeNode(n.id, n.parent, n.depth, n.step, n.outcome, count=n.count) for n in tree.nodes]
@@ -383,7 +400,9 @@ def validate(tree: Tree, where: str = "<tree>", line: int | None = None) -> None
                             f"children give {e.leaves}/{e.correct}", line, f)  # fmt: skip
         if tree.mc_from != "given":
             want = means[i] if means is not None else e.correct / e.leaves if e.leaves else None
-            if (want is None) != (n.mc is None) or (want is not None and not math.isclose(n.mc, want, abs_tol=1e-9)):
+            if (want is None) != (n.mc is None) or (
+                want is not None and not math.isclose(n.mc, want, abs_tol=1e-9)
+            ):
                 raise DataError(where, f"mc {n.mc} but correct/leaves = {want}", line, f)
 
 

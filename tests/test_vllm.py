@@ -95,13 +95,10 @@ def test_greedy_n_gt_1_against_vllm(vllm_url):
 def test_eval_against_vllm(vllm_url, tmp_path):
     """Step-level search and best-of-N with the policy on vLLM (reward models faked)."""
     from hiprm.search.run import EvalConfig, run
+    from tests.rm_fixtures import FakeScorer
 
-    class FakeRM:
-        def score_batch(self, items):
-            return [[min(1.0, len(s) / 100) for s in steps] for _, steps in items]
-
-        def score_candidates(self, question, prefix, candidates):
-            return [min(1.0, len(c) / 100) for c in candidates]
+    def fake() -> FakeScorer:
+        return FakeScorer(lambda question, previous, step: min(1.0, len(step) / 100))
 
     data = tmp_path / "p.jsonl"
     data.write_text(json.dumps({"question": "What is 2 + 3?", "answer": "5"}) + "\n")
@@ -110,7 +107,7 @@ def test_eval_against_vllm(vllm_url, tmp_path):
         "subsamples=2", "orm=fake", "prm=fake", "prompt.style=paragraph", "max_solution_tokens=48",
         "max_step_tokens=24", "max_steps=2", "progress=false", *_policy_args(vllm_url),
     ])  # fmt: skip
-    out = run(cfg, scorers={"orm": FakeRM(), "prm": FakeRM()})
+    out = run(cfg, scorers={"orm": fake(), "prm": fake()})
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["problems"] == 1 and metrics["cost"]["tokens_generated"] > 0
 

@@ -259,6 +259,34 @@ def check_resumable(
         )
 
 
+def start_or_resume(
+    run_dir: str | Path,
+    output: str,
+    config: dict[str, Any],
+    ids: Iterable[str],
+    id_field: str = "problem_id",
+    operational: Iterable[str] = (),
+    inputs: Iterable[str | Path] = (),
+    **meta: Any,
+) -> set[str]:
+    """The resume step of every append-only stage: refuse a folder that holds another run
+    (`check_resumable`), record this run's `meta.json`, and return the ids whose record is
+    already in `run_dir/output` (read with the torn-tail rule), so the caller does the rest."""
+    import logging
+
+    d = Path(run_dir)
+    inputs = list(inputs)
+    check_resumable(d, config, output, operational, inputs=inputs)
+    done = {r[id_field] for r in read_appended(d / output)}
+    write_meta(d, config, inputs=inputs, **meta)
+    ids = list(ids)
+    left = sum(1 for i in ids if i not in done)
+    logging.getLogger(__name__).info(
+        "%d items, %d already done, %d to go -> %s", len(ids), len(ids) - left, left, d / output
+    )
+    return done
+
+
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with Path(path).open("rb") as f:

@@ -33,9 +33,9 @@ from hiprm.artifacts import (
     DataError,
     SkipLog,
     append_jsonl,
-    check_resumable,
     read_appended,
     read_json,
+    start_or_resume,
     write_meta,
 )
 from hiprm.config import ConfigError, to_dict
@@ -341,24 +341,9 @@ def run(cfg: AnnotateConfig, *, policy: Any = None) -> Path:
         log.warning("%s: %s", data_path, skip_log.summary())
     config = {**to_dict(cfg), "policy_fingerprint": policy_fingerprint(cfg.policy)}
     trees_path = out_dir / "trees.jsonl"
-    check_resumable(out_dir, config, "trees.jsonl", OPERATIONAL_KEYS, inputs=[data_path])
-    done = {t["problem_id"] for t in read_appended(trees_path)}
+    done = start_or_resume(out_dir, "trees.jsonl", config, [p.problem_id for p in problems], operational=OPERATIONAL_KEYS,
+                           inputs=[data_path], dataset_path=str(data_path), problems=len(problems), status="running")  # fmt: skip
     todo = [p for p in problems if p.problem_id not in done]
-    write_meta(
-        out_dir,
-        config,
-        inputs=[data_path],
-        dataset_path=str(data_path),
-        problems=len(problems),
-        status="running",
-    )
-    log.info(
-        "%d problems, %d already done, %d to go -> %s",
-        len(problems),
-        len(problems) - len(todo),
-        len(todo),
-        trees_path,
-    )
     if todo:
         _annotate(cfg, todo, len(problems), trees_path, policy)
     trees = [Tree.from_dict(d, str(trees_path), i + 1) for i, d in enumerate(read_appended(trees_path))]

@@ -33,11 +33,10 @@ from typing import Any
 from hiprm.artifacts import (
     append_jsonl,
     atomic_write,
-    check_resumable,
     read_appended,
+    start_or_resume,
     write_json,
     write_jsonl,
-    write_meta,
 )
 from hiprm.config import ConfigError, to_dict
 from hiprm.policy.build import (
@@ -354,17 +353,10 @@ def run(cfg: EvalConfig, *, policy: Any = None, scorers: dict[str, Any] | None =
     config = to_dict(cfg)
     results_path = run_dir / "problems.jsonl"
     if not cfg.report_only:
-        check_resumable(run_dir, config, "problems.jsonl", OPERATIONAL_KEYS, inputs=[data_path])
-        write_meta(run_dir, config, inputs=[data_path], dataset_path=str(data_path), problems=len(problems))
-        done = {r["problem_id"] for r in read_done(results_path)}
+        done = start_or_resume(run_dir, "problems.jsonl", config, [p.problem_id for p in problems],
+                               operational=OPERATIONAL_KEYS, inputs=[data_path], dataset_path=str(data_path),
+                               problems=len(problems))  # fmt: skip
         todo = [p for p in problems if p.problem_id not in done]
-        log.info(
-            "%d problems, %d already done, %d to go -> %s",
-            len(problems),
-            len(problems) - len(todo),
-            len(todo),
-            run_dir,
-        )
         if todo:
             _solve_all(cfg, methods, todo, len(problems), results_path, policy, scorers)
     write_report(cfg, methods, problems, run_dir, [results_path] if shard else _all_results(out_dir))

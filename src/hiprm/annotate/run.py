@@ -208,7 +208,7 @@ def load_problems(cfg: AnnotateConfig, skip_log: SkipLog | None = None) -> tuple
     elif cfg.order == "shortest_question":
         problems.sort(key=lambda p: (len(p.question), p.problem_id))
     checked = []
-    for p in problems if cfg.limit == 0 else problems[: cfg.limit * 2 + 8]:
+    for p in problems:  # stops at `limit` good ones
         why = ungradable(p.answer, cfg.grade_timeout)
         if why:
             err = DataError(p.source.rsplit(":", 1)[0] if ":" in p.source else p.source,

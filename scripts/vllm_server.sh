@@ -79,7 +79,10 @@ case "$cmd" in
   url)
     echo "http://127.0.0.1:${1:-8011}/v1"
     ;;
+  -h|--help|help)
+    sed -n '2,20p' "$0"
+    ;;
   *)
-    sed -n '2,16p' "$0"; exit 2
+    sed -n '2,20p' "$0" >&2; exit 2
     ;;
 esac

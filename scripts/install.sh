@@ -17,7 +17,7 @@ for arg in "$@"; do
   case "$arg" in
     --with-llama-server) WITH_SERVER=1 ;;
     --with-vllm) WITH_VLLM=1 ;;
-    -h|--help) sed -n '2,10p' "$0" | sed 's/^# {0,1}//'; exit 0 ;;
+    -h|--help) sed -n '2,10p' "$0" | sed 's/^# //'; exit 0 ;;
     *) echo "install.sh: unknown option $arg" >&2; exit 2 ;;
   esac
 done

@@ -80,22 +80,23 @@ def test_candidates_cached_prefix_matches_plain_path(tiny_rm_dir, tiny_tokenizer
     cached = Scorer.from_pretrained(tiny_rm_dir, device="cpu")
     plain = Scorer.from_pretrained(tiny_rm_dir, device="cpu", prefix_cache=False)
     got = cached.score_candidates(Q, STEPS[:3], CANDIDATES)
-    assert cached.stats.trunks == 1 and cached._prefix_cache_ok is True
+    assert cached._prefix_cache_ok is True
+    assert cached.stats.trie_tokens < cached.stats.input_tokens / 2  # the prefix ran once
     ref = plain.score_candidates(Q, STEPS[:3], CANDIDATES)
-    assert plain.stats.trunks == 0
+    assert plain.stats.trie_tokens == 0
     assert torch.allclose(torch.tensor(got), torch.tensor(ref), atol=1e-5)
     direct = [direct_reward(plain.model, tiny_tokenizer, Q, STEPS[:3], c, plain.template) for c in CANDIDATES]
     assert got == pytest.approx(direct, abs=1e-5)
     # Same as scoring each candidate as the last step of a full solution.
     assert got[0] == pytest.approx(cached.score(Q, [*STEPS[:3], CANDIDATES[0]])[-1], abs=1e-5)
-    # The self-check ran once; later calls take the cached path only (1 trunk + 1 batch of rows).
+    # The self-check ran once; later calls take the trie path only: one forward pass.
     before = cached.stats.forward_passes
     again = cached.score_candidates(Q, STEPS[:3], CANDIDATES)
     assert again == pytest.approx(got, abs=1e-5)
-    assert cached.stats.forward_passes - before == 2
+    assert cached.stats.forward_passes - before == 1
 
 
-def test_solution_steps_share_a_trunk_and_match_plain_path(tiny_rm_dir, tiny_tokenizer):
+def test_solution_steps_share_prefixes_and_match_plain_path(tiny_rm_dir, tiny_tokenizer):
     shared = Scorer.from_pretrained(tiny_rm_dir, device="cpu")
     plain = Scorer.from_pretrained(tiny_rm_dir, device="cpu", prefix_cache=False)
     # Steps starting with white space or a newline move token boundaries; shared lengths are
@@ -103,41 +104,41 @@ def test_solution_steps_share_a_trunk_and_match_plain_path(tiny_rm_dir, tiny_tok
     odd = [" leading space 2 + 3", "\n\nnewlines first", "x = 7\n", "# Answer 5"]
     items = [(Q, STEPS), (Q, odd), ("Short?", ["a"]), ("None", [])]
     got = shared.score_batch(items)
-    assert shared.stats.trunks == 2 and shared.stats.shared_rows >= 6 and shared._prefix_cache_ok is True
+    assert shared._prefix_cache_ok is True and shared.stats.trie_tokens < shared.stats.input_tokens / 2
     want = plain.score_batch(items)
     for g, w in zip(got, want, strict=True):
         assert g == pytest.approx(w, abs=1e-5)
     direct = [direct_reward(plain.model, tiny_tokenizer, Q, odd[:i], s, plain.template) for i, s in enumerate(odd)]
     assert got[1] == pytest.approx(direct, abs=1e-5)
-    # One trunk + one batch of rows per solution instead of one row per step.
+    # One forward pass per solution instead of one row per step.
     before = shared.stats.forward_passes
     shared.score(Q, STEPS)
-    assert shared.stats.forward_passes - before == 2
+    assert shared.stats.forward_passes - before == 1
 
 
-def test_pairs_of_one_question_share_one_trunk(tiny_rm_dir, tiny_tokenizer):
+def test_pairs_of_one_question_share_their_prefixes(tiny_rm_dir, tiny_tokenizer):
     """Every rated completion at every step of one solution (the evaluation's inputs)."""
     shared = Scorer.from_pretrained(tiny_rm_dir, device="cpu")
     pairs = [(STEPS[:i], c) for i in range(len(STEPS)) for c in (STEPS[i], CANDIDATES[i])]
     got = shared.score_pairs(Q, pairs)
-    assert shared.stats.trunks == 1 and shared.stats.shared_rows >= len(pairs) - 2
+    assert shared.stats.trie_tokens < shared.stats.input_tokens / 2
     direct = [direct_reward(shared.model, tiny_tokenizer, Q, prev, c, shared.template) for prev, c in pairs]
     assert got == pytest.approx(direct, abs=1e-5)
 
 
-def test_shared_rows_split_into_chunks_by_budget(tiny_rm_dir):
-    """A small token budget packs the rows into several chunks against the same trunk cache."""
-    s = Scorer.from_pretrained(tiny_rm_dir, device="cpu", max_tokens_per_batch=40)
+def test_trie_rows_split_by_budget(tiny_rm_dir):
+    """A small token budget splits the trie into several rows, each repeating what it needs."""
+    s = Scorer.from_pretrained(tiny_rm_dir, device="cpu", max_tokens_per_batch=60)
     ref = Scorer.from_pretrained(tiny_rm_dir, device="cpu", prefix_cache=False)
-    s._prefix_cache_ok = True  # skip the self-check so the pass count below is only the shared path
+    s._prefix_cache_ok = True  # skip the self-check so the pass count below is only the trie path
     got = s.score_candidates(Q, STEPS[:2], CANDIDATES)
-    assert s.stats.trunks == 1 and s.stats.forward_passes >= 3  # the trunk + at least two chunks
+    assert s.stats.forward_passes >= 2
     assert got == pytest.approx(ref.score_candidates(Q, STEPS[:2], CANDIDATES), abs=1e-5)
 
 
 def test_self_check_falls_back_when_cached_path_is_wrong(tiny_rm_dir, monkeypatch, caplog):
     s = Scorer.from_pretrained(tiny_rm_dir, device="cpu")
-    monkeypatch.setattr(s, "_score_shared", lambda trunk, rows: [0.0] * len(rows))
+    monkeypatch.setattr(s, "_score_trie", lambda seqs: [0.0] * len(seqs))
     with caplog.at_level(logging.WARNING):
         got = s.score_candidates(Q, STEPS[:1], CANDIDATES[:3])
     assert s._prefix_cache_ok is False
@@ -156,7 +157,7 @@ def test_long_inputs_are_fitted_and_counted(tiny_rm_dir, caplog):
     assert len(rewards) == 6 and len(cands) == 2
     assert "old steps dropped" in caplog.text and "max_length=48" in caplog.text
     # Every input was cut down to the budget, and sharing the trunk still gives the plain numbers.
-    assert len(s._encode(Q, long_steps, "the answer is 5 " * 20)[0]) <= 48
+    assert len(s._encode(Q, long_steps, "the answer is 5 " * 20)) <= 48
     plain = Scorer.from_pretrained(tiny_rm_dir, device="cpu", prefix_cache=False)
     plain.template = s.template
     assert rewards == pytest.approx(plain.score(Q, long_steps), abs=1e-5)

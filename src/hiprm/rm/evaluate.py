@@ -58,7 +58,7 @@ class StepGroup:
     prefix: list[str]
     texts: list[str]
     ratings: list[int]
-    solution: int = 0  # index of the solution it belongs to (groups of one solution share a trunk)
+    solution: int = 0  # index of the solution it belongs to (groups of one solution share their prefixes)
 
 
 def step_groups(solutions: Sequence[Solution]) -> list[StepGroup]:
@@ -201,7 +201,7 @@ class RewardCache:
 
 def pair_rewards(scorer: Any, question: str, pairs: list[tuple[list[str], str]]) -> list[float]:
     """Rewards of (previous steps, step) inputs of one question with whatever the scorer offers:
-    `score_pairs` (one shared trunk), else `score_candidates` per prefix, else `score`."""
+    `score_pairs` (shared prefixes computed once), else `score_candidates` per prefix, else `score`."""
     if hasattr(scorer, "score_pairs"):
         return [float(x) for x in scorer.score_pairs(question, pairs)]
     out = [0.0] * len(pairs)

@@ -12,18 +12,14 @@ settings in `config.hiprm_template`). Output: one float in [0, 1] per step.
   (evaluation: every rated completion at every step of a solution).
 
 Every input is `hiprm.rm.template.render_fitted` text tokenized whole, exactly as in training.
-Two things make scoring fast:
-
-- Inputs that share a token prefix share its computation. The inputs for the steps of one
-  solution all start with the question and the earlier steps, and candidates share everything
-  but themselves. The "trunk" (the longest of such inputs) runs through the model once with
-  `use_cache=True`; the other inputs' own remaining tokens are then packed into one sequence run
-  against that key/value cache, with a 4D attention mask that lets each see only the trunk
-  positions it shares and its own earlier tokens. Shared lengths are found on token ids, so the result is the
-  same as scoring each input alone (checked once per Scorer on real inputs; on a mismatch, e.g.
-  an attention kernel that ignores such masks, it falls back to the plain path with a warning).
-- Plain inputs are sorted by length and cut into batches by a token budget (rows x longest
-  row), so padding is small and never reaches `max_length`.
+Inputs that share a token prefix share its computation: the inputs for the steps of one
+solution all start with the question and the earlier steps, and candidates share everything but
+themselves. All inputs of a call are packed as one token trie (`hiprm.rm.trie`, the packing
+training uses too): rows of up to `max_tokens_per_batch` trie tokens, one forward pass each, a
+result read at each input's last token. The result equals scoring each input alone; this is
+checked once per Scorer on real inputs, and if it fails (an attention kernel that does not
+honour the plan) the scorer falls back to the plain path with a warning: inputs sorted by
+length, cut into batches by a token budget (rows x longest row), right-padded.
 
 Command (the runner below): `hiprm rm score model=PATH input=solutions.jsonl output=scored.jsonl`
 reads `{question, steps: [...], ...}` lines and writes the same records with `step_rewards`.
@@ -41,13 +37,10 @@ from typing import Any, Protocol, runtime_checkable
 
 from hiprm.artifacts import DataError, read_jsonl, write_meta
 from hiprm.config import ConfigError, to_dict
+from hiprm.rm import trie
 from hiprm.rm.template import TemplateConfig, render_fitted
 
 log = logging.getLogger(__name__)
-
-# An input shares the trunk only if the shared part is at least this long (in tokens) and at
-# least half of the input; otherwise the plain path is cheaper.
-MIN_SHARED_TOKENS = 16
 
 
 @runtime_checkable
@@ -63,18 +56,6 @@ def score_many(scorer: StepScorer, items: Sequence[tuple[str, list[str]]]) -> li
     if batch is not None:
         return batch(list(items))
     return [scorer.score(q, s) for q, s in items]
-
-
-def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
-    """
-    >>> common_prefix_len([1, 2, 3, 4], [1, 2, 5])
-    2
-    """
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 def _resolve_device(device: str) -> str:
@@ -123,8 +104,8 @@ def budget_batches(lengths: Sequence[int], batch_size: int, max_tokens: int) -> 
 class _Stats:
     inputs: int = 0
     forward_passes: int = 0
-    trunks: int = 0  # shared prefixes run once
-    shared_rows: int = 0  # inputs scored against a trunk
+    input_tokens: int = 0  # tokens of the inputs as given
+    trie_tokens: int = 0  # tokens run through the model on the trie path (shared ones once)
     dropped_steps: int = 0
     truncated: int = 0
 
@@ -157,8 +138,10 @@ class Scorer:
         # pad with exactly that id.
         self.pad_id = int(pad)
         self.stats = _Stats()
-        # None = not checked yet; the first shared-prefix call compares against the plain path.
-        self._prefix_cache_ok: bool | None = None if prefix_cache and self._supports_prefix_cache() else False
+        # None = not checked yet; the first trie call compares against the plain path.
+        self._prefix_cache_ok: bool | None = None if prefix_cache and trie.supported(model) is None else False
+        if self._prefix_cache_ok is None:
+            self._attention = trie.use_trie_attention(model)  # plain batches still run as before
 
     @classmethod
     def from_pretrained(
@@ -193,69 +176,45 @@ class Scorer:
 
     def score_batch(self, items: Sequence[tuple[str, list[str]]]) -> list[list[float]]:
         flat = [(n, q, steps[:i], s) for n, (q, steps) in enumerate(items) for i, s in enumerate(steps)]
-        vals = self._score_inputs([(n, q, prev, cur) for n, q, prev, cur in flat])
+        vals = self._score_inputs([(q, prev, cur) for _, q, prev, cur in flat])
         out: list[list[float]] = [[] for _ in items]
         for (n, *_), v in zip(flat, vals, strict=True):
             out[n].append(v)
         return out
 
     def score_candidates(self, question: str, prefix_steps: list[str], candidates: list[str]) -> list[float]:
-        return self._score_inputs([(0, question, list(prefix_steps), c) for c in candidates])
+        return self._score_inputs([(question, list(prefix_steps), c) for c in candidates])
 
     def score_pairs(self, question: str, pairs: Sequence[tuple[list[str], str]]) -> list[float]:
         """Rewards of any (previous steps, current step) inputs of one question, e.g. every rated
         completion of every step of a PRM800K solution; shared prefixes are computed once."""
-        return self._score_inputs([(0, question, list(prev), cur) for prev, cur in pairs])
+        return self._score_inputs([(question, list(prev), cur) for prev, cur in pairs])
 
-    # ---- planning: which inputs share a trunk -----------------------------------------------
-
-    def _score_inputs(self, inputs: Sequence[tuple[Any, str, list[str], str]]) -> list[float]:
-        """Score (group, question, previous, current) inputs.
-
-        Inputs of the same group that kept the same previous steps after fitting (so nothing
-        but their ends differ) form a pool; the pool's longest input is its trunk, and every
-        member sharing at least half of its tokens (and MIN_SHARED_TOKENS) with the trunk is a
-        row against it. Everything else goes through the plain batched path.
-        """
-        encoded = [self._encode(q, prev, cur) for _, q, prev, cur in inputs]
+    def _score_inputs(self, inputs: Sequence[tuple[str, list[str], str]]) -> list[float]:
+        """Score (question, previous, current) inputs: the trie path, checked once, else plain."""
+        seqs = [self._encode(q, prev, cur) for q, prev, cur in inputs]
         self._warn_cuts(len(inputs))
-        pools: dict[tuple[Any, str, int], list[int]] = {}
-        for k, ((group, q, _, _), (_, dropped)) in enumerate(zip(inputs, encoded, strict=True)):
-            pools.setdefault((group, q, dropped), []).append(k)
-        out = [0.0] * len(inputs)
-        plain: list[int] = []
-        for members in pools.values():
-            if len(members) < 2 or self._prefix_cache_ok is False:
-                plain += members
-                continue
-            trunk = max((encoded[k][0] for k in members), key=len)
-            rows, where = [], []
-            for k in members:
-                ids = encoded[k][0]
-                keep = common_prefix_len(ids, trunk)
-                if keep >= MIN_SHARED_TOKENS and 2 * keep >= len(ids):
-                    rows.append((keep, ids[keep:]))
-                    where.append(k)
-                else:
-                    plain.append(k)
-            if len(rows) < 2:
-                plain += where
-                continue
-            for k, v in zip(where, self._shared_checked(trunk, rows), strict=True):
-                out[k] = v
-        for k, v in zip(plain, self._score_plain([encoded[k][0] for k in plain]), strict=True):
-            out[k] = v
-        return out
+        if self._prefix_cache_ok is False or len(seqs) < 2:
+            return self._score_plain(seqs)
+        vals = self._score_trie(seqs)
+        if self._prefix_cache_ok is None:
+            self._prefix_cache_ok = self._check_shared(vals, seqs)
+            if not self._prefix_cache_ok:
+                trie.restore_attention(self.model, self._attention)
+                vals = self._score_plain(seqs)
+        return vals
 
     # ---- encoding ---------------------------------------------------------------------------
 
-    def _encode(self, question: str, previous: list[str], current: str) -> tuple[list[int], int]:
-        """Token ids of the fitted text (as in training) and how many old steps fitting dropped."""
+    def _encode(self, question: str, previous: list[str], current: str) -> list[int]:
+        """Token ids of the fitted text, as in training."""
         text, report = render_fitted(self.tokenizer, question, previous, current, self.template)
         self.stats.inputs += 1
         self.stats.dropped_steps += report.dropped_steps
         self.stats.truncated += int(report.truncated)
-        return list(self.tokenizer(text, add_special_tokens=True)["input_ids"]), report.dropped_steps
+        ids = list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+        self.stats.input_tokens += len(ids)
+        return ids
 
     def _warn_cuts(self, n: int) -> None:
         s = self.stats
@@ -288,112 +247,34 @@ class Scorer:
                 out[i] = probs[r]
         return out
 
-    def _supports_prefix_cache(self) -> bool:
-        """Llama-style classifiers: a decoder under `base_model_prefix`, a linear `score` head
-        on the last non-pad token (transformers' GenericForSequenceClassification), and an
-        attention implementation that takes a custom 4D mask (sdpa or eager, not flash)."""
-        try:
-            from transformers.modeling_layers import GenericForSequenceClassification
-        except ImportError:  # pragma: no cover - older transformers
-            return False
-        m = self.model
-        attn = getattr(m.config, "_attn_implementation", None)
-        return (isinstance(m, GenericForSequenceClassification) and hasattr(m, "score")
-                and hasattr(m, m.base_model_prefix) and attn in ("sdpa", "eager"))
-
-    def _shared_checked(self, trunk: list[int], rows: list[tuple[int, list[int]]]) -> list[float]:
-        vals = self._score_shared(trunk, rows)
-        if self._prefix_cache_ok is None:
-            self._prefix_cache_ok = self._check_shared(vals, [trunk[:k] + s for k, s in rows])
-            if not self._prefix_cache_ok:
-                vals = self._score_plain([trunk[:k] + s for k, s in rows])
-        return vals
-
-    def _score_shared(self, trunk: list[int], rows: list[tuple[int, list[int]]]) -> list[float]:
-        """Row r is the input `trunk[:keep_r] + own_r`: run the trunk once, then all own tokens.
-
-        trunk: T ids -> key/value cache (1, kv_heads, T, d) per layer. The rows' own tokens are
-        packed one after another into a single sequence of Q = sum(S_r) tokens (no padding, no
-        copies of the cache per row), with a 4D attention mask (1, 1, Q, T + Q) letting token j
-        of row r see trunk[:keep_r] and tokens 0..j of its own row, and positions keep_r + j.
-        Hidden states (1, Q, H) go through `model.score` at each row's last non-pad token (or the
-        trunk's, for a row with no own token), as the HF head does.
-        """
+    def _score_trie(self, seqs: Sequence[list[int]]) -> list[float]:
+        """All inputs as one token trie, a forward pass per row of <= max_tokens_per_batch tokens."""
         import torch
 
-        base = getattr(self.model, self.model.base_model_prefix)
-        n_trunk = len(trunk)
-        with torch.inference_mode():
-            pre = base(input_ids=torch.tensor([trunk], device=self.device), use_cache=True)
-            cache = pre.past_key_values
-            trunk_hidden = pre.last_hidden_state[0]  # (T, H)
-        self.stats.forward_passes += 1
-        self.stats.trunks += 1
-        self.stats.shared_rows += len(rows)
-        out = [0.0] * len(rows)
-        blocked = torch.finfo(self.model.dtype).min
-        # Packed rows also attend (masked) across each other: Q x (T + Q) scores. Capping Q near
-        # T keeps that waste and the mask's memory in line with the useful Q x T part.
-        q_cap = min(self.max_tokens_per_batch, max(512, n_trunk))
-        chunks, cur, size = [], [], 0
-        for i, (_, s) in enumerate(rows):
-            if cur and size + len(s) > q_cap:
-                chunks.append(cur)
-                cur, size = [], 0
-            cur.append(i)
-            size += len(s)
-        chunks.append(cur)
-        for chunk in chunks:
-            q_len = sum(len(rows[i][1]) for i in chunk)
-            picked: list[Any] = []
-            hidden = None
-            if q_len:
-                ids = torch.tensor([[t for i in chunk for t in rows[i][1]]], device=self.device)
-                pos = torch.empty((1, q_len), dtype=torch.long)
-                mask = torch.full((1, 1, q_len, n_trunk + q_len), blocked, dtype=self.model.dtype)
-                o = 0
-                for i in chunk:
-                    keep, own = rows[i]
-                    n = len(own)
-                    if n:
-                        pos[0, o : o + n] = torch.arange(keep, keep + n)
-                        mask[0, 0, o : o + n, :keep] = 0
-                        block = mask[0, 0, o : o + n, n_trunk + o : n_trunk + o + n]
-                        block.masked_fill_(torch.ones(n, n, dtype=torch.bool).tril(), 0)
-                    o += n
-                with torch.inference_mode():
-                    hidden = base(
-                        input_ids=ids, attention_mask=mask.to(self.device), position_ids=pos.to(self.device),
-                        past_key_values=cache, use_cache=True,
-                    ).last_hidden_state[0]  # (Q, H)
-                cache.crop(-q_len)  # drop this chunk's keys/values; the next chunk reuses the trunk
-                self.stats.forward_passes += 1
-            o = 0
-            for i in chunk:
-                keep, own = rows[i]
-                last = max((j for j, t in enumerate(own) if t != self.pad_id), default=-1)
-                if last >= 0 and hidden is not None:
-                    picked.append(hidden[o + last])
-                else:
-                    last = max((j for j in range(keep) if trunk[j] != self.pad_id), default=keep - 1)
-                    picked.append(trunk_hidden[last])
-                o += len(own)
+        packed = trie.pack(seqs, self.max_tokens_per_batch)
+        out = [0.0] * len(seqs)
+        for r in range(len(packed.ids)):
+            batch = trie.tensors(packed, self.pad_id, [r])
             with torch.inference_mode():
-                logits = self.model.score(torch.stack(picked))  # (rows, 2)
-            probs = torch.softmax(logits.float(), dim=-1)[:, 1].tolist()
-            for i, p in zip(chunk, probs, strict=True):
-                out[i] = p
+                logits = trie.classifier_logits(self.model, batch)
+            self.stats.forward_passes += 1
+            for k, p in zip(batch["sequences"], torch.softmax(logits.float(), dim=-1)[:, 1].tolist(), strict=True):
+                out[k] = p
+        self.stats.trie_tokens += packed.tokens
         return out
 
     def _check_shared(self, shared: list[float], seqs: list[list[int]]) -> bool:
-        """Compare the shared-prefix path with the plain one on real inputs, once per Scorer."""
+        """Compare the trie path with the plain one (the model's own attention) on real inputs,
+        once per Scorer."""
         import torch
 
+        trie.restore_attention(self.model, self._attention)
         plain = self._score_plain(seqs)
+        trie.use_trie_attention(self.model)
         worst = max(abs(a - b) for a, b in zip(shared, plain, strict=True))
         tol = 1e-3 if self.model.dtype == torch.float32 else 3e-2
         if worst > tol:
-            log.warning("shared-prefix scoring differs from plain scoring by %.2g for %s; using the plain path",
+            log.warning("trie scoring differs from plain scoring by %.2g for %s; using the plain path",
                         worst, type(self.model).__name__)
             return False
         return True

@@ -36,9 +36,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from transformers import Trainer, TrainerCallback
+from transformers.modeling_outputs import SequenceClassifierOutput
 
 from hiprm.artifacts import check_input_file, write_meta
 from hiprm.config import ConfigError, to_dict
+from hiprm.rm import trie
 from hiprm.rm.backbone import freeze_lower_layers, load_tokenizer, resolve_model_path
 from hiprm.rm.data_collate import FeatureDataset, PadCollator, load_split, soft_label_loss
 from hiprm.rm.template import TemplateConfig
@@ -74,6 +76,12 @@ class DataConfig:
     val: str | None = "runs/data/prm/val.jsonl"  # null or "" = no validation
     max_train: int | None = None  # first N examples only (quick runs)
     max_val: int | None = None
+    # trie: the examples of a batch share their common token prefixes (`hiprm.rm.trie`): same
+    # loss and gradients as one row per example, a fraction of the tokens; batches are runs of
+    # examples in token order (those of one problem together), shuffled per (seed, epoch).
+    # rows: one padded row per example, length-grouped (the classic Trainer setup).
+    batching: Literal["trie", "rows"] = "trie"
+    row_tokens: int = 16384  # tokens per packed row (trie batching); a longer example gets its own row
 
 
 @dataclass
@@ -134,16 +142,28 @@ class RMTrainer(Trainer):
     # compute_loss returns a per-batch mean: Trainer divides it by the accumulation steps.
     loss_is_scaled_for_ga = False
 
-    def __init__(self, *args: Any, **kwargs: Any):
+    def __init__(self, *args: Any, prefix_blocks: bool = False, seed: int = 0, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.model_accepts_loss_kwargs = False  # no token counting / num_items_in_batch
+        self.prefix_blocks = prefix_blocks
+        self.block_seed = seed
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        if not self.prefix_blocks:
+            return super()._get_train_sampler(train_dataset)
+        ds = train_dataset if train_dataset is not None else self.train_dataset
+        return trie.PrefixBlockSampler([f["input_ids"].tolist() for f in ds.features],
+                                       self.args.per_device_train_batch_size, self.block_seed)
 
     def compute_loss(
         self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, **kw: Any
     ) -> Any:
         inputs = dict(inputs)
         labels = inputs.pop("labels")  # (batch,) in [0, 1]
-        outputs = model(**inputs, use_cache=False)  # logits: (batch, 2)
+        if "ends" in inputs:  # a trie batch (TrieCollator)
+            outputs = SequenceClassifierOutput(logits=trie.classifier_logits(model, inputs))
+        else:
+            outputs = model(**inputs, use_cache=False)  # logits: (batch, 2)
         loss = soft_label_loss(outputs.logits, labels)
         return (loss, outputs) if return_outputs else loss
 
@@ -164,6 +184,7 @@ def check_config(cfg: TrainConfig) -> None:
         (cfg.optim.grad_accum >= 1, "optim.grad_accum must be >= 1"),
         (cfg.checkpoint.every_steps >= 1, "checkpoint.every_steps must be >= 1"),
         (cfg.template.max_length >= 16, "template.max_length must be >= 16"),
+        (cfg.data.row_tokens >= 1, "data.row_tokens must be >= 1"),
         (cfg.lora.r >= 0, "lora.r must be >= 0 (0 = no LoRA)"),
         (
             cfg.lora.r == 0 or cfg.model.train_top_layers < 0,
@@ -307,8 +328,12 @@ def save_final(trainer: Trainer, cfg: TrainConfig, backbone: str, tokenizer: Any
     is_main = trainer.is_world_process_zero()
     if is_main and tmp.exists():
         shutil.rmtree(tmp)
-    # Trainer turns the KV cache off for training; scoring with a shared prefix wants it on.
-    trainer.accelerator.unwrap_model(trainer.model).config.use_cache = True
+    # Trainer turns the KV cache off for training; generation-style callers want it on. Trie
+    # attention is a training-time switch: the saved model is a plain `sdpa` one.
+    unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+    unwrapped.config.use_cache = True
+    if trie.unwrap(unwrapped).config._attn_implementation == "hiprm_trie":
+        trie.restore_attention(unwrapped, "sdpa")
     trainer.save_model(str(tmp))
     if not is_main:
         return final
@@ -353,6 +378,34 @@ def _without_lora(cfg: TrainConfig) -> TrainConfig:
     return replace(cfg, lora=replace(cfg.lora, r=0))
 
 
+def trie_batches_ok(model: Any, train_set: FeatureDataset, pad_id: int, row_tokens: int) -> bool:
+    """Whether trie batches are exact for this model: refuse kernels that cannot take the mask,
+    then compare trie and per-example logits once on real examples (the first block of the
+    training order), so a kernel that silently ignores the mask cannot train on wrong inputs."""
+    import torch
+
+    reason = trie.supported(model)
+    if reason is None:
+        sample = trie.PrefixBlockSampler([f["input_ids"].tolist() for f in train_set.features], 8, 0).order[:8]
+        feats = [train_set[i] for i in sample]
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            rows = PadCollator(pad_id)(feats)  # the reference: the model's own attention, padded rows
+            want = model(input_ids=rows["input_ids"], attention_mask=rows["attention_mask"], use_cache=False).logits
+            before = trie.use_trie_attention(model)
+            got = trie.classifier_logits(model, trie.TrieCollator(pad_id, row_tokens)(feats))
+        model.train(was_training)
+        worst = (got.float() - want.float()).abs().max().item()
+        tol = 1e-3 if next(model.parameters()).dtype == torch.float32 else 3e-2
+        if worst <= tol:
+            return True
+        trie.restore_attention(model, before)
+        reason = f"trie logits differ from per-example logits by {worst:.2g}"
+    log.warning("data.batching=trie is not exact here (%s); training on per-example rows", reason)
+    return False
+
+
 def best_validation(trainer: Trainer) -> dict[str, float]:
     """Validation metrics of the kept (best) checkpoint.
 
@@ -390,12 +443,18 @@ def run(cfg: TrainConfig, callbacks: list[TrainerCallback] | None = None) -> Pat
     train_set, val_set, data_stats = load_sets(cfg, tokenizer)
     set_seed(cfg.optim.seed)  # the new classification head is initialised from this seed
     model = build_model(backbone, tokenizer, cfg)
+    use_trie = cfg.data.batching == "trie" and trie_batches_ok(model, train_set, tokenizer.pad_token_id,
+                                                               cfg.data.row_tokens)
+    collator = trie.TrieCollator(tokenizer.pad_token_id, cfg.data.row_tokens) if use_trie else PadCollator(
+        tokenizer.pad_token_id)
     trainer = RMTrainer(
         model=model,
         args=args,
+        prefix_blocks=use_trie,
+        seed=cfg.optim.seed,
         train_dataset=train_set,
         eval_dataset=val_set,
-        data_collator=PadCollator(tokenizer.pad_token_id),
+        data_collator=collator,
         processing_class=tokenizer,
         compute_metrics=validation_metrics if val_set is not None else None,
         callbacks=[MetricsLog(out / "metrics.jsonl"), *(callbacks or [])],
@@ -421,5 +480,6 @@ def run(cfg: TrainConfig, callbacks: list[TrainerCallback] | None = None) -> Pat
             best_checkpoint=trainer.state.best_model_checkpoint,
             validation=final_metrics,
             world_size=args.world_size,
+            batching="trie" if use_trie else "rows",
         )
     return out

@@ -48,10 +48,21 @@ def test_markdown_table_has_methods_as_rows_and_n_as_columns():
     assert lines[5] == "| PRM step search | - | - |"
 
 
-def test_plot_writes_a_png(tmp_path):
-    acc = accuracy(RECORDS, ["orm", "prm-step"], [1, 4])
+def test_plot_has_one_panel_per_family_with_references(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    methods = ["pass", "majority", "orm", "orm-vote", "prm-step", "hrm-step"]
+    recs = [_rec({m: {"1": {"correct": [k % 2]}, "4": {"correct": [1]}} for m in methods}) for k in range(3)]
+    acc = accuracy(recs, methods, [1, 4])
+    made = []
+    real = plt.subplots
+    monkeypatch.setattr(plt, "subplots", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
     p = plot_accuracy(acc, [1, 4], tmp_path / "acc.png")
     assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    axes = made[0][1][0]
+    assert [ax.get_title() for ax in axes] == ["Best-of-N (whole solutions)", "Weighted vote", "Step-level search"]
+    step_labels = axes[2].get_legend_handles_labels()[1]
+    assert step_labels == ["pass@N (oracle)", "Majority vote", "PRM step search", "HRM step search"]
 
 
 def test_cost_summary_and_saving():

@@ -99,31 +99,61 @@ def markdown_table(acc: dict[str, dict[str, Any]], n_values: list[int], title: s
     return "\n".join(lines) + "\n"
 
 
+def method_family(name: str) -> str:
+    """Which panel of `plot_accuracy` a method goes in ("reference" = oracle and majority).
+
+    >>> [method_family(m) for m in ("pass", "orm", "orm-vote", "hrm-step", "prm-min")]
+    ['reference', 'Best-of-N (whole solutions)', 'Weighted vote', 'Step-level search', 'Best-of-N (whole solutions)']
+    """
+    if name in ("pass", "majority"):
+        return "reference"
+    if name.endswith("-step"):
+        return "Step-level search"
+    if "vote" in name:
+        return "Weighted vote"
+    return "Best-of-N (whole solutions)"
+
+
+MARKERS = "osD^vP*X<>"
+
+
 def plot_accuracy(acc: dict[str, dict[str, Any]], n_values: list[int], path: str | Path, title: str = "") -> Path:
+    """One panel per method family, each with the oracle (pass@N) and majority vote drawn as
+    gray references; distinct markers; 95% intervals as error bars (a band covering the plot
+    hides the lines at small sample sizes)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-    for m, row in acc.items():
+    def points(row: dict[str, Any]) -> tuple[list[int], list[float], list[float]]:
         pts = [(n, row[str(n)]) for n in n_values if row[str(n)]["accuracy"] is not None]
-        if not pts:
-            continue
-        xs = [n for n, _ in pts]
-        ys = [100 * e["accuracy"] for _, e in pts]
-        style = "--" if m == "pass" else "-"
-        (line,) = ax.plot(xs, ys, style, marker="o", label=method_label(m))
-        lo = [max(0.0, 100 * (e["accuracy"] - (e["ci95"] or 0))) for _, e in pts]
-        hi = [min(100.0, 100 * (e["accuracy"] + (e["ci95"] or 0))) for _, e in pts]
-        ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.12, linewidth=0)
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(n_values, [str(n) for n in n_values])
-    ax.set_xlabel("N (candidates per problem / per step)")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title(title or "accuracy vs N")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+        return ([n for n, _ in pts], [100 * e["accuracy"] for _, e in pts], [100 * (e["ci95"] or 0) for _, e in pts])
+
+    families: dict[str, list[str]] = {}
+    for m in acc:
+        families.setdefault(method_family(m), []).append(m)
+    panels = [f for f in families if f != "reference"] or ["reference"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), dpi=120, sharey=True, squeeze=False)
+    for ax, family in zip(axes[0], panels, strict=True):
+        for ref, style in (("pass", "--"), ("majority", ":")):
+            if ref in acc and family != "reference":
+                xs, ys, _ = points(acc[ref])
+                ax.plot(xs, ys, style, color="0.45", linewidth=1.2, label=method_label(ref))
+        for i, m in enumerate(families[family]):
+            xs, ys, err = points(acc[m])
+            if xs:
+                ax.errorbar(xs, ys, yerr=err, marker=MARKERS[i % len(MARKERS)], capsize=3, linewidth=1.4,
+                            elinewidth=0.8, alpha=0.9, label=method_label(m))  # fmt: skip
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(n_values, [str(n) for n in n_values])
+        ax.set_ylim(-2, 102)
+        ax.set_xlabel("N (candidates per problem / per step)")
+        ax.set_title(family, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    axes[0][0].set_ylabel("accuracy (%)")
+    fig.suptitle(title or "accuracy vs N", fontsize=11)
     fig.tight_layout()
     p = Path(path)
     with atomic_write(p, "wb") as f:

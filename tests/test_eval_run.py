@@ -215,6 +215,23 @@ def test_shared_datasets_load(shared_data):
 
 
 @pytest.mark.slow
+def test_resume_after_the_reward_model_was_retrained_is_refused(data, tmp_path, tiny_tokenizer):
+    """Same config, same path, new weights: the old records were scored by another model."""
+    from safetensors.torch import load_file, save_file
+
+    from tests.rm_fixtures import make_tiny_rm
+
+    rm = make_tiny_rm(tmp_path / "rm", tiny_tokenizer)
+    out = tmp_path / "out"
+    cfg = _cfg(data, out, "limit=1", f"prm={rm}")
+    run(cfg, policy=ScriptedPolicy(RULES), scorers=SCORERS)
+    run(_cfg(data, out, "limit=2", f"prm={rm}"), policy=ScriptedPolicy(RULES), scorers=SCORERS)  # same weights
+    w = load_file(str(rm / "model.safetensors"))
+    save_file({k: v * 1.01 for k, v in w.items()}, str(rm / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ConfigError, match=r"weights\.prm: "):
+        run(_cfg(data, out, "limit=3", f"prm={rm}"), policy=ScriptedPolicy(RULES), scorers=SCORERS)
+
+
 def test_hf_policy_and_real_scorer_end_to_end(tmp_path, tiny_lm_dir, tiny_tokenizer, data):
     """The real pieces together: HFPolicy generating, Scorer.from_pretrained scoring."""
     from tests.rm_fixtures import make_tiny_rm

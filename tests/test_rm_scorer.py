@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from hiprm.artifacts import DataError
+from hiprm.config import ConfigError
 from hiprm.rm.scorer import ScoreConfig, Scorer, StepScorer, budget_batches, run
 from hiprm.rm.template import TemplateConfig, render
 from tests.rm_fixtures import FakeScorer, shared_tiny_rm
@@ -189,7 +190,9 @@ def test_rm_score_runner_writes_rewards_and_resumes(tmp_path, tiny_rm_dir, score
     got = [json.loads(x) for x in out.read_text().splitlines()]
     assert [g["id"] for g in got] == [1, 2]
     assert got[0]["step_rewards"] == pytest.approx(scorer.score(Q, STEPS), abs=1e-5)
-    assert (out.parent / "meta.json").is_file()
+    # Provenance beside the output, never over the folder's meta.json (another run's).
+    assert json.loads((out.parent / "scored.jsonl.meta.json").read_text())["status"] == "done"
+    assert not (out.parent / "meta.json").exists() and not (out.parent / "config.yaml").exists()
 
     # Grow the input and pretend a previous run died after one record, mid-way through a line.
     rows.append({"question": "New?", "steps": ["c"], "id": 3})
@@ -208,6 +211,52 @@ def test_rm_score_runner_writes_rewards_and_resumes(tmp_path, tiny_rm_dir, score
     before = out.read_text()
     run(cfg)
     assert out.read_text() == before
+
+
+def test_rm_score_never_mixes_two_models(tmp_path, tiny_rm_dir):
+    """Killed with another model= (or a retrained one at the same path) it refuses to resume,
+    naming the field; overwrite=true starts over with the new model only."""
+    import shutil
+
+    src = tmp_path / "in.jsonl"
+    _write(src, [{"question": Q, "steps": STEPS[:2], "id": i} for i in range(3)])
+    out = tmp_path / "scored.jsonl"
+    cfg = ScoreConfig(model=str(tiny_rm_dir), input=str(src), output=str(out), device="cpu", chunk_size=1)
+    run(cfg)
+    other = tmp_path / "other_rm"
+    shutil.copytree(tiny_rm_dir, other)
+    with pytest.raises(ConfigError, match="model: .* -> "):
+        run(ScoreConfig(**{**cfg.__dict__, "model": str(other)}))
+    # overwrite=true starts over with the other model only.
+    with_other = ScoreConfig(**{**cfg.__dict__, "model": str(other)})
+    run(ScoreConfig(**{**with_other.__dict__, "overwrite": True}))
+    assert run(with_other) == out  # same identity: returned as is
+    # Same path, retrained weights: the fingerprint differs.
+    from safetensors.torch import load_file, save_file
+
+    w = load_file(str(other / "model.safetensors"))
+    save_file({k: v + 0.01 for k, v in w.items()}, str(other / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ConfigError, match="weights: "):
+        run(with_other)
+    run(ScoreConfig(**{**with_other.__dict__, "overwrite": True}))
+    fresh = [json.loads(x)["step_rewards"] for x in out.read_text().splitlines()]
+    ref = Scorer.from_pretrained(other, device="cpu").score(Q, STEPS[:2])
+    assert len(fresh) == 3 and all(r == pytest.approx(ref, abs=1e-5) for r in fresh)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("chunk_size=0", "chunk_size: must be >= 1"), ("chunk_size=-3", "chunk_size: must be >= 1"),
+    ("batch_size=0", "batch_size: must be >= 1"), ("output=DIR", "is a folder"),
+])  # fmt: skip
+def test_rm_score_bad_settings_fail_before_scoring(tmp_path, tiny_rm_dir, bad, message):
+    src = tmp_path / "in.jsonl"
+    _write(src, [{"question": Q, "steps": ["a"]}])
+    key, value = bad.split("=")
+    kw = {"model": str(tiny_rm_dir), "input": str(src), "output": str(tmp_path / "o.jsonl"), "device": "cpu"}
+    kw[key] = str(tmp_path) if value == "DIR" else int(value)
+    with pytest.raises(ConfigError, match=message):
+        run(ScoreConfig(**kw))
+    assert not (tmp_path / "o.jsonl").exists()
 
 
 def test_rm_score_errors_name_file_line_field(tmp_path, tiny_rm_dir):

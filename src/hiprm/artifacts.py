@@ -223,6 +223,18 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def identity_diff(old: dict[str, Any], new: dict[str, Any], operational: Iterable[str] = ()) -> list[str]:
+    """The fields (dotted) in which two run configs differ, less the `operational` ones.
+
+    >>> identity_diff({"model": "a", "io": {"batch": 8}}, {"model": "b", "io": {"batch": 16}}, ["io.batch"])
+    ["model: 'a' -> 'b'"]
+    """
+    skip = set(operational)
+    a, b = _flat(old), _flat(new)
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
+            if k not in skip and a.get(k) != b.get(k)]  # fmt: skip
+
+
 def check_resumable(
     run_dir: str | Path,
     config: dict[str, Any],
@@ -245,10 +257,7 @@ def check_resumable(
     if not meta_path.is_file() or not out.is_file() or out.stat().st_size == 0:
         return
     meta = read_json(meta_path)
-    skip = set(operational)
-    old, new = _flat(meta.get("config", {})), _flat(config)
-    diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
-            if k not in skip and old.get(k) != new.get(k)]  # fmt: skip
+    diff = identity_diff(meta.get("config", {}), config, operational)
     old_inputs = meta.get("inputs", {})
     for p in inputs:
         if Path(p).is_file() and str(p) in old_inputs and old_inputs[str(p)] != sha256_file(p):
@@ -293,6 +302,27 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def weights_fingerprint(path: str | Path) -> str:
+    """What identifies a model folder's weights: a hash of each config / weight file's name,
+    size and first and last MiB, so a model retrained at the same path differs (reading whole
+    multi-GB files at every start would cost more than the check is worth). "" if `path` is not
+    a folder (a served or hub model is identified by its name)."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        return ""
+    h = hashlib.sha256()
+    for f in sorted(folder.iterdir()):
+        if f.is_file() and f.suffix in (".json", ".safetensors", ".bin"):
+            size = f.stat().st_size
+            h.update(f"{f.name}:{size}".encode())
+            with f.open("rb") as fh:
+                h.update(fh.read(1 << 20))
+                if size > 2 << 20:
+                    fh.seek(-(1 << 20), 2)
+                    h.update(fh.read())
+    return h.hexdigest()[:16]
 
 
 def git_sha() -> str | None:

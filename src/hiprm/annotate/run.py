@@ -36,6 +36,7 @@ from hiprm.artifacts import (
     read_appended,
     read_json,
     start_or_resume,
+    weights_fingerprint,
     write_meta,
 )
 from hiprm.config import ConfigError, to_dict
@@ -255,20 +256,9 @@ def policy_fingerprint(pc: PolicyConfig) -> str:
         return (
             hashlib.sha256(Path(pc.script).read_bytes()).hexdigest()[:16] if Path(pc.script).is_file() else ""
         )
-    folder = Path(pc.model).expanduser()
-    if pc.backend != "hf" or not folder.is_dir():
+    if pc.backend != "hf" or not Path(pc.model).expanduser().is_dir():
         return pc.model
-    h = hashlib.sha256()
-    for f in sorted(folder.iterdir()):
-        if f.is_file() and (f.suffix in (".json", ".safetensors", ".bin")):
-            size = f.stat().st_size
-            h.update(f"{f.name}:{size}".encode())
-            with f.open("rb") as fh:
-                h.update(fh.read(1 << 20))
-                if size > 2 << 20:
-                    fh.seek(-(1 << 20), 2)
-                    h.update(fh.read())
-    return h.hexdigest()[:16]
+    return weights_fingerprint(pc.model)
 
 
 # --- executors ---------------------------------------------------------------------------------------

@@ -35,7 +35,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from hiprm.artifacts import DataError, read_jsonl, write_meta
+from hiprm.artifacts import (
+    DataError,
+    check_input_file,
+    identity_diff,
+    read_appended,
+    read_json,
+    read_jsonl,
+    sha256_file,
+    weights_fingerprint,
+    write_json,
+)
 from hiprm.config import ConfigError, to_dict
 from hiprm.rm import trie
 from hiprm.rm.template import TemplateConfig, render_fitted
@@ -294,6 +304,11 @@ class ScoreConfig:
     batch_size: int = 32
     max_tokens_per_batch: int = 16384
     chunk_size: int = 64  # solutions scored and appended per write (the resume granularity)
+    overwrite: bool = False  # start over when the output was made by another model or config
+
+
+# Change speed, not rewards: a resumed run may change them.
+OPERATIONAL_KEYS = ("device", "dtype", "batch_size", "max_tokens_per_batch", "chunk_size", "overwrite")
 
 
 def _check_record(obj: Any, path: Path, line: int) -> tuple[str, list[str]]:
@@ -311,53 +326,77 @@ def _check_record(obj: Any, path: Path, line: int) -> tuple[str, list[str]]:
     return q, steps
 
 
-def _read_done(path: Path) -> list[dict[str, Any]]:
-    """Records already written (a partial file may end in a half-written line: drop it)."""
-    if not path.is_file():
-        return []
-    done = []
-    good_bytes = 0
-    with path.open("rb") as f:
-        for raw in f:
-            try:
-                done.append(json.loads(raw))
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                break
-            good_bytes += len(raw)
-    if good_bytes < path.stat().st_size:
-        with path.open("rb+") as f:
-            f.truncate(good_bytes)
-    return done
-
-
-def run(cfg: ScoreConfig) -> Path:
-    from tqdm import tqdm
-
+def check_score_config(cfg: ScoreConfig) -> tuple[Path, Path]:
+    """Errors caught before any model is loaded; returns (input, output)."""
     for key in ("model", "input", "output"):
         if not getattr(cfg, key):
             raise ConfigError(f"{key}: required (hiprm rm score model=CKPT input=IN.jsonl output=OUT.jsonl)")
-    src, out = Path(cfg.input), Path(cfg.output)
+    for key in ("batch_size", "max_tokens_per_batch", "chunk_size"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"{key}: must be >= 1, got {getattr(cfg, key)}")
+    src, out = check_input_file(cfg.input), Path(cfg.output)
     if src.resolve() == out.resolve():
         raise ConfigError("output: must differ from input")
+    if out.is_dir():
+        raise ConfigError(f"output: {out} is a folder; give a file path")
+    if not (Path(cfg.model) / "config.json").is_file():
+        raise ConfigError(f"model: {cfg.model} is not a checkpoint folder (no config.json)")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"output: cannot create {out.parent}: {e.strerror}") from None
+    return src, out
+
+
+def score_meta_path(out: Path) -> Path:
+    """Provenance of one output file, beside it: never the folder's meta.json, which belongs to
+    the run that made the folder (a data build, a training run)."""
+    return out.with_name(out.name + ".meta.json")
+
+
+def run(cfg: ScoreConfig) -> Path:
+    """Score every solution of `input` into `output`, resumable after a kill: records are appended
+    to `output.partial` a chunk at a time and renamed when all are done. The run identity (config
+    less OPERATIONAL_KEYS, and the model's weights fingerprint) is kept in `output.meta.json`; a
+    rerun with another identity is refused, naming the field, unless `overwrite=true` starts over.
+    The input may grow between runs: the records already scored must match it one for one."""
+    from tqdm import tqdm
+
+    src, out = check_score_config(cfg)
     rows = [(line, obj, *_check_record(obj, src, line)) for line, obj in read_jsonl(src)]
-    out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")
+    meta_path = score_meta_path(out)
+    identity = {**to_dict(cfg), "weights": weights_fingerprint(cfg.model)}
+    if (partial.exists() or out.exists()) and not cfg.overwrite:
+        old = read_json(meta_path).get("config") if meta_path.is_file() else None
+        if old is None:
+            raise ConfigError(f"output: {out} exists without {meta_path.name} (not made by this command?); "
+                              "set overwrite=true to replace it")  # fmt: skip
+        diff = identity_diff(old, identity, OPERATIONAL_KEYS)
+        if diff:
+            raise ConfigError(f"output: {out} was made by another run ({'; '.join(diff)}); "
+                              "set overwrite=true to start over, or use another output")  # fmt: skip
+    if cfg.overwrite:
+        partial.unlink(missing_ok=True)
+        out.unlink(missing_ok=True)
     if not partial.exists() and out.is_file():
         partial.write_bytes(out.read_bytes())  # rerun on a grown input: continue from the output
-    done = _read_done(partial)
+    done = read_appended(partial)
     for (line, _, q, steps), rec in zip(rows, done, strict=False):
-        if rec.get("question") != q or rec.get("steps") != steps:
-            raise DataError(partial, f"holds a different record than {src}:{line}; delete it to start over", len(done))
+        if not isinstance(rec, dict) or rec.get("question") != q or rec.get("steps") != steps:
+            raise DataError(partial, f"holds a different record than {src}:{line}; set overwrite=true to start over",
+                            len(done))  # fmt: skip
     if len(done) > len(rows):
-        raise DataError(partial, f"has {len(done)} records but {src} only {len(rows)}; delete it to start over")
+        raise DataError(partial, f"has {len(done)} records but {src} only {len(rows)}; set overwrite=true to start over")
     if done:
         log.info("resuming: %d of %d solutions already scored in %s", len(done), len(rows), partial)
+    write_json(meta_path, {"config": identity, "status": "running", "inputs": {str(src): sha256_file(src)}})
     todo = rows[len(done) :]
     scorer = Scorer.from_pretrained(cfg.model, cfg.device, cfg.dtype, cfg.batch_size,
                                     cfg.max_tokens_per_batch) if todo else None
     with tqdm(total=len(rows), initial=len(done), desc="scoring", unit="sol") as bar, \
             partial.open("a", encoding="utf-8") as f:
-        for start in range(0, len(todo), max(cfg.chunk_size, 1)):
+        for start in range(0, len(todo), cfg.chunk_size):
             chunk = todo[start : start + cfg.chunk_size]
             rewards = scorer.score_batch([(q, steps) for _, _, q, steps in chunk])  # type: ignore[union-attr]
             for (_, obj, _, _), r in zip(chunk, rewards, strict=True):
@@ -366,6 +405,6 @@ def run(cfg: ScoreConfig) -> Path:
             os.fsync(f.fileno())
             bar.update(len(chunk))
     os.replace(partial, out)
-    write_meta(out.parent, to_dict(cfg), inputs=[src], n_solutions=len(rows),
-               n_steps=sum(len(r[3]) for r in rows))
+    write_json(meta_path, {"config": identity, "status": "done", "inputs": {str(src): sha256_file(src)},
+                           "n_solutions": len(rows), "n_steps": sum(len(r[3]) for r in rows)})  # fmt: skip
     return out

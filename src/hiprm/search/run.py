@@ -35,6 +35,7 @@ from hiprm.artifacts import (
     atomic_write,
     read_appended,
     start_or_resume,
+    weights_fingerprint,
     write_json,
     write_jsonl,
 )
@@ -350,7 +351,10 @@ def run(cfg: EvalConfig, *, policy: Any = None, scorers: dict[str, Any] | None =
     out_dir = Path(cfg.out_dir)
     run_dir = out_dir / "shards" / f"{shard[0]}-of-{shard[1]}" if shard else out_dir
     problems, data_path = load_problems(cfg)
-    config = to_dict(cfg)
+    # A reward model or policy retrained at the same path is another run: their weights are
+    # part of the identity, like the dataset's contents (`inputs`).
+    config = {**to_dict(cfg), "weights": {k: weights_fingerprint(getattr(cfg, k)) for k in ("orm", "prm", "hrm")
+                                          if getattr(cfg, k)} | {"policy": weights_fingerprint(cfg.policy.model)}}
     results_path = run_dir / "problems.jsonl"
     if not cfg.report_only:
         done = start_or_resume(run_dir, "problems.jsonl", config, [p.problem_id for p in problems],

@@ -172,3 +172,33 @@ def test_phase2_example_record(shared_data):
     # 5 pairs along the labelled prefix + 4 pairs (chosen step 5, each error-step alternative)
     assert len(pairs) == 9
     assert [e.label for e in pairs[-4:]] == [0.0, 1.0, 1.0, 1.0]
+
+
+def test_export_trl_keeps_each_previous_steps_label(shared_data, tmp_path):
+    """Phase-2 trajectories go through neutral steps: the TRL export must say so (TRL's own
+    converter labels a step true only for rating == 1), checked on the export as `datasets`
+    loads it against the record's ratings."""
+    import datasets
+
+    from hiprm.artifacts import write_jsonl
+    from hiprm.cli import main
+
+    (sol,) = read_prm800k(shared_data / "prm800k" / "phase2_test_example.json")
+    chosen = [s.chosen_rating for s in sol.steps if s.chosen is not None]
+    assert 0 in chosen  # the record does go through a neutral step
+    src = tmp_path / "ex.jsonl"
+    examples = build_examples([sol], "hrm")
+    write_jsonl(src, examples)
+    assert main(["data", "export-trl", str(src), f"out={tmp_path / 'trl.jsonl'}"]) == 0
+    rows = datasets.load_dataset("json", data_files=str(tmp_path / "trl.jsonl"), split="train")
+    assert len(rows) == len(examples)
+    for row, ex in zip(rows, examples, strict=True):
+        n = len(ex.previous_steps)
+        assert row["labels"][:n] == [r in (1, None) for r in chosen[:n]]
+        assert row["labels"][n] == (ex.label >= 0.5) and row["completions"][-1] == ex.current_step
+    assert any(not all(r["labels"][:-1]) for r in rows)  # the old export wrote all true here
+    # A file without previous labels (built before them) is refused, naming the field.
+    old = [{k: v for k, v in e.to_dict().items() if k != "previous_labels"} for e in examples]
+    write_jsonl(src, old)
+    assert main(["data", "export-trl", str(src), f"out={tmp_path / 'old.jsonl'}"]) == 2
+    assert not (tmp_path / "old.jsonl").exists()

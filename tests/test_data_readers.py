@@ -148,8 +148,11 @@ def test_cli_build_orm_on_real_test_file(shared_data, tmp_path, capsys):
 def test_stats_and_export_validate_examples_like_the_trainer(tmp_path, capsys):
     p = tmp_path / "ex.jsonl"
     good = {"problem_id": "a", "question": "Q", "previous_steps": [], "current_step": "s", "label": 1.0, "kind": "prm"}
-    p.write_text(json.dumps(good) + "\n" + json.dumps({**good, "label": 1.5}) + "\n")
+    p.write_text(json.dumps(good) + "\n" + json.dumps({**good, "label": 1.5}) + "\n"
+                 + json.dumps({**good, "previous_steps": ["x"], "previous_labels": [2]}) + "\n")
     assert main(["data", "stats", str(p)]) == 2
     assert f"{p}:2: field 'label': expected a number in [0, 1]" in capsys.readouterr().err
+    assert main(["data", "stats", str(p), "--skip-bad"]) == 0
+    assert "previous_labels[0]" in capsys.readouterr().out + capsys.readouterr().err
     assert main(["data", "export-trl", str(p), "--skip-bad", f"out={tmp_path / 't.jsonl'}"]) == 0
     assert len((tmp_path / "t.jsonl").read_text().splitlines()) == 1

@@ -61,6 +61,7 @@ def test_prm_labels_are_mc_scores_conditioned_on_the_path(forest, tmp_path):
         node = t.node(nid)
         assert r["label"] == node.mc and r["kind"] == "prm" and r["current_step"] == node.step
         assert r["previous_steps"] == [n.step for n in path_to(t, nid)[1:-1]]
+        assert r["previous_labels"] == [n.mc for n in path_to(t, nid)[1:-1]]  # what export-trl writes
 
 
 def test_hrm_split_by_problem_and_hnc_on_train_only(forest, tmp_path, capsys):

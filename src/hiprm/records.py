@@ -125,6 +125,9 @@ class RMExample:
     kind: str
     ratings: list[int | None] = field(default_factory=list)
     source: str = ""
+    # One label per previous step, as the current step's label would be (PRM800K ratings, tree
+    # MC-scores); what `data export-trl` writes for them. Empty in files built before it existed.
+    previous_labels: list[float | None] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         # Written by hand: dataclasses.asdict deep-copies every step string, which made
@@ -138,6 +141,7 @@ class RMExample:
             "kind": self.kind,
             "ratings": self.ratings,
             "source": self.source,
+            "previous_labels": self.previous_labels,
         }
 
     @classmethod
@@ -151,6 +155,7 @@ class RMExample:
             kind=d["kind"],
             ratings=list(d.get("ratings", [])),
             source=d.get("source", ""),
+            previous_labels=list(d.get("previous_labels", [])),
         )
 
 
@@ -173,6 +178,13 @@ def example_from_json(obj: Any, path: str | Path, line: int) -> RMExample:
         raise DataError(path, f"expected a number in [0, 1], got {label!r}", line, "label")
     if obj.get("kind") not in EXAMPLE_KINDS:
         raise DataError(path, f"expected one of {list(EXAMPLE_KINDS)}, got {obj.get('kind')!r}", line, "kind")
+    prev_labels = obj.get("previous_labels", [])
+    if not isinstance(prev_labels, list) or (prev_labels and len(prev_labels) != len(obj["previous_steps"])):
+        raise DataError(path, f"expected one label per previous step ({len(obj['previous_steps'])}), got {prev_labels!r}",
+                        line, "previous_labels")  # fmt: skip
+    for i, v in enumerate(prev_labels):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or not 0.0 <= v <= 1.0):
+            raise DataError(path, f"expected a number in [0, 1] or null, got {v!r}", line, f"previous_labels[{i}]")
     try:
         return RMExample.from_dict(obj)
     except (KeyError, TypeError, ValueError) as e:

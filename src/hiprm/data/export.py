@@ -3,11 +3,15 @@
     hiprm data export-trl runs/data/hrm/train.jsonl out=runs/data/hrm/train.trl.jsonl
 
 TRL's stepwise format is one row per solution: `{"prompt": str, "completions": [str], "labels":
-[bool]}` with a label for every completion. Our examples label only their *current* step, so
-each example becomes one row whose completions are `previous_steps + [current_step]`; the
-previous steps are the chosen trajectory and get `true`, and the row carries
-`"train_on_last_step_only": true` plus the exact `"label"` (soft labels survive). Train with
-TRL's `train_on_last_step_only=True` so only the labelled last step counts. Rows load with
+[bool]}` with a label for every completion. Each example becomes one row whose completions are
+`previous_steps + [current_step]`. The previous steps get their own labels, kept in the example
+record by `hiprm data build` (`previous_labels`: from PRM800K ratings, +1 or human-written ->
+true, as TRL's own PRM800K converter reads `rating == 1`; from trees, MC-score >= 0.5): phase-2
+trajectories go through neutral steps, and tree paths through doubtful ones, so "every previous
+step is correct" would be wrong. The row also carries the exact soft values (`"label"`,
+`"previous_labels"`) and `"train_on_last_step_only": true`: with TRL's option of that name only
+the example's own step counts, as in hiprm's training. A file built before `previous_labels`
+existed is refused (rebuild it) rather than exported with guessed labels. Rows load with
 `datasets.load_dataset("json", data_files=...)`.
 """
 
@@ -31,14 +35,19 @@ class ExportConfig:
 def to_trl(row: dict[str, Any]) -> dict[str, Any]:
     """One example dict -> one TRL stepwise row.
 
-    >>> to_trl({"question": "Q", "previous_steps": ["a"], "current_step": "b", "label": 0.0, "kind": "prm"})["labels"]
-    [True, False]
+    >>> to_trl({"question": "Q", "previous_steps": ["a", "b"], "current_step": "c", "label": 0.0, "kind": "prm",
+    ...         "previous_labels": [1.0, 0.0]})["labels"]
+    [True, False, False]
     """
+    prev = row.get("previous_labels") or []
+    if len(prev) != len(row["previous_steps"]) or any(v is None for v in prev):
+        raise ValueError("previous_labels: missing or unknown for some previous step")
     return {
         "prompt": row["question"],
         "completions": [*row["previous_steps"], row["current_step"]],
-        "labels": [True] * len(row["previous_steps"]) + [float(row["label"]) >= 0.5],
+        "labels": [float(v) >= 0.5 for v in prev] + [float(row["label"]) >= 0.5],
         "label": float(row["label"]),
+        "previous_labels": [float(v) for v in prev],
         "kind": row["kind"],
         "train_on_last_step_only": True,
     }
@@ -51,7 +60,15 @@ def run(cfg: ExportConfig) -> Path:
     out = Path(cfg.out) if cfg.out else src.with_name(src.name.removesuffix(".jsonl") + ".trl.jsonl")
     skip_log = SkipLog() if cfg.skip_bad else None
     rows = load_rows(src, skip_log)  # validated: every row has question, steps, label, kind
-    n = write_jsonl(out, (to_trl(r) for r in rows))
+    converted = []
+    for k, r in enumerate(rows, 1):
+        try:
+            converted.append(to_trl(r))
+        except ValueError:
+            raise DataError(src, "no label for some previous step (a file built before `previous_labels`, or "
+                            "a tree node without an MC-score); rebuild it with `hiprm data build`", k,
+                            "previous_labels") from None  # fmt: skip
+    n = write_jsonl(out, converted)
     print(f"wrote {n} TRL stepwise rows to {out}")
     if skip_log is not None:
         print(skip_log.summary())

@@ -63,6 +63,19 @@ def merged_label(first: int | None, second: int) -> float:
     return TABLE6[(_cls(first), "pos" if second == 1 else "neu/neg")]
 
 
+def chosen_label(rating: int | None, neutral: Neutral = "negative") -> float:
+    """Label of a chosen (previous) step: its rating as `step_label` reads it, and 1.0 for a
+    human-written step (PRM800K labelers write one when no model step was good). A neutral step
+    is not dropped here (it is context, not an example): "drop" counts it as negative.
+
+    >>> chosen_label(1), chosen_label(None), chosen_label(0), chosen_label(0, "positive"), chosen_label(-1)
+    (1.0, 1.0, 0.0, 1.0, 0.0)
+    """
+    if rating is None:
+        return 1.0
+    return step_label(rating, "negative" if neutral == "drop" else neutral)  # type: ignore[return-value]
+
+
 def prm_examples(sol: Solution, neutral: Neutral = "negative") -> Iterator[RMExample]:
     """Eq. 1: every rated completion of step i given the chosen steps before it.
 
@@ -70,14 +83,17 @@ def prm_examples(sol: Solution, neutral: Neutral = "negative") -> Iterator[RMExa
     ([], s0) -> rating of s0; ([s0], c) for each rated completion c of step 1.
     """
     prefix: list[str] = []
+    prefix_labels: list[float | None] = []
     for step in sol.steps:
         for c in step.rated():
             label = step_label(c.rating, neutral)
             if label is not None:
-                yield RMExample(sol.problem_id, sol.question, list(prefix), c.text, label, "prm", [c.rating], sol.source)
+                yield RMExample(sol.problem_id, sol.question, list(prefix), c.text, label, "prm", [c.rating], sol.source,
+                                list(prefix_labels))  # fmt: skip
         if step.chosen is None:
             break
         prefix.append(step.chosen)
+        prefix_labels.append(chosen_label(step.chosen_rating, neutral))
 
 
 def hrm_pair_examples(sol: Solution, neutral: Neutral = "negative", separator: str = "\n\n") -> Iterator[RMExample]:
@@ -91,6 +107,7 @@ def hrm_pair_examples(sol: Solution, neutral: Neutral = "negative", separator: s
         if first.chosen is None:
             break
         prefix = [s.chosen for s in sol.steps[:i]]
+        prefix_labels: list[float | None] = [chosen_label(s.chosen_rating, neutral) for s in sol.steps[:i]]
         for c in sol.steps[i + 1].rated():
             if neutral == "drop" and c.rating == 0:
                 continue
@@ -103,6 +120,7 @@ def hrm_pair_examples(sol: Solution, neutral: Neutral = "negative", separator: s
                 "hrm_pair",
                 [first.chosen_rating, c.rating],
                 sol.source,
+                prefix_labels,
             )
 
 
@@ -126,7 +144,8 @@ def orm_examples(sol: Solution, grade: Callable[[str, str], bool | None]) -> Ite
         ok = grade(text, sol.reference_answer)
         if ok is None:
             continue
-        yield RMExample(sol.problem_id, sol.question, list(head), text, 1.0 if ok else 0.0, "orm", [], sol.source)  # type: ignore[arg-type]
+        yield RMExample(sol.problem_id, sol.question, list(head), text, 1.0 if ok else 0.0, "orm", [], sol.source,  # type: ignore[arg-type]
+                        [chosen_label(s.chosen_rating) for s in sol.steps[:-1]])  # fmt: skip
 
 
 def build_examples(

@@ -145,18 +145,23 @@ def tree_examples(
     has_child = bytearray(n)
     for i in range(1, n):
         has_child[pidx[i]] = 1
+    def label_of(i: int, mc: float) -> float:
+        if not 0.0 <= mc <= 1.0:
+            raise DataError(source, f"mc {mc} is not in [0, 1]", None, f"nodes[{i}] (id {nodes[i].id}).mc")
+        return mc if label_rule == "soft" else node_label(mc, label_rule, hard_threshold)
+
+    # path[i] / plab[i]: the steps to node i and their labels (by the same rule as the examples'),
+    # for parents only, shared by their children's examples.
     path: list[list[str] | None] = [None] * n
-    path[0] = []
+    plab: list[list[float | None] | None] = [None] * n
+    path[0], plab[0] = [], []
     for i in range(1, n):
         par = pidx[i]
         ctx[i] = hash((ctx[par], nodes[i].step))
         if has_child[i]:
             path[i] = [*path[par], nodes[i].step]  # type: ignore[misc]
-
-    def label_of(i: int, mc: float) -> float:
-        if not 0.0 <= mc <= 1.0:
-            raise DataError(source, f"mc {mc} is not in [0, 1]", None, f"nodes[{i}] (id {nodes[i].id}).mc")
-        return mc if label_rule == "soft" else node_label(mc, label_rule, hard_threshold)
+            mc = nodes[i].mc
+            plab[i] = [*plab[par], None if mc is None else label_of(i, mc)]  # type: ignore[misc]
 
     scored = [i for i in range(1, n) if nodes[i].mc is not None]
     if balance:
@@ -167,11 +172,12 @@ def tree_examples(
         labels[i] = label_of(i, nodes[i].mc)  # type: ignore[arg-type]
     out: list[dict[str, Any]] = []
     emit = _Emitter(pid, question, source, seen, out, counts)
-    emit([(ctx[pidx[i]], path[pidx[i]], nodes[i].step, labels[i], nodes[i].id) for i in scored], "prm")
+    emit([(ctx[pidx[i]], path[pidx[i]], plab[pidx[i]], nodes[i].step, labels[i], nodes[i].id) for i in scored], "prm")
     if kind == "prm":
         return out
     gps = [(i, pidx[i], pidx[pidx[i]]) for i in scored if pidx[i] > 0]
-    emit([(ctx[g], path[g], nodes[p].step + separator + nodes[i].step, labels[i], nodes[i].id) for i, p, g in gps], "hrm_pair")  # fmt: skip
+    emit([(ctx[g], path[g], plab[g], nodes[p].step + separator + nodes[i].step, labels[i], nodes[i].id)
+          for i, p, g in gps], "hrm_pair")  # fmt: skip
     if not with_hnc:
         return out
     score = "child_mean" if tree.mc_from == "child_mean" else "leaf_fraction"
@@ -188,15 +194,15 @@ def tree_examples(
         # Node i of the HNC tree is node i of the input, and its rendered path is the input's,
         # so the input's ctx keys serve the new tree.
         pars = [new_index[new.nodes[j].parent] for j in group]  # type: ignore[index]
-        specs = [(ctx[q], _steps_to(new, q), new.nodes[j].step, label_of(j, new.nodes[j].mc), new.nodes[j].id)  # type: ignore[arg-type]
-                 for j, q in zip(group, pars, strict=True)]  # fmt: skip
+        specs = [(ctx[q], *_steps_to(new, q, label_of), new.nodes[j].step, label_of(j, new.nodes[j].mc),  # type: ignore[arg-type]
+                  new.nodes[j].id) for j, q in zip(group, pars, strict=True)]  # fmt: skip
         counts[name] += emit(specs, kind_)
     return out
 
 
 class _Emitter:
-    """Appends example dicts for (ctx key, previous steps, step, label, node id) specs, dropping
-    duplicates by (ctx key, step, label); one tight loop, as this runs once per node."""
+    """Appends example dicts for (ctx key, previous steps, their labels, step, label, node id)
+    specs, dropping duplicates by (ctx key, step, label); one tight loop, as this runs once per node."""
 
     def __init__(self, pid: str, question: str, source: str, seen: set, out: list, counts: Counter):
         self.pid, self.question, self.source, self.seen, self.out, self.counts = (
@@ -208,32 +214,34 @@ class _Emitter:
             counts,
         )
 
-    def __call__(self, specs: list[tuple[int, list[str], str, float, str]], kind: str) -> int:
+    def __call__(self, specs: list[tuple[int, list[str], list[float | None], str, float, str]], kind: str) -> int:
         pid, question, source, seen, append = self.pid, self.question, self.source, self.seen, self.out.append
         before = len(self.out)
         dups = 0
-        for ctx_key, prev, step, label, nid in specs:
+        for ctx_key, prev, prev_labels, step, label, nid in specs:
             key = (ctx_key, step, label)
             if key in seen:
                 dups += 1
                 continue
             seen.add(key)
             append({"problem_id": pid, "question": question, "previous_steps": prev, "current_step": step,
-                    "label": label, "kind": kind, "ratings": _NO_RATINGS, "source": f"{source}#{nid}"})  # fmt: skip
+                    "label": label, "kind": kind, "ratings": _NO_RATINGS, "source": f"{source}#{nid}",
+                    "previous_labels": prev_labels})  # fmt: skip
         made = len(self.out) - before
         self.counts[kind] += made
         self.counts["duplicates"] += dups
         return made
 
 
-def _steps_to(tree: Tree, i: int) -> list[str]:
-    """The step texts from the root's child down to node i (i = 0 gives [])."""
-    steps = []
+def _steps_to(tree: Tree, i: int, label_of: Any) -> tuple[list[str], list[float | None]]:
+    """The step texts from the root's child down to node i (i = 0 gives []), and their labels."""
+    steps, labels = [], []
     nodes, index = tree.nodes, tree._index
     while i > 0:
         steps.append(nodes[i].step)
+        labels.append(None if nodes[i].mc is None else label_of(i, nodes[i].mc))
         i = index[nodes[i].parent]  # type: ignore[index]
-    return steps[::-1]
+    return steps[::-1], labels[::-1]
 
 
 def forest_examples(

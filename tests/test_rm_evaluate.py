@@ -221,3 +221,30 @@ def test_pair_rewards_same_with_every_scorer_interface(tmp_path_factory, tiny_to
              ([], "so x = 7")]
     assert pair_rewards(scorer, "What is 2 + 3?", pairs) == pytest.approx(
         pair_rewards(OnlyScore(), "What is 2 + 3?", pairs), abs=1e-5)
+
+
+@pytest.mark.parametrize("neutral", ["negative", "drop", "positive"])
+def test_evaluation_items_are_the_training_data_definition(shared_data, neutral):
+    """One definition of a PRM example: the (question, previous steps, step, label) items that
+    `rm eval` classifies on the phase-1 test file are exactly the PRM examples `data build`
+    makes from it."""
+    from collections import Counter
+
+    from hiprm.data.labels import build_examples
+    from hiprm.data.prm800k import read_prm800k
+    from hiprm.rm.evaluate import EvalConfig, classification_rows, step_groups
+
+    skip = EvalConfig().skip_finish_reasons
+    sols = [s for s in read_prm800k(shared_data / "prm800k" / "phase1_test.jsonl") if s.finish_reason not in skip]
+    groups = step_groups(sols)
+    # Each item's "reward" is its own index, so the rows say which item got which label.
+    items = [(g.question, tuple(g.prefix), t) for g in groups for t in g.texts]
+    rewards, k = [], 0
+    for g in groups:
+        rewards.append(list(range(k, k + len(g.texts))))
+        k += len(g.texts)
+    labels, picked = classification_rows(groups, rewards, neutral)
+    got = Counter((*items[i], y) for i, y in zip(picked, labels, strict=True))
+    want = Counter((e.question, tuple(e.previous_steps), e.current_step, e.label)
+                   for e in build_examples(sols, "prm", neutral=neutral))  # fmt: skip
+    assert got == want and sum(want.values()) > 2000

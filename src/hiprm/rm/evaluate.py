@@ -26,12 +26,13 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from hiprm.artifacts import append_jsonl, atomic_write, write_json, write_meta
 from hiprm.config import ConfigError, to_dict
+from hiprm.data.labels import Neutral, step_label
 from hiprm.records import Solution, StepVerdicts
 from hiprm.rm.metrics import (
     binary_metrics,
@@ -44,7 +45,7 @@ from hiprm.rm.metrics import (
 
 log = logging.getLogger(__name__)
 
-Neutral = Literal["negative", "positive", "drop"]
+
 
 
 # ---- pure parts: examples and metrics ---------------------------------------------------------
@@ -64,29 +65,23 @@ class StepGroup:
 def step_groups(solutions: Sequence[Solution]) -> list[StepGroup]:
     """One group per step that has rated completions; prefix = chosen steps before it.
 
-    Same conditioning as `hiprm.data.labels.prm_examples` (the training data).
+    Built from `hiprm.data.labels.prm_examples`, the one definition of a PRM example (the
+    training data's conditioning), with `neutral="positive"` so that no rated completion is
+    dropped here; labels are applied per `neutral` by `classification_rows`, again with the
+    training data's `step_label`.
     """
-    groups = []
+    from hiprm.data.labels import prm_examples
+
+    groups: list[StepGroup] = []
     for n, sol in enumerate(solutions):
-        prefix: list[str] = []
-        for step in sol.steps:
-            rated = step.rated()
-            if rated:
-                groups.append(StepGroup(sol.question, list(prefix), [c.text for c in rated],
-                                        [int(c.rating) for c in rated], n))  # type: ignore[arg-type]
-            if step.chosen is None:
-                break
-            prefix.append(step.chosen)
+        cur: StepGroup | None = None
+        for ex in prm_examples(sol, neutral="positive"):
+            if cur is None or len(ex.previous_steps) != len(cur.prefix):  # the next step
+                cur = StepGroup(sol.question, ex.previous_steps, [], [], n)
+                groups.append(cur)
+            cur.texts.append(ex.current_step)
+            cur.ratings.append(int(ex.ratings[0]))  # type: ignore[arg-type]
     return groups
-
-
-def label_of(rating: int, neutral: Neutral) -> float | None:
-    """+1 -> 1.0, -1 -> 0.0, 0 -> per `neutral` (None = dropped), as in data building."""
-    if rating == 1:
-        return 1.0
-    if rating == -1:
-        return 0.0
-    return {"negative": 0.0, "positive": 1.0, "drop": None}[neutral]
 
 
 def classification_rows(groups: Sequence[StepGroup], rewards: Sequence[Sequence[float]],
@@ -95,7 +90,7 @@ def classification_rows(groups: Sequence[StepGroup], rewards: Sequence[Sequence[
     labels, scores = [], []
     for g, r in zip(groups, rewards, strict=True):
         for rating, s in zip(g.ratings, r, strict=True):
-            y = label_of(rating, neutral)
+            y = step_label(rating, neutral)
             if y is not None:
                 labels.append(y)
                 scores.append(s)

@@ -44,7 +44,7 @@ def main() -> int:
         n = sum(1 for _ in open(f"{tmp}/hrm/train.jsonl")) + sum(1 for _ in open(f"{tmp}/hrm/val.jsonl"))
 
         def baseline() -> None:
-            examples = make_examples(cfg)
+            examples, _ = make_examples(cfg)
             with open(f"{tmp}/baseline.jsonl", "w", encoding="utf-8") as f:
                 for e in examples:
                     f.write(json.dumps(dataclasses.asdict(e), ensure_ascii=False) + "\n")

@@ -202,3 +202,23 @@ def test_export_trl_keeps_each_previous_steps_label(shared_data, tmp_path):
     write_jsonl(src, old)
     assert main(["data", "export-trl", str(src), f"out={tmp_path / 'old.jsonl'}"]) == 2
     assert not (tmp_path / "old.jsonl").exists()
+
+
+def test_build_drops_duplicates_and_averages_conflicts(shared_data, tmp_path, capsys):
+    """Phase-1 train HRM: 3,074 exact duplicates (41 with disagreeing labels) are dropped by
+    default and counted; dedupe=false keeps them."""
+    import json
+
+    from hiprm.data.build import BuildConfig, run
+
+    src = str(shared_data / "prm800k" / "phase1_train.reconstructed.jsonl")
+    out = run(BuildConfig(kind="hrm", input=src, out_dir=str(tmp_path / "d"), val_fraction=0))
+    counts = json.loads((out / "meta.json").read_text())["counts"]
+    assert (counts["duplicates_dropped"], counts["duplicate_conflicts"]) == (3074, 41)
+    assert "3074 dropped" in capsys.readouterr().out
+    rows = [json.loads(x) for x in (out / "train.jsonl").read_text().splitlines()]
+    keys = [(r["question"], tuple(r["previous_steps"]), r["current_step"]) for r in rows]
+    assert len(keys) == len(set(keys)) == 71098
+    assert sum(1 for r in rows if 0 < r["label"] < 1) == 41
+    full = run(BuildConfig(kind="hrm", input=src, out_dir=str(tmp_path / "all"), val_fraction=0, dedupe=False))
+    assert sum(1 for _ in (full / "train.jsonl").open()) == 74172

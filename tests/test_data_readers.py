@@ -123,7 +123,9 @@ def test_cli_bad_input_exits_2_and_leaves_no_output(tmp_path, capsys):
     captured = capsys.readouterr()
     assert rc == 0
     assert "skipped 1 bad lines (1 x invalid JSON" in captured.out
-    assert len((out / "train.jsonl").read_text().splitlines()) == 4
+    # The two good lines are one record twice: the second copy's examples are duplicates, dropped.
+    assert len((out / "train.jsonl").read_text().splitlines()) == 2
+    assert "duplicates: 2 dropped" in captured.out
     assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "meta.json", "train.jsonl", "val.jsonl"]
 
 

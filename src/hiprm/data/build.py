@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Literal
 
 from hiprm.artifacts import DataError, SkipLog, write_jsonl, write_meta
-from hiprm.data.labels import Neutral, build_examples
+from hiprm.data.labels import Neutral, build_examples, dedupe
 from hiprm.data.prm800k import read_prm800k
 from hiprm.data.stats import compute_stats, format_stats
 from hiprm.data.trees import forest_examples, read_forest
@@ -50,6 +50,9 @@ class BuildConfig:
     max_problems: int | None = None
     skip_bad: bool = False
     quiet: bool = False
+    # One example per distinct (question, previous steps, current step); disagreeing copies get
+    # the mean label (hiprm.data.labels.dedupe). false = keep every copy.
+    dedupe: bool = True
     # Trees instead of PRM800K (`input` is then unused); merge_separator joins pairs and HNC steps.
     trees: str = ""
     label_rule: Literal["soft", "hard"] = "soft"  # soft: label = MC-score; hard: mc >= hard_threshold
@@ -97,12 +100,14 @@ def _grader():
     return grade
 
 
-def make_examples(cfg: BuildConfig, skip_log: SkipLog | None = None) -> list[RMExample]:
-    """Read the input and return all examples of `cfg.kind` (no split, no writing)."""
+def make_examples(cfg: BuildConfig, skip_log: SkipLog | None = None) -> tuple[list[RMExample], dict[str, int]]:
+    """Read the input and return all examples of `cfg.kind` (no split, no writing), and the
+    duplicate counts."""
     solutions = select_solutions(read_prm800k(cfg.input, skip_log), cfg)
     neutral: Neutral = cfg.neutral
     grade = _grader() if cfg.kind == "orm" else None
-    return build_examples(solutions, cfg.kind, neutral, cfg.merge_separator, grade)
+    examples = build_examples(solutions, cfg.kind, neutral, cfg.merge_separator, grade)
+    return dedupe(examples) if cfg.dedupe else (examples, {})
 
 
 def tree_split_examples(
@@ -135,13 +140,14 @@ def run(cfg: BuildConfig) -> Path:
     skip_log = SkipLog() if cfg.skip_bad else None
     source = cfg.trees or cfg.input
     tree_counts: dict = {}
+    dup_counts: dict[str, int] = {}
     if cfg.trees:
         train, val, val_ids, tree_counts = tree_split_examples(cfg, skip_log)
         rows = train + val
         if not rows:
             raise DataError(cfg.trees, f"no {cfg.kind} examples could be built (no node has an MC-score)")
     else:
-        examples = make_examples(cfg, skip_log)
+        examples, dup_counts = make_examples(cfg, skip_log)
         if not examples:
             raise DataError(cfg.input, f"no {cfg.kind} examples could be built (check finish reasons and ratings)")
         val_ids = split_by_problem([e.problem_id for e in examples], cfg.val_fraction, cfg.seed)
@@ -162,6 +168,7 @@ def run(cfg: BuildConfig) -> Path:
             "train_problems": len({r["problem_id"] for r in train}),
             "val_problems": len(val_ids),
             "skipped_bad_lines": skip_log.count if skip_log else 0,
+            **dup_counts,
         },
         stats=stats,
         **extra,
@@ -174,6 +181,9 @@ def run(cfg: BuildConfig) -> Path:
         print(format_stats(stats, title=f"{cfg.kind} examples from {source}"))
         if cfg.trees:
             _print_tree_counts(tree_counts)
+        if dup_counts:
+            print(f"duplicates: {dup_counts['duplicates_dropped']} dropped (same question, previous steps and step), "
+                  f"{dup_counts['duplicate_conflicts']} with disagreeing labels given their mean")  # fmt: skip
         print(f"train {len(train)} / val {len(val)} examples ({len(val_ids)} validation problems)")
         print(f"built in {time.perf_counter() - start:.2f}s")
     return out_dir

@@ -20,6 +20,7 @@ neutral, since their label is decided by that step).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 from typing import Literal
 
 from hiprm.records import RMExample, Solution
@@ -146,6 +147,41 @@ def orm_examples(sol: Solution, grade: Callable[[str, str], bool | None]) -> Ite
             continue
         yield RMExample(sol.problem_id, sol.question, list(head), text, 1.0 if ok else 0.0, "orm", [], sol.source,  # type: ignore[arg-type]
                         [chosen_label(s.chosen_rating) for s in sol.steps[:-1]])  # fmt: skip
+
+
+def dedupe(examples: Iterable[RMExample]) -> tuple[list[RMExample], dict[str, int]]:
+    """One example per distinct input (question, previous steps, current step), first kept.
+
+    PRM800K has several trajectories per problem that share a prefix, so the same rated step
+    comes back as the same example (4.1% of phase-1 train HRM examples); training on copies
+    weights them twice, and the reference code drops them. Copies whose labels disagree (two
+    labelers, or a pair labelled through different first-step ratings) become one example
+    labelled with the mean of their labels: the soft-label loss then fits the share of positive
+    verdicts, rather than one of them picked by file order.
+
+    >>> a = RMExample("p", "q", [], "s", 1.0, "prm")
+    >>> kept, counts = dedupe([a, a, RMExample("p", "q", [], "s", 0.0, "prm"), RMExample("p", "q", [], "t", 1.0, "prm")])
+    >>> [(e.current_step, e.label) for e in kept], counts
+    ([('s', 0.6666666666666666), ('t', 1.0)], {'duplicates_dropped': 2, 'duplicate_conflicts': 1})
+    """
+    first: dict[tuple, int] = {}
+    labels: dict[int, list[float]] = {}
+    kept: list[RMExample] = []
+    for e in examples:
+        key = (e.question, tuple(e.previous_steps), e.current_step)
+        k = first.get(key)
+        if k is None:
+            first[key] = len(kept)
+            kept.append(e)
+        else:
+            labels.setdefault(k, [kept[k].label]).append(e.label)
+    conflicts = 0
+    for k, ls in labels.items():
+        if len(set(ls)) > 1:
+            conflicts += 1
+            kept[k] = replace(kept[k], label=sum(ls) / len(ls))
+    dropped = sum(len(ls) - 1 for ls in labels.values())
+    return kept, {"duplicates_dropped": dropped, "duplicate_conflicts": conflicts}
 
 
 def build_examples(

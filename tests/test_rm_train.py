@@ -297,7 +297,7 @@ def test_two_process_data_parallel_under_accelerate(toy_data, tiny_backbone_dir)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     meta = json.loads((out / "meta.json").read_text())
-    assert meta["world_size"] == 2 and meta["global_step"] == 6
+    assert meta["world_size"] == 2 and meta["global_step"] == 6 and meta["batching"] == "trie"
     # 6 steps x 4 rows x 2 processes = 48 examples seen: 0.3 of the 160-example epoch.
     epochs = [r["epoch"] for r in metric_rows(out) if "loss" in r]
     assert epochs[-1] == pytest.approx(48 / 160, abs=0.01)
@@ -353,3 +353,14 @@ def test_final_metrics_come_from_the_kept_checkpoint_without_revalidating(toy_da
     best_step = int(Path(meta["best_checkpoint"]).name.split("-")[1])
     logged = [r for r in metric_rows(out) if r.get("step") == best_step and "eval_loss" in r]
     assert logged and meta["validation"]["eval_loss"] == pytest.approx(logged[-1]["eval_loss"])
+
+
+def test_a_failed_start_does_not_block_the_corrected_rerun(toy_data, tiny_backbone_dir):
+    """model.name pointing nowhere fails after the output folder was opened; the same folder
+    with the right name must train, not be refused as another config."""
+    with pytest.raises(Exception, match="nowhere"):
+        run(make_cfg(toy_data, tiny_backbone_dir, f"model.name={toy_data / 'nowhere'}", "optim.max_steps=2"))
+    assert (toy_data / "out" / "meta.json").is_file()
+    out = run(make_cfg(toy_data, tiny_backbone_dir, "optim.max_steps=2", "eval.every_steps=2",
+                       "checkpoint.every_steps=2"))  # fmt: skip
+    assert json.loads((out / "meta.json").read_text())["status"] == "done"

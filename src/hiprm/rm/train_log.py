@@ -27,7 +27,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from hiprm.artifacts import append_jsonl, atomic_write, read_json, sha256_file, write_meta
+from hiprm.artifacts import append_jsonl, atomic_write, identity_diff, read_json, sha256_file, write_meta
 from hiprm.config import ConfigError
 from hiprm.rm.metrics import binary_metrics
 
@@ -135,18 +135,6 @@ def last_complete_checkpoint(folder: Path, clean: bool = False) -> Path | None:
     return None
 
 
-def _config_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
-    keys = sorted(set(old) | set(new))
-    diff = []
-    for k in keys:
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            diff += _config_diff(a, b, f"{prefix}{k}.")
-        elif a != b:
-            diff.append(f"{prefix}{k}")
-    return diff
-
-
 def prepare_output_dir(
     out: Path, config: dict[str, Any], inputs: list[str], overwrite: bool, is_main: bool
 ) -> bool:
@@ -157,13 +145,22 @@ def prepare_output_dir(
     """
     hashes = {str(p): sha256_file(p) for p in inputs}
     meta_path = out / "meta.json"
+    # A start that failed before its first checkpoint (a wrong model name, a bad data file)
+    # left only its meta.json: nothing to resume or lose, so it must not block the fixed rerun.
+    saved_nothing = not (out / "model").exists() and last_complete_checkpoint(out / "checkpoints") is None
     if meta_path.is_file() and overwrite:
         if is_main:
             log.warning("%s: overwrite=true, deleting the earlier run", out)
             shutil.rmtree(out)
+    elif meta_path.is_file() and saved_nothing:
+        if is_main:
+            log.info("%s: the earlier start saved no checkpoint; starting afresh", out)
+            for name in ("meta.json", "config.yaml", "metrics.jsonl", "loss.png"):
+                (out / name).unlink(missing_ok=True)
+            shutil.rmtree(out / "checkpoints", ignore_errors=True)
     elif meta_path.is_file():
         meta = read_json(meta_path)
-        changed = _config_diff(meta.get("config", {}), config)
+        changed = identity_diff(meta.get("config", {}), config)
         changed += [f"input {p}" for p, h in hashes.items() if meta.get("inputs", {}).get(p) != h]
         if changed:
             raise ConfigError(

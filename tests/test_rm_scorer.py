@@ -139,7 +139,7 @@ def test_trie_rows_split_by_budget(tiny_rm_dir):
 
 def test_self_check_falls_back_when_cached_path_is_wrong(tiny_rm_dir, monkeypatch, caplog):
     s = Scorer.from_pretrained(tiny_rm_dir, device="cpu")
-    monkeypatch.setattr(s, "_score_trie", lambda seqs: [0.0] * len(seqs))
+    monkeypatch.setattr(s, "_logits_trie", lambda seqs: [[0.0, 0.0]] * len(seqs))
     with caplog.at_level(logging.WARNING):
         got = s.score_candidates(Q, STEPS[:1], CANDIDATES[:3])
     assert s._prefix_cache_ok is False

@@ -197,3 +197,57 @@ def test_load_on_loopback_with_tiny_model(tiny_rm_dir):
     assert health["max_requests_per_batch"] > 1, health
     assert health["batches"] < 64
     assert elapsed < 60
+
+
+# ---- vLLM's pooling API: /classify, /pooling, /v1/models -----------------------------------------
+
+
+def test_vllm_pooling_api_shapes_and_values(tiny_rm_dir):
+    """The requests a vLLM client sends (verl's reward loop: /classify with use_activation false,
+    reading data[-1].probs[-1]), answered with vLLM 0.32's field names and types, and values
+    equal to hiprm's own rewards."""
+    import math
+
+    from hiprm.rm.scorer import Scorer
+    from hiprm.rm.template import render
+
+    scorer = Scorer.from_pretrained(tiny_rm_dir, device="cpu")
+    app = create_app(scorer, model_name=str(tiny_rm_dir), served_name="hiprm-rm", max_model_len=2048)
+    q, steps = "What is 2 + 3?", ["2 + 3 = 5.", "# Answer\n\n5"]
+    want = scorer.score(q, steps)
+    texts = [render(q, steps[:i], s, scorer.template) for i, s in enumerate(steps)]
+    with TestClient(app) as client:
+        models = client.get("/v1/models").json()
+        assert models["object"] == "list" and models["data"][0]["id"] == "hiprm-rm"
+        assert set(models["data"][0]) == {"id", "object", "created", "owned_by", "root", "parent", "max_model_len",
+                                          "permission"}  # fmt: skip
+        r = client.post("/classify", json={"model": "hiprm-rm", "input": texts}).json()
+        assert set(r) == {"id", "object", "created", "model", "data", "usage"} and r["id"].startswith("classify-")
+        assert r["object"] == "list" and r["model"] == "hiprm-rm" and isinstance(r["created"], int)
+        assert [set(d) for d in r["data"]] == [{"index", "label", "probs", "num_classes"}] * 2
+        assert [d["index"] for d in r["data"]] == [0, 1] and r["data"][0]["num_classes"] == 2
+        assert [d["probs"][1] for d in r["data"]] == pytest.approx(want, abs=1e-5)
+        assert r["data"][0]["label"] == ("positive" if want[0] >= 0.5 else "negative")
+        assert r["usage"]["prompt_tokens"] == r["usage"]["total_tokens"] > 0 and r["usage"]["completion_tokens"] == 0
+        # verl: use_activation false -> raw logits; softmax of them is the reward.
+        raw = client.post("/classify", json={"model": "hiprm-rm", "input": texts[-1], "use_activation": False}).json()
+        a, b = raw["data"][-1]["probs"]
+        assert 1 / (1 + math.exp(a - b)) == pytest.approx(want[-1], abs=1e-5)
+        # Token ids, as vLLM accepts them.
+        ids = client.post("/classify", json={"input": [scorer.encode_text(t) for t in texts]}).json()
+        assert [d["probs"][1] for d in ids["data"]] == pytest.approx(want, abs=1e-5)
+        # hiprm's structured extension: one entry per step.
+        st = client.post("/classify", json={"input": {"question": q, "steps": steps}}).json()
+        assert [d["probs"][1] for d in st["data"]] == pytest.approx(want, abs=1e-5)
+        pool = client.post("/pooling", json={"model": "hiprm-rm", "task": "token_classify",
+                                             "input": [{"question": q, "steps": steps}]}).json()  # fmt: skip
+        assert set(pool) == {"id", "object", "created", "model", "data", "usage"} and pool["id"].startswith("pool-")
+        assert pool["data"][0]["object"] == "pooling" and pool["data"][0]["index"] == 0
+        assert [row[1] for row in pool["data"][0]["data"]] == pytest.approx(want, abs=1e-5)
+        assert all(row[0] + row[1] == pytest.approx(1.0) for row in pool["data"][0]["data"])
+        # Refusals: another model name, an unknown task, a text for token_classify, bad shapes.
+        assert client.post("/classify", json={"model": "other", "input": "x"}).status_code == 404
+        assert client.post("/pooling", json={"task": "embed", "input": {"question": q, "steps": steps}}).status_code == 422
+        assert client.post("/pooling", json={"task": "token_classify", "input": "text"}).status_code == 422
+        assert client.post("/classify", json={"input": 5}).status_code == 422
+        assert client.post("/classify", content=b"{bad").status_code == 422

@@ -68,6 +68,19 @@ def score_many(scorer: StepScorer, items: Sequence[tuple[str, list[str]]]) -> li
     return [scorer.score(q, s) for q, s in items]
 
 
+def reward_from_logits(row: Sequence[float]) -> float:
+    """The reward: softmax(logits)[1], P(positive) (paper Eq. 4).
+
+    >>> round(reward_from_logits([0.0, 0.0]), 3), round(reward_from_logits([-1.0, 1.0]), 3)
+    (0.5, 0.881)
+    """
+    import math
+
+    m = max(row)
+    exps = [math.exp(x - m) for x in row]
+    return exps[1] / sum(exps)
+
+
 def _resolve_device(device: str) -> str:
     if device != "auto":
         return device
@@ -185,12 +198,21 @@ class Scorer:
         return self.score_batch([(question, steps)])[0]
 
     def score_batch(self, items: Sequence[tuple[str, list[str]]]) -> list[list[float]]:
+        rows, _ = self.solution_logits(items)
+        return [[reward_from_logits(r) for r in sol] for sol in rows]
+
+    def solution_logits(self, items: Sequence[tuple[str, list[str]]]) -> tuple[list[list[list[float]]], list[int]]:
+        """Per solution: the logits of each step (step i given steps[:i]) and the tokens its
+        inputs hold (what a vLLM-style `usage` counts)."""
         flat = [(n, q, steps[:i], s) for n, (q, steps) in enumerate(items) for i, s in enumerate(steps)]
-        vals = self._score_inputs([(q, prev, cur) for _, q, prev, cur in flat])
-        out: list[list[float]] = [[] for _ in items]
-        for (n, *_), v in zip(flat, vals, strict=True):
-            out[n].append(v)
-        return out
+        seqs = [self._encode(q, prev, cur) for _, q, prev, cur in flat]
+        self._warn_cuts(len(flat))
+        out: list[list[list[float]]] = [[] for _ in items]
+        tokens = [0] * len(items)
+        for (n, *_), ids, row in zip(flat, seqs, self.logits(seqs), strict=True):
+            out[n].append(row)
+            tokens[n] += len(ids)
+        return out, tokens
 
     def score_candidates(self, question: str, prefix_steps: list[str], candidates: list[str]) -> list[float]:
         return self._score_inputs([(question, list(prefix_steps), c) for c in candidates])
@@ -200,19 +222,28 @@ class Scorer:
         completion of every step of a PRM800K solution; shared prefixes are computed once."""
         return self._score_inputs([(question, list(prev), cur) for prev, cur in pairs])
 
-    def _score_inputs(self, inputs: Sequence[tuple[str, list[str], str]]) -> list[float]:
-        """Score (question, previous, current) inputs: the trie path, checked once, else plain."""
-        seqs = [self._encode(q, prev, cur) for q, prev, cur in inputs]
-        self._warn_cuts(len(inputs))
+    def logits(self, seqs: Sequence[list[int]]) -> list[list[float]]:
+        """Classifier logits (one row of num_labels per input) of token-id inputs taken as they
+        are (the HTTP server's `/classify`): the trie path, checked once, else plain batches."""
         if self._prefix_cache_ok is False or len(seqs) < 2:
-            return self._score_plain(seqs)
-        vals = self._score_trie(seqs)
+            return self._logits_plain(seqs)
+        vals = self._logits_trie(seqs)
         if self._prefix_cache_ok is None:
             self._prefix_cache_ok = self._check_shared(vals, seqs)
             if not self._prefix_cache_ok:
                 trie.restore_attention(self.model, self._attention)
-                vals = self._score_plain(seqs)
+                vals = self._logits_plain(seqs)
         return vals
+
+    def encode_text(self, text: str) -> list[int]:
+        """Token ids of an already formatted reward-model text, as scoring tokenizes it."""
+        return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+
+    def _score_inputs(self, inputs: Sequence[tuple[str, list[str], str]]) -> list[float]:
+        """Rewards of (question, previous, current) inputs: P(positive) from `logits`."""
+        seqs = [self._encode(q, prev, cur) for q, prev, cur in inputs]
+        self._warn_cuts(len(inputs))
+        return [reward_from_logits(row) for row in self.logits(seqs)]
 
     # ---- encoding ---------------------------------------------------------------------------
 
@@ -237,11 +268,11 @@ class Scorer:
 
     # ---- forward passes ---------------------------------------------------------------------
 
-    def _score_plain(self, seqs: Sequence[list[int]]) -> list[float]:
+    def _logits_plain(self, seqs: Sequence[list[int]]) -> list[list[float]]:
         """One row per input; batches cut by token budget, right padding to the batch's longest."""
         import torch
 
-        out = [0.0] * len(seqs)
+        out: list[list[float]] = [[] for _ in seqs]
         for batch in budget_batches([len(s) for s in seqs], self.batch_size, self.max_tokens_per_batch):
             width = max(len(seqs[i]) for i in batch)
             ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
@@ -252,36 +283,36 @@ class Scorer:
             with torch.inference_mode():
                 logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
             self.stats.forward_passes += 1
-            probs = torch.softmax(logits.float(), dim=-1)[:, 1].tolist()
+            rows = logits.float().tolist()
             for r, i in enumerate(batch):
-                out[i] = probs[r]
+                out[i] = rows[r]
         return out
 
-    def _score_trie(self, seqs: Sequence[list[int]]) -> list[float]:
+    def _logits_trie(self, seqs: Sequence[list[int]]) -> list[list[float]]:
         """All inputs as one token trie, a forward pass per row of <= max_tokens_per_batch tokens."""
         import torch
 
         packed = trie.pack(seqs, self.max_tokens_per_batch)
-        out = [0.0] * len(seqs)
+        out: list[list[float]] = [[] for _ in seqs]
         for r in range(len(packed.ids)):
             batch = trie.tensors(packed, self.pad_id, [r])
             with torch.inference_mode():
                 logits = trie.classifier_logits(self.model, batch)
             self.stats.forward_passes += 1
-            for k, p in zip(batch["sequences"], torch.softmax(logits.float(), dim=-1)[:, 1].tolist(), strict=True):
-                out[k] = p
+            for k, row in zip(batch["sequences"], logits.float().tolist(), strict=True):
+                out[k] = row
         self.stats.trie_tokens += packed.tokens
         return out
 
-    def _check_shared(self, shared: list[float], seqs: list[list[int]]) -> bool:
+    def _check_shared(self, shared: list[list[float]], seqs: Sequence[list[int]]) -> bool:
         """Compare the trie path with the plain one (the model's own attention) on real inputs,
-        once per Scorer."""
+        once per Scorer, on the rewards."""
         import torch
 
         trie.restore_attention(self.model, self._attention)
-        plain = self._score_plain(seqs)
+        plain = self._logits_plain(seqs)
         trie.use_trie_attention(self.model)
-        worst = max(abs(a - b) for a, b in zip(shared, plain, strict=True))
+        worst = max(abs(reward_from_logits(a) - reward_from_logits(b)) for a, b in zip(shared, plain, strict=True))
         tol = 1e-3 if self.model.dtype == torch.float32 else 3e-2
         if worst > tol:
             log.warning("trie scoring differs from plain scoring by %.2g for %s; using the plain path",

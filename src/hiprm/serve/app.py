@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,15 +27,26 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from hiprm.rm.scorer import StepScorer, score_many
+from hiprm.rm.scorer import StepScorer, reward_from_logits, score_many
 from hiprm.serve.protocol import (
+    ClassificationData,
+    ClassificationResponse,
+    ClassifyRequest,
     ErrorResponse,
     HealthResponse,
     Limits,
+    ModelCard,
+    ModelList,
+    PoolingRequest,
+    PoolingResponse,
+    PoolingResponseData,
     RequestError,
     ScoreItem,
     ScoreResponse,
+    SolutionInput,
+    UsageInfo,
     parse_request,
+    parse_vllm,
 )
 
 log = logging.getLogger(__name__)
@@ -44,6 +57,7 @@ class ServeConfig:
     """`hiprm serve --model CKPT`: where to listen, how to batch, what a request may hold."""
 
     model: str = ""
+    served_model_name: str = ""  # the name in /v1/models and responses (default: `model`), as vLLM's flag
     host: str = "127.0.0.1"
     port: int = 8000
     batch_window_ms: float = 5.0
@@ -64,8 +78,31 @@ class ServeConfig:
                       self.max_chars_per_step, self.max_chars_per_question)
 
 
+def run_items(scorer: Any, flat: list[tuple[str, Any]]) -> list[Any]:
+    """Score a batch of tagged items in as few scorer calls as there are tags:
+    ("rewards", (question, steps)) -> one reward per step (`score_batch`);
+    ("steps", (question, steps)) -> (logits per step, tokens) (`solution_logits`);
+    ("ids", token ids) -> one row of logits (`logits`)."""
+    out: list[Any] = [None] * len(flat)
+    for tag in ("rewards", "steps", "ids"):
+        where = [k for k, (t, _) in enumerate(flat) if t == tag]
+        if not where:
+            continue
+        items = [flat[k][1] for k in where]
+        if tag == "rewards":
+            results: list[Any] = [list(map(float, r)) for r in score_many(scorer, items)]
+        elif tag == "steps":
+            rows, tokens = scorer.solution_logits(items)
+            results = list(zip(rows, tokens, strict=True))
+        else:
+            results = scorer.logits(items)
+        for k, r in zip(where, results, strict=True):
+            out[k] = r
+    return out
+
+
 class Batcher:
-    """Queue + one worker: gathers concurrent requests into one `score_batch` call."""
+    """Queue + one worker: gathers concurrent requests into one scorer call per kind of item."""
 
     def __init__(self, scorer: StepScorer, window_s: float, max_batch: int):
         self.scorer = scorer
@@ -93,7 +130,7 @@ class Batcher:
             self.task = None
         self.executor.shutdown(wait=False, cancel_futures=True)
 
-    async def submit(self, items: list[tuple[str, list[str]]]) -> list[list[float]]:
+    async def submit(self, items: list[tuple[str, Any]]) -> list[Any]:
         self.start()  # lazily, for ASGI transports that skip the lifespan
         assert self.queue is not None
         fut = asyncio.get_running_loop().create_future()
@@ -150,7 +187,7 @@ class Batcher:
             self.max_items_per_batch = max(self.max_items_per_batch, len(flat))
             self.max_requests_per_batch = max(self.max_requests_per_batch, len(jobs))
             try:
-                rewards = await loop.run_in_executor(self.executor, score_many, self.scorer, flat)
+                rewards = await loop.run_in_executor(self.executor, run_items, self.scorer, flat)
             except Exception as e:  # noqa: BLE001 - every waiting request gets the error as a 500
                 log.exception("scorer failed on a batch of %d solutions", len(flat))
                 for _, fut in jobs:
@@ -160,7 +197,7 @@ class Batcher:
             k = 0
             for items, fut in jobs:
                 if not fut.done():
-                    fut.set_result([list(map(float, r)) for r in rewards[k : k + len(items)]])
+                    fut.set_result(rewards[k : k + len(items)])
                 k += len(items)
 
 
@@ -178,8 +215,12 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def create_app(scorer: StepScorer, cfg: ServeConfig | None = None, model_name: str = "") -> FastAPI:
+def create_app(scorer: StepScorer, cfg: ServeConfig | None = None, model_name: str = "", served_name: str = "",
+               max_model_len: int = 8192, id2label: dict[int, str] | None = None) -> FastAPI:
+    """The app around `scorer`. `/v1/score` needs only `score_batch`; the vLLM-style endpoints
+    need the Scorer's `logits`, `solution_logits` and `encode_text` (hiprm.rm.scorer.Scorer)."""
     cfg = cfg or ServeConfig()
+    started = int(time.time())
     limits = cfg.limits()
     batcher = Batcher(scorer, cfg.batch_window_ms / 1000.0, cfg.max_batch)
 
@@ -200,10 +241,85 @@ def create_app(scorer: StepScorer, cfg: ServeConfig | None = None, model_name: s
         except RequestError as e:
             return JSONResponse({"detail": e.message}, status_code=e.status)
         try:
-            rewards = await batcher.submit([(it.question, list(it.steps)) for it in items])
+            rewards = await batcher.submit([("rewards", (it.question, list(it.steps))) for it in items])
         except Exception as e:  # noqa: BLE001 - the scorer's failure, reported to the client
             return JSONResponse({"detail": f"scorer failed: {type(e).__name__}: {e}"}, status_code=500)
         return ScoreResponse(rewards=rewards)
+
+    served = served_name or model_name
+    labels = id2label or {0: "negative", 1: "positive"}
+
+    def rows_out(logits: list[float], activation: bool | None) -> list[float]:
+        if activation is False:
+            return [float(x) for x in logits]
+        p = reward_from_logits(logits)
+        return [1.0 - p, p]
+
+    async def vllm_call(request: Request, kind: type[ClassifyRequest]) -> Any:
+        """Parse a /classify or /pooling body; returns (request, flat results) or a JSONResponse."""
+        try:
+            req = parse_vllm(await _read_body(request, limits.max_body_bytes), limits, kind)
+        except RequestError as e:
+            return JSONResponse({"detail": e.message}, status_code=e.status)
+        if req.model not in (None, "", served):
+            return JSONResponse({"detail": f"model {req.model!r} is not served here (this server: {served!r})"},
+                                status_code=404)  # fmt: skip
+        inp = req.input
+        many = inp if isinstance(inp, list) and inp and not isinstance(inp[0], int) else [inp]
+        items: list[tuple[str, Any]] = []
+        for x in many:
+            if isinstance(x, SolutionInput):
+                items.append(("steps", (x.question, list(x.steps))))
+            elif kind is PoolingRequest:
+                return JSONResponse({"detail": "task token_classify needs hiprm's structured input "
+                                               "{question, steps}: a formatted text does not say where steps end"},
+                                    status_code=422)  # fmt: skip
+            else:
+                ids = scorer.encode_text(x) if isinstance(x, str) else list(x)  # type: ignore[attr-defined]
+                if not ids or len(ids) > max_model_len:
+                    return JSONResponse({"detail": f"input has {len(ids)} tokens; this model takes 1 to "
+                                                   f"{max_model_len}"}, status_code=422)  # fmt: skip
+                items.append(("ids", ids))
+        try:
+            return req, items, await batcher.submit(items)
+        except Exception as e:  # noqa: BLE001 - the scorer's failure, reported to the client
+            return JSONResponse({"detail": f"scorer failed: {type(e).__name__}: {e}"}, status_code=500)
+
+    @app.post("/classify", response_model=ClassificationResponse)
+    async def classify(request: Request) -> Any:
+        got = await vllm_call(request, ClassifyRequest)
+        if isinstance(got, JSONResponse):
+            return got
+        req, items, results = got
+        data, tokens = [], 0
+        for (tag, item), res in zip(items, results, strict=True):
+            rows = res[0] if tag == "steps" else [res]
+            tokens += res[1] if tag == "steps" else len(item)
+            for row in rows:
+                data.append(ClassificationData(index=len(data), label=labels[int(max(range(len(row)), key=row.__getitem__))],
+                                               probs=rows_out(row, req.use_activation), num_classes=len(row)))  # fmt: skip
+        return ClassificationResponse(id=f"classify-{uuid.uuid4().hex}", created=int(time.time()), model=served,
+                                      data=data, usage=UsageInfo(prompt_tokens=tokens, total_tokens=tokens))  # fmt: skip
+
+    @app.post("/pooling", response_model=PoolingResponse)
+    async def pooling(request: Request) -> Any:
+        got = await vllm_call(request, PoolingRequest)
+        if isinstance(got, JSONResponse):
+            return got
+        req, items, results = got
+        if req.task not in (None, "token_classify"):  # type: ignore[attr-defined]
+            return JSONResponse({"detail": f"task {req.task!r}: this server offers token_classify"},  # type: ignore[attr-defined]
+                                status_code=422)  # fmt: skip
+        data = [PoolingResponseData(index=i, data=[rows_out(r, req.use_activation) for r in rows])
+                for i, (rows, _) in enumerate(results)]  # fmt: skip
+        tokens = sum(t for _, t in results)
+        return PoolingResponse(id=f"pool-{uuid.uuid4().hex}", created=int(time.time()), model=served, data=data,
+                               usage=UsageInfo(prompt_tokens=tokens, total_tokens=tokens))  # fmt: skip
+
+    @app.get("/v1/models", response_model=ModelList)
+    async def models() -> ModelList:
+        return ModelList(data=[ModelCard(id=served, created=started, root=model_name or served,
+                                         max_model_len=max_model_len)])  # fmt: skip
 
     @app.get("/health", response_model=HealthResponse)
     async def health() -> HealthResponse:
@@ -225,6 +341,10 @@ def run(cfg: ServeConfig) -> None:
     if not cfg.model:
         raise ConfigError("model: required (hiprm serve --model CKPT)")
     scorer = Scorer.from_pretrained(cfg.model, cfg.device, cfg.dtype, cfg.batch_size, cfg.max_tokens_per_batch)
-    app = create_app(scorer, cfg, model_name=cfg.model)
-    log.info("serving %s on http://%s:%d (POST /v1/score, GET /health)", cfg.model, cfg.host, cfg.port)
+    mc = scorer.model.config
+    app = create_app(scorer, cfg, model_name=cfg.model, served_name=cfg.served_model_name or cfg.model,
+                     max_model_len=int(getattr(mc, "max_position_embeddings", 8192) or 8192),
+                     id2label={int(k): v for k, v in (mc.id2label or {}).items()} or None)  # fmt: skip
+    log.info("serving %s on http://%s:%d (POST /v1/score, /classify, /pooling; GET /v1/models, /health)",
+             cfg.model, cfg.host, cfg.port)
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level)

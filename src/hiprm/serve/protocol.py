@@ -14,6 +14,25 @@
       200:  {"status": "ok", "model": str, "batches": int, "items": int,
              "max_items_per_batch": int, "max_requests_per_batch": int, "queued": int}
 
+    POST /classify, POST /pooling, GET /v1/models: vLLM's pooling API (vLLM 0.32 field names and
+    types, `VLLM_SHAPES` below), so clients written for a vLLM reward-model server (verl's reward
+    loop posts `{"model", "input", "use_activation": false}` to /classify and reads
+    `data[-1].probs[-1]`) work against hiprm unchanged:
+      /classify  {"model"?, "input": str | [str] | [int] | [[int]], "use_activation"?: bool}
+                 input = formatted reward-model text(s) or token ids, scored as they are;
+                 -> {"id": "classify-...", "object": "list", "created", "model",
+                     "data": [{"index", "label", "probs": [p_neg, p_pos], "num_classes": 2}],
+                     "usage": {"prompt_tokens", "total_tokens", "completion_tokens": 0, ...}}
+                 use_activation false: `probs` holds the raw logits (as in vLLM).
+                 hiprm extension: "input": {"question", "steps"} (or a list of them) gives one
+                 entry per step, step i given steps[:i] (the rewards of /v1/score).
+      /pooling   {"model"?, "task": "token_classify", "input": {"question", "steps"} | [...],
+                  "use_activation"?} -> {"id": "pool-...", "object": "list", "created", "model",
+                  "data": [{"index", "object": "pooling", "data": [[p_neg, p_pos] per step]}],
+                  "usage"}: a process reward model's per-step rows, as vLLM answers for one.
+      /v1/models {"object": "list", "data": [{"id", "object": "model", "created", "owned_by",
+                  "root", "parent", "max_model_len", "permission": []}]}
+
 A single-solution body still gets `rewards` as a list of one list, so clients handle one shape.
 `parse_request(body, limits)` turns raw bytes into `ScoreItem`s or raises `RequestError` with the
 HTTP status to answer; the app calls it, and tests call it directly.
@@ -38,6 +57,114 @@ class ScoreItem(BaseModel):
 
 class ScoreResponse(BaseModel):
     rewards: list[list[float]]
+
+
+class SolutionInput(BaseModel):
+    """hiprm's structured input for /classify and /pooling: a question and its steps."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    question: str
+    steps: list[str]
+
+
+class ClassifyRequest(BaseModel):
+    """vLLM's ClassificationCompletionRequest fields that change results; vLLM's other optional
+    fields (user, truncate_prompt_tokens, priority, ...) are accepted and ignored."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str | None = None
+    input: list[int] | list[list[int]] | str | list[str] | SolutionInput | list[SolutionInput]
+    use_activation: bool | None = None
+    add_special_tokens: bool = True
+
+
+class PoolingRequest(ClassifyRequest):
+    task: str | None = None
+
+
+class UsageInfo(BaseModel):
+    prompt_tokens: int = 0
+    total_tokens: int = 0
+    completion_tokens: int | None = 0
+    prompt_tokens_details: None = None
+
+
+class ClassificationData(BaseModel):
+    index: int
+    label: str | None
+    probs: list[float]
+    num_classes: int
+
+
+class ClassificationResponse(BaseModel):
+    id: str
+    object: str = "list"
+    created: int
+    model: str
+    data: list[ClassificationData]
+    usage: UsageInfo
+
+
+class PoolingResponseData(BaseModel):
+    index: int
+    object: str = "pooling"
+    data: list[list[float]]
+
+
+class PoolingResponse(BaseModel):
+    id: str
+    object: str = "list"
+    created: int
+    model: str
+    data: list[PoolingResponseData]
+    usage: UsageInfo
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: str = "model"
+    created: int
+    owned_by: str = "hiprm"
+    root: str | None = None
+    parent: str | None = None
+    max_model_len: int | None = None
+    permission: list[dict] = []
+
+
+class ModelList(BaseModel):
+    object: str = "list"
+    data: list[ModelCard]
+
+
+def parse_vllm(body: bytes, limits: Limits, kind: type[ClassifyRequest]) -> ClassifyRequest:
+    """A /classify or /pooling body -> its request model, or RequestError(413 | 422)."""
+    if len(body) > limits.max_body_bytes:
+        raise RequestError(413, f"body is {len(body)} bytes; the limit is {limits.max_body_bytes}")
+    try:
+        raw = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RequestError(422, f"body is not valid JSON: {e}") from None
+    try:
+        req = kind.model_validate(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise RequestError(422, f"at {'.'.join(str(p) for p in first['loc']) or 'body'}: {first['msg']}") from None
+    inp = req.input
+    n = len(inp) if isinstance(inp, list) and inp and not isinstance(inp[0], int) else 1
+    if n > limits.max_items_per_request:
+        raise RequestError(422, f"{n} inputs in one request; the limit is {limits.max_items_per_request}")
+    if isinstance(inp, str | list) and not isinstance(inp, SolutionInput):
+        texts = [inp] if isinstance(inp, str) else [x for x in inp if isinstance(x, str)]
+        for i, t in enumerate(texts):
+            if len(t) > limits.max_chars_per_step * limits.max_steps_per_item:
+                raise RequestError(422, f"input[{i}] has {len(t)} characters; the limit is "
+                                        f"{limits.max_chars_per_step * limits.max_steps_per_item}")  # fmt: skip
+    sols = [inp] if isinstance(inp, SolutionInput) else [x for x in inp if isinstance(x, SolutionInput)] \
+        if isinstance(inp, list) else []  # fmt: skip
+    check_limits([ScoreItem(question=x.question, steps=x.steps) for x in sols], limits)
+    return req
 
 
 class ErrorResponse(BaseModel):

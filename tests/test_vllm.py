@@ -159,3 +159,26 @@ def test_vllm_classify_matches_hiprm_rewards(vllm_rm):
     assert r.status_code == 200, r.text
     theirs = [row["probs"][1] for row in sorted(r.json()["data"], key=lambda d: d["index"])]
     assert theirs == pytest.approx(ours, abs=1e-5)
+
+    # hiprm's own server answers the same requests with vLLM's shapes and the same numbers.
+    from fastapi.testclient import TestClient
+
+    from hiprm.serve.app import create_app
+
+    app = create_app(scorer, model_name=str(model), served_name="rm", max_model_len=2048,
+                     id2label={int(k): v for k, v in scorer.model.config.id2label.items()})  # fmt: skip
+    models_v = httpx.get(base + "/v1/models", timeout=30).json()
+    with TestClient(app) as client:
+        for body in ({"model": "rm", "input": texts}, {"model": "rm", "input": texts[-1], "use_activation": False}):
+            v = httpx.post(base + "/classify", json=body, timeout=120).json()
+            h = client.post("/classify", json=body).json()
+            assert set(h) == set(v) and h["object"] == v["object"] and h["model"] == v["model"]
+            assert [set(d) for d in h["data"]] == [set(d) for d in v["data"]]
+            for dh, dv in zip(h["data"], v["data"], strict=True):
+                assert dh["index"] == dv["index"] and dh["num_classes"] == dv["num_classes"]
+                assert dh["label"] == dv["label"] and dh["probs"] == pytest.approx(dv["probs"], abs=1e-4)
+            assert h["usage"]["prompt_tokens"] == v["usage"]["prompt_tokens"]
+            assert set(h["usage"]) <= set(v["usage"]) | {"prompt_tokens_details"}
+        mh = client.get("/v1/models").json()
+    assert set(mh) == set(models_v) and set(mh["data"][0]) == set(models_v["data"][0])
+    assert mh["data"][0]["id"] == models_v["data"][0]["id"] == "rm"

@@ -1,4 +1,5 @@
-"""HTTP server around a reward model: `POST /v1/score`, `GET /health` (shapes in protocol.py).
+"""HTTP server around a reward model: `POST /v1/score`, `GET /health`, and vLLM's pooling API
+(`POST /classify`, `POST /pooling`, `GET /v1/models`); shapes in protocol.py.
 
 Command: `hiprm serve --model runs/rm/hrm/model [--port 8000] [configs/serve.yaml]`
 

@@ -163,6 +163,17 @@ def test_rm_train_uses_trie_batches_and_resumes_exactly(tmp_path, tiny_backbone_
         torch.testing.assert_close(w, whole[name], msg=name)
 
 
+def test_rm_train_trie_with_gradient_accumulation_and_lora(tmp_path, tiny_backbone_dir):
+    from hiprm.rm.train import run
+
+    out = run(train_cfg(tmp_path, tiny_backbone_dir, "optim.grad_accum=2", "optim.batch_size=4", "lora.r=4",
+                        "optim.max_steps=4", "eval.every_steps=4", "checkpoint.every_steps=4"))  # fmt: skip
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["batching"] == "trie" and meta["global_step"] == 4
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows if "loss" in r][-1] == pytest.approx(4 * 2 * 4 / 96, abs=0.01)
+
+
 def test_rm_train_rows_batching_and_fallback(tmp_path, tiny_backbone_dir, monkeypatch, caplog):
     from hiprm.rm.train import run
 

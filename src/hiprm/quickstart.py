@@ -54,18 +54,23 @@ class QuickstartConfig:
     data_dir: str = "../shared/data"
     data_max_problems: int | None = 120  # a seeded subset of problems (None = all 808)
     model: str = "smollm2-135m-instruct"  # reward-model backbone and policy
-    # Reward-model training: the same budget for PRM and HRM.
-    train_steps: int = 10
-    batch_size: int = 8
-    learning_rate: float = 1.0e-4
-    max_length: int = 320
+    # Reward-model training: the same budget for PRM and HRM. Trie batches (`hiprm.rm.trie`)
+    # compute each shared token once, so a batch of 64 examples (4 runs of 16 token-order
+    # neighbours: 4 problems) costs what a handful of padded rows would. max_length 4096 (the
+    # paper's) drops no old steps, so the steps of a solution keep sharing their prefix.
+    train_steps: int = 16
+    batch_size: int = 64
+    train_trie_run: int = 16
+    learning_rate: float = 3.0e-4
+    max_length: int = 4096
     train_top_layers: int = 4  # -1 = full fine-tuning (the paper); 4 of 30 keeps CPU steps short
     max_val: int = 32
     eval_every: int = 0  # validation + checkpoint every N steps (0 = at the end only)
     precision: str = "fp32"
     # Evaluation without a policy.
-    prm800k_limit: int | None = 4  # solutions of phase-1 test (None = all)
-    processbench_limit: int | None = 8  # entries per split (None = all)
+    # Enough items that the 95% intervals can tell a reward model from chance.
+    prm800k_limit: int | None = 40  # solutions of phase-1 test (None = all)
+    processbench_limit: int | None = 40  # entries per split (None = all)
     processbench_splits: list[str] = field(default_factory=lambda: ["gsm8k", "math"])
     # Evaluation with the policy.
     dataset: str = "gsm8k"
@@ -127,6 +132,7 @@ def _train_config(
     tc.template.max_length = cfg.max_length
     tc.optim.learning_rate = cfg.learning_rate
     tc.optim.batch_size = cfg.batch_size
+    tc.data.trie_run = cfg.train_trie_run
     tc.optim.max_steps = cfg.train_steps
     tc.optim.precision = cfg.precision  # type: ignore[assignment]
     tc.optim.warmup = 0.1
@@ -421,8 +427,8 @@ def write_report(
         "",
         f"Backbone and policy: `{cfg.model}`. Stages: {', '.join(x for x in STAGES if x in on)}.",
         "",
-        "**Scale.** This is a CPU smoke-scale run: a 135M model, tens of training steps, a few",
-        f"dozen evaluation items and {cfg.problems} policy problems. Differences between PRM and HRM",
+        "**Scale.** This is a CPU-scale run: a 135M model, tens of training steps, a few hundred",
+        f"evaluation items and {cfg.problems} policy problems. Differences between PRM and HRM",
         "at this scale are mostly noise; read the confidence intervals. The same command with",
         "`configs/quickstart_gpu.yaml` runs the paper-scale experiment.",
         "",

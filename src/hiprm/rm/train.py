@@ -82,6 +82,9 @@ class DataConfig:
     # rows: one padded row per example, length-grouped (the classic Trainer setup).
     batching: Literal["trie", "rows"] = "trie"
     row_tokens: int = 16384  # tokens per packed row (trie batching); a longer example gets its own row
+    # Trie batching: a batch is made of runs of this many token-order neighbours (0 = one run of
+    # the whole batch). Smaller runs mix more problems into a batch and share less.
+    trie_run: int = 0
 
 
 @dataclass
@@ -142,18 +145,19 @@ class RMTrainer(Trainer):
     # compute_loss returns a per-batch mean: Trainer divides it by the accumulation steps.
     loss_is_scaled_for_ga = False
 
-    def __init__(self, *args: Any, prefix_blocks: bool = False, seed: int = 0, **kwargs: Any):
+    def __init__(self, *args: Any, prefix_blocks: bool = False, seed: int = 0, run: int = 0, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.model_accepts_loss_kwargs = False  # no token counting / num_items_in_batch
         self.prefix_blocks = prefix_blocks
         self.block_seed = seed
+        self.block_run = run
 
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
         if not self.prefix_blocks:
             return super()._get_train_sampler(train_dataset)
         ds = train_dataset if train_dataset is not None else self.train_dataset
         return trie.PrefixBlockSampler([f["input_ids"].tolist() for f in ds.features],
-                                       self.args.per_device_train_batch_size, self.block_seed)
+                                       self.block_run or self.args.per_device_train_batch_size, self.block_seed)
 
     def compute_loss(
         self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, **kw: Any
@@ -185,6 +189,7 @@ def check_config(cfg: TrainConfig) -> None:
         (cfg.checkpoint.every_steps >= 1, "checkpoint.every_steps must be >= 1"),
         (cfg.template.max_length >= 16, "template.max_length must be >= 16"),
         (cfg.data.row_tokens >= 1, "data.row_tokens must be >= 1"),
+        (cfg.data.trie_run >= 0, "data.trie_run must be >= 0 (0 = the whole batch)"),
         (cfg.lora.r >= 0, "lora.r must be >= 0 (0 = no LoRA)"),
         (
             cfg.lora.r == 0 or cfg.model.train_top_layers < 0,
@@ -452,6 +457,7 @@ def run(cfg: TrainConfig, callbacks: list[TrainerCallback] | None = None) -> Pat
         args=args,
         prefix_blocks=use_trie,
         seed=cfg.optim.seed,
+        run=cfg.data.trie_run,
         train_dataset=train_set,
         eval_dataset=val_set,
         data_collator=collator,

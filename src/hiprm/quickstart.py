@@ -70,7 +70,7 @@ class QuickstartConfig:
     # Evaluation without a policy.
     # Enough items that the 95% intervals can tell a reward model from chance.
     prm800k_limit: int | None = 40  # solutions of phase-1 test (None = all)
-    processbench_limit: int | None = 40  # entries per split (None = all)
+    processbench_limit: int | None = 16  # entries per split (None = all)
     processbench_splits: list[str] = field(default_factory=lambda: ["gsm8k", "math"])
     # Evaluation with the policy.
     dataset: str = "gsm8k"

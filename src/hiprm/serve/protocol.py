@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
@@ -138,14 +139,19 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
-def parse_vllm(body: bytes, limits: Limits, kind: type[ClassifyRequest]) -> ClassifyRequest:
-    """A /classify or /pooling body -> its request model, or RequestError(413 | 422)."""
+def load_body(body: bytes, limits: Limits) -> Any:
+    """The parsed JSON of a request body, or RequestError: 413 over the size limit, 422 not JSON."""
     if len(body) > limits.max_body_bytes:
         raise RequestError(413, f"body is {len(body)} bytes; the limit is {limits.max_body_bytes}")
     try:
-        raw = json.loads(body)
+        return json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise RequestError(422, f"body is not valid JSON: {e}") from None
+
+
+def parse_vllm(body: bytes, limits: Limits, kind: type[ClassifyRequest]) -> ClassifyRequest:
+    """A /classify or /pooling body -> its request model, or RequestError(413 | 422)."""
+    raw = load_body(body, limits)
     try:
         req = kind.model_validate(raw)
     except ValidationError as e:
@@ -218,12 +224,7 @@ def parse_request(body: bytes, limits: Limits) -> list[ScoreItem]:
     >>> parse_request(b'[]', Limits())
     []
     """
-    if len(body) > limits.max_body_bytes:
-        raise RequestError(413, f"body is {len(body)} bytes; the limit is {limits.max_body_bytes}")
-    try:
-        raw = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RequestError(422, f"body is not valid JSON: {e}") from None
+    raw = load_body(body, limits)
     try:
         parsed = _REQUEST.validate_python(raw)
     except ValidationError as e:

@@ -140,8 +140,11 @@ def plot_accuracy(acc: dict[str, dict[str, Any]], n_values: list[int], path: str
             if ref in acc and family != "reference":
                 xs, ys, _ = points(acc[ref])
                 ax.plot(xs, ys, style, color="0.45", linewidth=1.2, label=method_label(ref))
-        for i, m in enumerate(families[family]):
+        members = families[family]
+        for i, m in enumerate(members):
             xs, ys, err = points(acc[m])
+            # Dodge: methods with equal numbers would hide each other; shift each a little in x.
+            xs = [x * 2 ** (0.05 * (i - (len(members) - 1) / 2)) for x in xs]
             if xs:
                 ax.errorbar(xs, ys, yerr=err, marker=MARKERS[i % len(MARKERS)], capsize=3, linewidth=1.4,
                             elinewidth=0.8, alpha=0.9, label=method_label(m))  # fmt: skip

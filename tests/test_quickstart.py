@@ -46,7 +46,7 @@ def test_quickstart_end_to_end_and_rerun(tmp_path, shared_data, tiny_backbone_di
     report = run(cfg)
     text = report.read_text()
     for needle in ["## Training data", "hrm_pair", "## Reward-model training", "## Evaluation without a policy",
-                   "## Best-of-N and step-level search", "smoke-scale", "## Auto-annotation",
+                   "## Best-of-N and step-level search", "CPU-scale run", "## Auto-annotation",
                    "Share of nodes with 0 < MC < 1", "## PRM and HRM trained on the trees",
                    "## Self-training: base vs tuned policy"]:  # fmt: skip
         assert needle in text, needle

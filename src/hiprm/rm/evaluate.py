@@ -32,7 +32,7 @@ import numpy as np
 
 from hiprm.artifacts import append_jsonl, atomic_write, write_json, write_meta
 from hiprm.config import ConfigError, to_dict
-from hiprm.data.labels import Neutral, step_label
+from hiprm.data.labels import Neutral, prm_examples, step_label
 from hiprm.records import Solution, StepVerdicts
 from hiprm.rm.metrics import (
     binary_metrics,
@@ -70,8 +70,6 @@ def step_groups(solutions: Sequence[Solution]) -> list[StepGroup]:
     dropped here; labels are applied per `neutral` by `classification_rows`, again with the
     training data's `step_label`.
     """
-    from hiprm.data.labels import prm_examples
-
     groups: list[StepGroup] = []
     for n, sol in enumerate(solutions):
         cur: StepGroup | None = None

@@ -253,7 +253,7 @@ class Scorer:
         self.stats.inputs += 1
         self.stats.dropped_steps += report.dropped_steps
         self.stats.truncated += int(report.truncated)
-        ids = list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+        ids = self.encode_text(text)
         self.stats.input_tokens += len(ids)
         return ids
 
@@ -307,14 +307,11 @@ class Scorer:
     def _check_shared(self, shared: list[list[float]], seqs: Sequence[list[int]]) -> bool:
         """Compare the trie path with the plain one (the model's own attention) on real inputs,
         once per Scorer, on the rewards."""
-        import torch
-
         trie.restore_attention(self.model, self._attention)
         plain = self._logits_plain(seqs)
         trie.use_trie_attention(self.model)
         worst = max(abs(reward_from_logits(a) - reward_from_logits(b)) for a, b in zip(shared, plain, strict=True))
-        tol = 1e-3 if self.model.dtype == torch.float32 else 3e-2
-        if worst > tol:
+        if worst > trie.tolerance(self.model.dtype):
             log.warning("trie scoring differs from plain scoring by %.2g for %s; using the plain path",
                         worst, type(self.model).__name__)
             return False

@@ -145,19 +145,15 @@ class RMTrainer(Trainer):
     # compute_loss returns a per-batch mean: Trainer divides it by the accumulation steps.
     loss_is_scaled_for_ga = False
 
-    def __init__(self, *args: Any, prefix_blocks: bool = False, seed: int = 0, run: int = 0, **kwargs: Any):
+    def __init__(self, *args: Any, train_sampler: Any = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.model_accepts_loss_kwargs = False  # no token counting / num_items_in_batch
-        self.prefix_blocks = prefix_blocks
-        self.block_seed = seed
-        self.block_run = run
+        self.train_sampler = train_sampler  # trie batching's PrefixBlockSampler; None = Trainer's own
 
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
-        if not self.prefix_blocks:
+        if self.train_sampler is None:
             return super()._get_train_sampler(train_dataset)
-        ds = train_dataset if train_dataset is not None else self.train_dataset
-        return trie.PrefixBlockSampler([f["input_ids"].tolist() for f in ds.features],
-                                       self.block_run or self.args.per_device_train_batch_size, self.block_seed)
+        return self.train_sampler
 
     def compute_loss(
         self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, **kw: Any
@@ -383,16 +379,15 @@ def _without_lora(cfg: TrainConfig) -> TrainConfig:
     return replace(cfg, lora=replace(cfg.lora, r=0))
 
 
-def trie_batches_ok(model: Any, train_set: FeatureDataset, pad_id: int, row_tokens: int) -> bool:
-    """Whether trie batches are exact for this model: refuse kernels that cannot take the mask,
-    then compare trie and per-example logits once on real examples (the first block of the
-    training order), so a kernel that silently ignores the mask cannot train on wrong inputs."""
+def trie_batches_ok(model: Any, train_set: FeatureDataset, order: list[int], pad_id: int, row_tokens: int) -> bool:
+    """Whether trie batches are exact for this model: refuse models they cannot run on, then
+    compare trie and per-example logits once on real examples (the first 8 in token `order`, so
+    they share prefixes), so an attention that ignores the plan cannot train on wrong inputs."""
     import torch
 
     reason = trie.supported(model)
     if reason is None:
-        sample = trie.PrefixBlockSampler([f["input_ids"].tolist() for f in train_set.features], 8, 0).order[:8]
-        feats = [train_set[i] for i in sample]
+        feats = [train_set[i] for i in order[:8]]
         was_training = model.training
         model.eval()
         with torch.no_grad():
@@ -402,8 +397,7 @@ def trie_batches_ok(model: Any, train_set: FeatureDataset, pad_id: int, row_toke
             got = trie.classifier_logits(model, trie.TrieCollator(pad_id, row_tokens)(feats))
         model.train(was_training)
         worst = (got.float() - want.float()).abs().max().item()
-        tol = 1e-3 if next(model.parameters()).dtype == torch.float32 else 3e-2
-        if worst <= tol:
+        if worst <= trie.tolerance(next(model.parameters()).dtype):
             return True
         trie.restore_attention(model, before)
         reason = f"trie logits differ from per-example logits by {worst:.2g}"
@@ -448,16 +442,19 @@ def run(cfg: TrainConfig, callbacks: list[TrainerCallback] | None = None) -> Pat
     train_set, val_set, data_stats = load_sets(cfg, tokenizer)
     set_seed(cfg.optim.seed)  # the new classification head is initialised from this seed
     model = build_model(backbone, tokenizer, cfg)
-    use_trie = cfg.data.batching == "trie" and trie_batches_ok(model, train_set, tokenizer.pad_token_id,
-                                                               cfg.data.row_tokens)
+    sampler = None
+    if cfg.data.batching == "trie":  # one sort of the training set, for the check and the order
+        sampler = trie.PrefixBlockSampler([f["input_ids"].tolist() for f in train_set.features],
+                                          cfg.data.trie_run or args.per_device_train_batch_size, cfg.optim.seed)
+        if not trie_batches_ok(model, train_set, sampler.order, tokenizer.pad_token_id, cfg.data.row_tokens):
+            sampler = None
+    use_trie = sampler is not None
     collator = trie.TrieCollator(tokenizer.pad_token_id, cfg.data.row_tokens) if use_trie else PadCollator(
         tokenizer.pad_token_id)
     trainer = RMTrainer(
         model=model,
         args=args,
-        prefix_blocks=use_trie,
-        seed=cfg.optim.seed,
-        run=cfg.data.trie_run,
+        train_sampler=sampler,
         train_dataset=train_set,
         eval_dataset=val_set,
         data_collator=collator,

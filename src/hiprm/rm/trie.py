@@ -70,6 +70,24 @@ def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
+def token_order(seqs: Sequence[Sequence[int]]) -> list[int]:
+    """Indices of `seqs` in lexicographic token order: sequences that share a prefix sit together
+    and a prefix comes before its extensions (what `pack` and `PrefixBlockSampler` walk).
+
+    >>> token_order([[2, 1], [1, 2, 3], [1, 2]])
+    [2, 1, 0]
+    """
+    return sorted(range(len(seqs)), key=lambda i: list(seqs[i]))
+
+
+def tolerance(dtype: Any) -> float:
+    """How far trie results may be from plain ones (float rounding of a different reduction
+    order): 1e-3 in float32, 3e-2 in half precision. One bound for training and scoring."""
+    import torch
+
+    return 1e-3 if dtype == torch.float32 else 3e-2
+
+
 def pack(seqs: Sequence[Sequence[int]], row_tokens: int) -> Packed:
     """Pack the trie of `seqs` into rows of <= row_tokens tokens (a longer sequence gets a row
     of its own length: a row always holds whole sequences).
@@ -100,7 +118,7 @@ def pack(seqs: Sequence[Sequence[int]], row_tokens: int) -> Packed:
         out.segments.append(segments.copy())
         ids.clear(), parents.clear(), depth.clear(), segments.clear()
 
-    for k in sorted(range(len(seqs)), key=lambda i: list(seqs[i])):
+    for k in token_order(seqs):
         s = seqs[k]
         if len(s) == 0:
             raise ValueError(f"sequence {k} is empty")
@@ -129,7 +147,6 @@ class _Group:
     """Sibling segments of one row: queries `q` attend keys `k` (their common ancestors, then
     their own tokens) under `mask` (True = may attend)."""
 
-    row: int
     q: Any  # (nq,) long
     k: Any  # (nk,) long
     mask: Any  # (nq, nk) bool
@@ -144,11 +161,11 @@ class TriePlan:
     inverse: list[Any]  # per row: (L,) long
 
     def to(self, device: Any) -> TriePlan:
-        move = [[_Group(g.row, g.q.to(device), g.k.to(device), g.mask.to(device)) for g in row] for row in self.groups]
+        move = [[_Group(g.q.to(device), g.k.to(device), g.mask.to(device)) for g in row] for row in self.groups]
         return TriePlan(move, [i.to(device) for i in self.inverse])
 
 
-def _row_groups(packed: Packed, r: int, width: int, row: int) -> tuple[list[_Group], Any]:
+def _row_groups(packed: Packed, r: int, width: int) -> tuple[list[_Group], Any]:
     import torch
 
     parents = packed.parents[r]
@@ -161,7 +178,7 @@ def _row_groups(packed: Packed, r: int, width: int, row: int) -> tuple[list[_Gro
     groups, order = [], []
     for attach, members in by_attach.items():
         anc: list[int] = []
-        node = attach if attach >= 0 else -1
+        node = attach  # -1 (the root) and -2 (padding) have no ancestors
         while node >= 0:
             anc.append(node)
             node = parents[node]
@@ -174,7 +191,7 @@ def _row_groups(packed: Packed, r: int, width: int, row: int) -> tuple[list[_Gro
         for _, n in members:
             mask[o : o + n, len(anc) + o : len(anc) + o + n] = torch.ones((n, n), dtype=torch.bool).tril()
             o += n
-        groups.append(_Group(row, torch.tensor(own), torch.tensor(anc + own), mask))
+        groups.append(_Group(torch.tensor(own), torch.tensor(anc + own), mask))
         order += own
     inverse = torch.empty(width, dtype=torch.long)
     inverse[torch.tensor(order)] = torch.arange(width)
@@ -201,7 +218,7 @@ def tensors(packed: Packed, pad_id: int, rows: Sequence[int] | None = None) -> d
         n = len(packed.ids[r])
         ids[j, :n] = torch.tensor(packed.ids[r])
         pos[j, :n] = torch.tensor(packed.depth[r])
-        g, inv = _row_groups(packed, r, width, j)
+        g, inv = _row_groups(packed, r, width)
         groups.append(g)
         inverse.append(inv)
     picked = [(k, slot[r] * width + i) for k, (r, i) in enumerate(packed.ends) if r in slot]
@@ -337,7 +354,7 @@ class PrefixBlockSampler:
     sees exactly the batches an uninterrupted one would (Trainer calls `set_epoch`)."""
 
     def __init__(self, seqs: Sequence[Sequence[int]], block: int, seed: int):
-        self.order = sorted(range(len(seqs)), key=lambda i: list(seqs[i]))
+        self.order = token_order(seqs)
         self.block = max(block, 1)
         self.seed = seed
         self.epoch = 0

@@ -65,9 +65,11 @@ def run(cfg: ExportConfig) -> Path:
         try:
             converted.append(to_trl(r))
         except ValueError:
-            raise DataError(src, "no label for some previous step (a file built before `previous_labels`, or "
-                            "a tree node without an MC-score); rebuild it with `hiprm data build`", k,
-                            "previous_labels") from None  # fmt: skip
+            # load_rows keeps no line numbers (a folder is two files, skipped lines drop out),
+            # so the record is named by its place and source.
+            raise DataError(src, f"record {k} ({r.get('source') or r['problem_id']}) has no label for some previous "
+                            "step (a file built before `previous_labels`, or a tree node without an MC-score); "
+                            "rebuild it with `hiprm data build`", None, "previous_labels") from None  # fmt: skip
     n = write_jsonl(out, converted)
     print(f"wrote {n} TRL stepwise rows to {out}")
     if skip_log is not None:

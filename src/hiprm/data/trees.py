@@ -150,6 +150,9 @@ def tree_examples(
             raise DataError(source, f"mc {mc} is not in [0, 1]", None, f"nodes[{i}] (id {nodes[i].id}).mc")
         return mc if label_rule == "soft" else node_label(mc, label_rule, hard_threshold)
 
+    def context_label(i: int, mc: float | None) -> float | None:
+        return None if mc is None else label_of(i, mc)  # an unscored step on a path stays unknown
+
     # path[i] / plab[i]: the steps to node i and their labels (by the same rule as the examples'),
     # for parents only, shared by their children's examples.
     path: list[list[str] | None] = [None] * n
@@ -160,8 +163,7 @@ def tree_examples(
         ctx[i] = hash((ctx[par], nodes[i].step))
         if has_child[i]:
             path[i] = [*path[par], nodes[i].step]  # type: ignore[misc]
-            mc = nodes[i].mc
-            plab[i] = [*plab[par], None if mc is None else label_of(i, mc)]  # type: ignore[misc]
+            plab[i] = [*plab[par], context_label(i, nodes[i].mc)]  # type: ignore[misc]
 
     scored = [i for i in range(1, n) if nodes[i].mc is not None]
     if balance:
@@ -194,7 +196,7 @@ def tree_examples(
         # Node i of the HNC tree is node i of the input, and its rendered path is the input's,
         # so the input's ctx keys serve the new tree.
         pars = [new_index[new.nodes[j].parent] for j in group]  # type: ignore[index]
-        specs = [(ctx[q], *_steps_to(new, q, label_of), new.nodes[j].step, label_of(j, new.nodes[j].mc),  # type: ignore[arg-type]
+        specs = [(ctx[q], *_steps_to(new, q, context_label), new.nodes[j].step, label_of(j, new.nodes[j].mc),  # type: ignore[arg-type]
                   new.nodes[j].id) for j, q in zip(group, pars, strict=True)]  # fmt: skip
         counts[name] += emit(specs, kind_)
     return out
@@ -239,7 +241,7 @@ def _steps_to(tree: Tree, i: int, label_of: Any) -> tuple[list[str], list[float 
     nodes, index = tree.nodes, tree._index
     while i > 0:
         steps.append(nodes[i].step)
-        labels.append(None if nodes[i].mc is None else label_of(i, nodes[i].mc))
+        labels.append(label_of(i, nodes[i].mc))
         i = index[nodes[i].parent]  # type: ignore[index]
     return steps[::-1], labels[::-1]
 

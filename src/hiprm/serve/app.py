@@ -48,6 +48,7 @@ from hiprm.serve.protocol import (
     UsageInfo,
     parse_request,
     parse_vllm,
+    request_inputs,
 )
 
 log = logging.getLogger(__name__)
@@ -265,10 +266,10 @@ def create_app(scorer: StepScorer, cfg: ServeConfig | None = None, model_name: s
         if req.model not in (None, "", served):
             return JSONResponse({"detail": f"model {req.model!r} is not served here (this server: {served!r})"},
                                 status_code=404)  # fmt: skip
-        inp = req.input
-        many = inp if isinstance(inp, list) and inp and not isinstance(inp[0], int) else [inp]
+        if isinstance(req, PoolingRequest) and req.task not in (None, "token_classify"):
+            return JSONResponse({"detail": f"task {req.task!r}: this server offers token_classify"}, status_code=422)
         items: list[tuple[str, Any]] = []
-        for x in many:
+        for x in request_inputs(req):
             if isinstance(x, SolutionInput):
                 items.append(("steps", (x.question, list(x.steps))))
             elif kind is PoolingRequest:
@@ -308,9 +309,6 @@ def create_app(scorer: StepScorer, cfg: ServeConfig | None = None, model_name: s
         if isinstance(got, JSONResponse):
             return got
         req, items, results = got
-        if req.task not in (None, "token_classify"):  # type: ignore[attr-defined]
-            return JSONResponse({"detail": f"task {req.task!r}: this server offers token_classify"},  # type: ignore[attr-defined]
-                                status_code=422)  # fmt: skip
         data = [PoolingResponseData(index=i, data=[rows_out(r, req.use_activation) for r in rows])
                 for i, (rows, _) in enumerate(results)]  # fmt: skip
         tokens = sum(t for _, t in results)

@@ -71,7 +71,8 @@ class SolutionInput(BaseModel):
 
 class ClassifyRequest(BaseModel):
     """vLLM's ClassificationCompletionRequest fields that change results; vLLM's other optional
-    fields (user, truncate_prompt_tokens, priority, ...) are accepted and ignored."""
+    fields (user, truncate_prompt_tokens, priority, ...) are accepted and ignored. `task` is
+    /pooling's (only "token_classify" is served)."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -149,6 +150,17 @@ def load_body(body: bytes, limits: Limits) -> Any:
         raise RequestError(422, f"body is not valid JSON: {e}") from None
 
 
+def request_inputs(req: ClassifyRequest) -> list[Any]:
+    """The request's inputs one by one: a text, a token-id list or a SolutionInput each
+    (`input` may be one of them or a list of them).
+
+    >>> request_inputs(ClassifyRequest(input=[1, 2])), request_inputs(ClassifyRequest(input=["a", "b"]))
+    ([[1, 2]], ['a', 'b'])
+    """
+    inp = req.input
+    return list(inp) if isinstance(inp, list) and inp and not isinstance(inp[0], int) else [inp]
+
+
 def parse_vllm(body: bytes, limits: Limits, kind: type[ClassifyRequest]) -> ClassifyRequest:
     """A /classify or /pooling body -> its request model, or RequestError(413 | 422)."""
     raw = load_body(body, limits)
@@ -157,19 +169,15 @@ def parse_vllm(body: bytes, limits: Limits, kind: type[ClassifyRequest]) -> Clas
     except ValidationError as e:
         first = e.errors()[0]
         raise RequestError(422, f"at {'.'.join(str(p) for p in first['loc']) or 'body'}: {first['msg']}") from None
-    inp = req.input
-    n = len(inp) if isinstance(inp, list) and inp and not isinstance(inp[0], int) else 1
-    if n > limits.max_items_per_request:
-        raise RequestError(422, f"{n} inputs in one request; the limit is {limits.max_items_per_request}")
-    if isinstance(inp, str | list) and not isinstance(inp, SolutionInput):
-        texts = [inp] if isinstance(inp, str) else [x for x in inp if isinstance(x, str)]
-        for i, t in enumerate(texts):
-            if len(t) > limits.max_chars_per_step * limits.max_steps_per_item:
-                raise RequestError(422, f"input[{i}] has {len(t)} characters; the limit is "
-                                        f"{limits.max_chars_per_step * limits.max_steps_per_item}")  # fmt: skip
-    sols = [inp] if isinstance(inp, SolutionInput) else [x for x in inp if isinstance(x, SolutionInput)] \
-        if isinstance(inp, list) else []  # fmt: skip
-    check_limits([ScoreItem(question=x.question, steps=x.steps) for x in sols], limits)
+    inputs = request_inputs(req)
+    if len(inputs) > limits.max_items_per_request:
+        raise RequestError(422, f"{len(inputs)} inputs in one request; the limit is {limits.max_items_per_request}")
+    max_chars = limits.max_chars_per_step * limits.max_steps_per_item
+    for i, t in enumerate(inputs):
+        if isinstance(t, str) and len(t) > max_chars:
+            raise RequestError(422, f"input[{i}] has {len(t)} characters; the limit is {max_chars}")
+    check_limits([ScoreItem(question=x.question, steps=x.steps) for x in inputs if isinstance(x, SolutionInput)],
+                 limits)  # fmt: skip
     return req
 
 

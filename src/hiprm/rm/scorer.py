@@ -11,6 +11,11 @@ settings in `config.hiprm_template`). Output: one float in [0, 1] per step.
 - `Scorer.score_pairs(question, [(previous_steps, step), ...])`: any inputs of one question
   (evaluation: every rated completion at every step of a solution).
 
+`Scorer.from_pretrained` is where `hiprm serve`, `hiprm rm score`, `hiprm rm eval` and `hiprm eval`
+load a reward model; it refuses a checkpoint whose classification head was never trained (a
+plain causal LM such as a policy model: AutoModelForSequenceClassification would add a random
+head and return rewards that change every run), see `check_reward_checkpoint`.
+
 Every input is `hiprm.rm.template.render_fitted` text tokenized whole, exactly as in training.
 Inputs that share a token prefix share its computation: the inputs for the steps of one
 solution all start with the question and the earlier steps, and candidates share everything but
@@ -30,7 +35,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -48,7 +53,7 @@ from hiprm.artifacts import (
 )
 from hiprm.config import ConfigError, to_dict
 from hiprm.rm import trie
-from hiprm.rm.template import TemplateConfig, render_fitted
+from hiprm.rm.template import PREVIOUS_HEADER, TemplateConfig, render, render_fitted
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +84,21 @@ def reward_from_logits(row: Sequence[float]) -> float:
     m = max(row)
     exps = [math.exp(x - m) for x in row]
     return exps[1] / sum(exps)
+
+
+def check_reward_checkpoint(path: str | os.PathLike[str]) -> Path:
+    """`path` as a Path when its config.json describes a sequence classifier, else an error
+    (read before any weight is loaded). The weights are checked as they load (`from_pretrained`)."""
+    p = Path(path)
+    cfg_path = p / "config.json"
+    if not cfg_path.is_file():
+        raise ConfigError(f"model: {p} is not a checkpoint folder (no config.json)")
+    archs = read_json(cfg_path).get("architectures") or []
+    if archs and not any(str(a).endswith("ForSequenceClassification") for a in archs):
+        raise DataError(cfg_path, f"{', '.join(map(str, archs))} is not a reward model (no trained classification "
+                                  "head; a policy or base model?); give a checkpoint from `hiprm rm train`",
+                        field="architectures")  # fmt: skip
+    return p
 
 
 def _resolve_device(device: str) -> str:
@@ -178,11 +198,17 @@ class Scorer:
     ) -> Scorer:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        p = Path(path)
-        if not (p / "config.json").is_file():
-            raise ConfigError(f"model: {p} is not a checkpoint folder (no config.json)")
+        p = check_reward_checkpoint(path)
         device = _resolve_device(device)
-        model = AutoModelForSequenceClassification.from_pretrained(str(p), dtype=_resolve_dtype(dtype, device))
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            str(p), dtype=_resolve_dtype(dtype, device), output_loading_info=True)
+        # Weights missing from the checkpoint were just initialised at random: scores from them
+        # would be noise, different on every load.
+        missing = sorted(info["missing_keys"])
+        if missing:
+            raise DataError(p, f"weights {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''} are not in "
+                               "the checkpoint (transformers would initialise them at random); a reward model "
+                               "needs a trained classification head: give a checkpoint from `hiprm rm train`")  # fmt: skip
         if model.config.num_labels != 2:
             raise ConfigError(f"model: {p} has {model.config.num_labels} labels; a reward model has 2")
         tokenizer = AutoTokenizer.from_pretrained(str(p))
@@ -237,7 +263,20 @@ class Scorer:
 
     def encode_text(self, text: str) -> list[int]:
         """Token ids of an already formatted reward-model text, as scoring tokenizes it."""
-        return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+        return self.encode_texts([text])[0]
+
+    def encode_texts(self, texts: Sequence[str]) -> list[list[int]]:
+        """`encode_text` of each text, in one tokenizer call. Calls without truncation or padding
+        only read the tokenizer, so the server may run this in a thread beside scoring."""
+        return [list(ids) for ids in self.tokenizer(list(texts), add_special_tokens=True)["input_ids"]]
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Tokens of each text without special tokens, in one tokenizer call (thread-safe as above)."""
+        return [len(ids) for ids in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+
+    def input_tokens(self, items: Sequence[tuple[str, list[str]]]) -> list[list[int]]:
+        """About how many tokens each input of each solution will hold; see `solution_input_tokens`."""
+        return solution_input_tokens(self.count_tokens, items, self.template)
 
     def _score_inputs(self, inputs: Sequence[tuple[str, list[str], str]]) -> list[float]:
         """Rewards of (question, previous, current) inputs: P(positive) from `logits`."""
@@ -317,6 +356,44 @@ class Scorer:
             return False
         return True
 
+
+def solution_input_tokens(count: Callable[[list[str]], list[int]], items: Sequence[tuple[str, list[str]]],
+                          template: TemplateConfig | None = None, reserve: int = 2) -> list[list[int]]:
+    """About how many tokens each input of each solution holds (input i = step i given steps[:i]),
+    from one `count` call over the pieces, where rendering every input would take time quadratic
+    in the number of steps. Input i = the fixed headers + question + step i + `reserve` special
+    tokens, and for i > 0 the previous-reasoning header + steps[:i] + i - 1 separators; capped at
+    `template.max_length`, which `render_fitted` never passes (no cap when `template` is None).
+    Tokens that merge across pieces make it approximate by a few tokens per input. `count` in
+    UTF-8 bytes bounds the tokens of byte-level and byte-fallback tokenizers from above.
+
+    Counted in characters it is exact: len(render("q", ["ab"], "c")) + 2 == 113.
+
+    >>> chars = lambda texts: [len(t) for t in texts]   # fixed headers: 85 chars, previous: 22
+    >>> solution_input_tokens(chars, [("q", ["ab", "c"]), ("qq", [])])
+    [[90, 113], []]
+    >>> solution_input_tokens(chars, [("q", ["ab", "c"])], TemplateConfig(max_length=100))
+    [[90, 100]]
+    """
+    t = template or TemplateConfig()
+    pieces = [render("", [], "", t), PREVIOUS_HEADER + "\n\n", t.step_separator]
+    for q, steps in items:
+        pieces += [q, *steps]
+    counts = count(pieces)
+    fixed, prev_block, sep = counts[0] + reserve, counts[1], counts[2]
+    out, k = [], 3
+    for _, steps in items:
+        nq, ns = counts[k], counts[k + 1 : k + 1 + len(steps)]
+        k += 1 + len(steps)
+        row, before = [], 0  # before: tokens of steps[:i] joined
+        for i, n in enumerate(ns):
+            total = fixed + nq + n + (prev_block + before if i else 0)
+            row.append(min(total, t.max_length) if template is not None else total)
+            before += n + (sep if i else 0)
+        out.append(row)
+    return out
+
+
 # ---- `hiprm rm score` -------------------------------------------------------------------------
 
 
@@ -367,8 +444,7 @@ def check_score_config(cfg: ScoreConfig) -> tuple[Path, Path]:
         raise ConfigError("output: must differ from input")
     if out.is_dir():
         raise ConfigError(f"output: {out} is a folder; give a file path")
-    if not (Path(cfg.model) / "config.json").is_file():
-        raise ConfigError(f"model: {cfg.model} is not a checkpoint folder (no config.json)")
+    check_reward_checkpoint(cfg.model)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:

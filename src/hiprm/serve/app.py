@@ -3,11 +3,12 @@
 
 Command: `hiprm serve --model runs/rm/hrm/model [--port 8000] [configs/serve.yaml]`
 
-Concurrent requests are scored together: each request's solutions go on an asyncio queue, and a
-single worker takes the first waiting request, keeps collecting for up to `batch_window_ms` or
-until `max_batch` solutions, and runs `scorer.score_batch` on all of them in a worker thread (the
-event loop keeps accepting requests meanwhile). The scorer then sorts and packs the steps by
-length, so many small requests cost about as much as one large one.
+Each request is read (within `read_timeout_s`), parsed and validated alone, then measured in
+tokens with the scorer's tokenizer in a thread of its own (`measure`: over the model's context or
+`max_tokens_per_request` is a 422), and only then queued. Concurrent requests are scored together
+by one worker (batcher.py): up to `max_batch` solutions and `max_tokens_per_call` tokens per
+scorer call, a failing call retried request by request. The scorer then sorts and packs the
+steps by length, so many small requests cost about as much as one large one.
 
 `create_app(scorer, cfg)` builds the app around any `StepScorer` (a fake one in tests), so the
 HTTP layer is tested without a model or a socket.
@@ -20,15 +21,18 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.requests import ClientDisconnect
 
-from hiprm.rm.scorer import StepScorer, reward_from_logits, score_many
+from hiprm.rm.scorer import Scorer, StepScorer, reward_from_logits, solution_input_tokens
+from hiprm.serve.batcher import Batcher
 from hiprm.serve.protocol import (
     ClassificationData,
     ClassificationResponse,
@@ -46,9 +50,11 @@ from hiprm.serve.protocol import (
     ScoreResponse,
     SolutionInput,
     UsageInfo,
+    check_tokens,
     parse_request,
     parse_vllm,
     request_inputs,
+    safe_text,
 )
 
 log = logging.getLogger(__name__)
@@ -64,188 +70,158 @@ class ServeConfig:
     port: int = 8000
     batch_window_ms: float = 5.0
     max_batch: int = 64  # solutions per scorer call
+    max_tokens_per_call: int = 131_072  # tokens (as max_tokens_per_request counts them) per scorer call
     max_items_per_request: int = 64
     max_steps_per_item: int = 128
     max_chars_per_step: int = 8_000
     max_chars_per_question: int = 8_000
+    max_tokens_per_request: int = 32_768  # tokens of all its inputs, each scored alone (usage.prompt_tokens)
     max_body_bytes: int = 4_000_000
+    read_timeout_s: float = 30.0  # to receive a whole body; a stalled upload gets 408
+    health_busy_after_s: float = 60.0  # /health says 503 "busy" while one scorer call runs longer
+    keep_alive_s: int = 5  # uvicorn's timeout_keep_alive: an idle connection closes after it
+    max_connections: int = 0  # uvicorn's limit_concurrency (503 beyond it); 0 = no limit
     device: str = "auto"
     dtype: str = "auto"
     batch_size: int = 32
-    max_tokens_per_batch: int = 16384
+    max_tokens_per_batch: int = 16384  # rows x longest row per forward pass (the scorer's)
     log_level: str = "info"
 
     def limits(self) -> Limits:
         return Limits(self.max_body_bytes, self.max_items_per_request, self.max_steps_per_item,
-                      self.max_chars_per_step, self.max_chars_per_question)
+                      self.max_chars_per_step, self.max_chars_per_question, self.max_tokens_per_request)
 
 
-def run_items(scorer: Any, flat: list[tuple[str, Any]]) -> list[Any]:
-    """Score a batch of tagged items in as few scorer calls as there are tags:
-    ("rewards", (question, steps)) -> one reward per step (`score_batch`);
-    ("steps", (question, steps)) -> (logits per step, tokens) (`solution_logits`);
-    ("ids", token ids) -> one row of logits (`logits`)."""
-    out: list[Any] = [None] * len(flat)
-    for tag in ("rewards", "steps", "ids"):
-        where = [k for k, (t, _) in enumerate(flat) if t == tag]
-        if not where:
+def utf8_lengths(texts: list[str]) -> list[int]:
+    return [len(t.encode("utf-8")) for t in texts]
+
+
+@dataclass
+class Counting:
+    """How requests are measured before they are queued. `inputs`: tokens per input per solution
+    (`Scorer.input_tokens`); `encode`: formatted texts -> the token ids the model gets (None: the
+    scorer takes no texts); `vocab_size`: token ids must be below it (None: not checked)."""
+
+    inputs: Callable[[list[tuple[str, list[str]]]], list[list[int]]]
+    encode: Callable[[list[str]], list[list[int]]] | None = None
+    vocab_size: int | None = None
+
+    @classmethod
+    def of(cls, scorer: Any) -> Counting:
+        """A hiprm Scorer counts with its own tokenizer; any other scorer (a fake in tests) in UTF-8
+        bytes, which bound the tokens of byte-level BPE and byte-fallback tokenizers from above."""
+        if isinstance(scorer, Scorer):
+            return cls(scorer.input_tokens, scorer.encode_texts, int(scorer.model.config.vocab_size))
+        return cls(partial(solution_input_tokens, utf8_lengths))
+
+
+def measure(items: list[tuple[str, Any]], where: list[str], counting: Counting, limits: Limits,
+            max_model_len: int) -> tuple[list[tuple[str, Any]], int]:
+    """A request's items ready to queue (a ("text", str) becomes ("ids", its token ids)) and its
+    tokens, or RequestError(422): an input over the model's context, a token id outside the
+    vocabulary, or more than max_tokens_per_request. `where[k]` names item k in messages."""
+    out = list(items)
+    sols = [k for k, (tag, _) in enumerate(items) if tag in ("rewards", "steps")]
+    texts = [k for k, (tag, _) in enumerate(items) if tag == "text"]
+    tokens: list[tuple[str, int]] = []
+    if sols:
+        for k, row in zip(sols, counting.inputs([items[k][1] for k in sols]), strict=True):
+            tokens += [(f"{where[k]}.steps[{i}]", n) for i, n in enumerate(row)]
+    if texts:
+        if counting.encode is None:
+            raise RequestError(422, "this server's scorer takes no formatted text; send {question, steps}")
+        for k, ids in zip(texts, counting.encode([items[k][1] for k in texts]), strict=True):
+            out[k] = ("ids", ids)
+    vocab = counting.vocab_size
+    for k, (tag, ids) in enumerate(out):
+        if tag != "ids":
             continue
-        items = [flat[k][1] for k in where]
-        if tag == "rewards":
-            results: list[Any] = [list(map(float, r)) for r in score_many(scorer, items)]
-        elif tag == "steps":
-            rows, tokens = scorer.solution_logits(items)
-            results = list(zip(rows, tokens, strict=True))
-        else:
-            results = scorer.logits(items)
-        for k, r in zip(where, results, strict=True):
-            out[k] = r
-    return out
+        if not ids:
+            raise RequestError(422, f"{where[k]} has no tokens; an input needs at least one")
+        if vocab is not None and (min(ids) < 0 or max(ids) >= vocab):
+            raise RequestError(422, f"{where[k]}: token ids must be in [0, {vocab}); got one of {min(ids)}..{max(ids)}")
+        tokens.append((where[k], len(ids)))
+    return out, check_tokens(tokens, limits, max_model_len)
 
 
-class Batcher:
-    """Queue + one worker: gathers concurrent requests into one scorer call per kind of item."""
-
-    def __init__(self, scorer: StepScorer, window_s: float, max_batch: int):
-        self.scorer = scorer
-        self.window_s = window_s
-        self.max_batch = max(1, max_batch)
-        self.queue: asyncio.Queue[tuple[list[tuple[str, list[str]]], asyncio.Future]] | None = None
-        self.task: asyncio.Task | None = None
-        # One thread: the model is not called concurrently, and it keeps torch's threads busy.
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hiprm-score")
-        self.batches = 0
-        self.items = 0
-        self.max_items_per_batch = 0
-        self.max_requests_per_batch = 0
-
-    def start(self) -> None:
-        if self.task is None or self.task.done():
-            self.queue = asyncio.Queue()
-            self.task = asyncio.get_running_loop().create_task(self._work())
-
-    async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
-            self.task = None
-        self.executor.shutdown(wait=False, cancel_futures=True)
-
-    async def submit(self, items: list[tuple[str, Any]]) -> list[Any]:
-        self.start()  # lazily, for ASGI transports that skip the lifespan
-        assert self.queue is not None
-        fut = asyncio.get_running_loop().create_future()
-        await self.queue.put((items, fut))
-        return await fut
-
-    async def _collect(self, first: tuple[Any, asyncio.Future]) -> tuple[list[tuple[Any, asyncio.Future]], Any]:
-        """Jobs for one call, and a job that did not fit (carried to the next call) or None."""
-        assert self.queue is not None
-        loop = asyncio.get_running_loop()
-        jobs, n = [first], len(first[0])
-        deadline = loop.time() + self.window_s
-        while n < self.max_batch:
-            left = deadline - loop.time()
-            if left <= 0:
-                try:
-                    job = self.queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    break
-            else:
-                # Not asyncio.wait_for: on Python 3.11 it can drop a result that arrives just as
-                # the timeout fires, which would leave that request waiting forever.
-                getter = asyncio.ensure_future(self.queue.get())
-                await asyncio.wait({getter}, timeout=left)
-                if not getter.done():
-                    getter.cancel()
-                try:
-                    job = await getter
-                except asyncio.CancelledError:
-                    if asyncio.current_task().cancelling():  # type: ignore[union-attr]
-                        raise  # the worker itself is being stopped
-                    break
-            if n + len(job[0]) > self.max_batch:
-                return jobs, job
-            jobs.append(job)
-            n += len(job[0])
-        return jobs, None
-
-    async def _work(self) -> None:
-        assert self.queue is not None
-        loop = asyncio.get_running_loop()
-        carry = None
-        while True:
-            first = carry if carry is not None else await self.queue.get()
-            jobs, carry = await self._collect(first)
-            jobs = [j for j in jobs if not j[1].done()]  # clients that went away
-            flat = [it for items, _ in jobs for it in items]
-            if not flat:
-                for _, fut in jobs:
-                    fut.set_result([])
-                continue
-            self.batches += 1
-            self.items += len(flat)
-            self.max_items_per_batch = max(self.max_items_per_batch, len(flat))
-            self.max_requests_per_batch = max(self.max_requests_per_batch, len(jobs))
-            try:
-                rewards = await loop.run_in_executor(self.executor, run_items, self.scorer, flat)
-            except Exception as e:  # noqa: BLE001 - every waiting request gets the error as a 500
-                log.exception("scorer failed on a batch of %d solutions", len(flat))
-                for _, fut in jobs:
-                    if not fut.done():
-                        fut.set_exception(e)
-                continue
-            k = 0
-            for items, fut in jobs:
-                if not fut.done():
-                    fut.set_result(rewards[k : k + len(items)])
-                k += len(items)
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refusing (413) as soon as it passes `limit` bytes, declared or streamed."""
+async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The body, refusing as soon as it passes `limit` bytes, declared or streamed (413), or when it
+    has not all arrived within `timeout_s` (408). A client that goes away mid-body is one log line."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise RequestError(413, f"body is {declared} bytes; the limit is {limit}")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise RequestError(413, f"body is over the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise RequestError(413, f"body is over the limit of {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestError(408, f"the body did not arrive within read_timeout_s={timeout_s:g} s "
+                                f"({size} bytes came)") from None  # fmt: skip
+    except ClientDisconnect:
+        client = f"{request.client.host}:{request.client.port}" if request.client else "a client"
+        log.info("%s went away after sending %d bytes of its %s body", client, size, request.url.path)
+        raise RequestError(400, "the client disconnected before sending its whole body") from None
     return b"".join(chunks)
+
+
+def refuse(e: RequestError) -> JSONResponse:
+    # The rest of a body we stopped reading is still on the wire: close rather than keep alive.
+    unread = e.status in (408, 413)
+    return JSONResponse({"detail": e.message}, status_code=e.status, headers={"connection": "close"} if unread else None)
+
+
+def scorer_failed(e: Exception) -> JSONResponse:
+    return JSONResponse({"detail": safe_text(f"scorer failed: {type(e).__name__}: {e}")}, status_code=500)
 
 
 def create_app(scorer: StepScorer, cfg: ServeConfig | None = None, model_name: str = "", served_name: str = "",
                max_model_len: int = 8192, id2label: dict[int, str] | None = None) -> FastAPI:
     """The app around `scorer`. `/v1/score` needs only `score_batch`; the vLLM-style endpoints
-    need the Scorer's `logits`, `solution_logits` and `encode_text` (hiprm.rm.scorer.Scorer)."""
+    need the Scorer's `logits`, `solution_logits` and `encode_texts` (hiprm.rm.scorer.Scorer)."""
     cfg = cfg or ServeConfig()
     started = int(time.time())
     limits = cfg.limits()
-    batcher = Batcher(scorer, cfg.batch_window_ms / 1000.0, cfg.max_batch)
+    batcher = Batcher(scorer, cfg.batch_window_ms / 1000.0, cfg.max_batch, cfg.max_tokens_per_call)
+    counting = Counting.of(scorer)
+    # Its own thread: tokenizing a large request must neither block the event loop nor wait
+    # behind the scorer call in progress.
+    count_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hiprm-count")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         batcher.start()
         yield
         await batcher.stop()
+        count_executor.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="hiprm reward model", lifespan=lifespan)
     app.state.batcher = batcher
 
-    @app.post("/v1/score", response_model=ScoreResponse,
-              responses={413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}, 500: {"model": ErrorResponse}})
+    async def measured(items: list[tuple[str, Any]], where: list[str]) -> tuple[list[tuple[str, Any]], int]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(count_executor, measure, items, where, counting, limits, max_model_len)
+
+    async def body_of(request: Request) -> bytes:
+        return await read_body(request, limits.max_body_bytes, cfg.read_timeout_s)
+
+    errors = {s: {"model": ErrorResponse} for s in (408, 413, 422, 500)}
+
+    @app.post("/v1/score", response_model=ScoreResponse, responses=errors)  # type: ignore[arg-type]
     async def score(request: Request) -> Any:
         try:
-            items: list[ScoreItem] = parse_request(await _read_body(request, limits.max_body_bytes), limits)
+            items: list[ScoreItem] = parse_request(await body_of(request), limits)
+            flat, tokens = await measured([("rewards", (it.question, list(it.steps))) for it in items],
+                                          [f"[{n}]" for n in range(len(items))])  # fmt: skip
         except RequestError as e:
-            return JSONResponse({"detail": e.message}, status_code=e.status)
+            return refuse(e)
         try:
-            rewards = await batcher.submit([("rewards", (it.question, list(it.steps))) for it in items])
+            rewards = await batcher.submit(flat, tokens)
         except Exception as e:  # noqa: BLE001 - the scorer's failure, reported to the client
-            return JSONResponse({"detail": f"scorer failed: {type(e).__name__}: {e}"}, status_code=500)
+            return scorer_failed(e)
         return ScoreResponse(rewards=rewards)
 
     served = served_name or model_name
@@ -258,36 +234,35 @@ def create_app(scorer: StepScorer, cfg: ServeConfig | None = None, model_name: s
         return [1.0 - p, p]
 
     async def vllm_call(request: Request, kind: type[ClassifyRequest]) -> Any:
-        """Parse a /classify or /pooling body; returns (request, flat results) or a JSONResponse."""
+        """Parse a /classify or /pooling body; returns (request, items, results) or a JSONResponse."""
         try:
-            req = parse_vllm(await _read_body(request, limits.max_body_bytes), limits, kind)
+            req = parse_vllm(await body_of(request), limits, kind)
         except RequestError as e:
-            return JSONResponse({"detail": e.message}, status_code=e.status)
+            return refuse(e)
         if req.model not in (None, "", served):
-            return JSONResponse({"detail": f"model {req.model!r} is not served here (this server: {served!r})"},
+            return JSONResponse({"detail": safe_text(f"model {req.model!r} is not served here (this server: {served!r})")},
                                 status_code=404)  # fmt: skip
         if isinstance(req, PoolingRequest) and req.task not in (None, "token_classify"):
-            return JSONResponse({"detail": f"task {req.task!r}: this server offers token_classify"}, status_code=422)
+            return refuse(RequestError(422, f"task {req.task!r}: this server offers token_classify"))
         items: list[tuple[str, Any]] = []
         for x in request_inputs(req):
             if isinstance(x, SolutionInput):
                 items.append(("steps", (x.question, list(x.steps))))
             elif kind is PoolingRequest:
-                return JSONResponse({"detail": "task token_classify needs hiprm's structured input "
-                                               "{question, steps}: a formatted text does not say where steps end"},
-                                    status_code=422)  # fmt: skip
+                return refuse(RequestError(422, "task token_classify needs hiprm's structured input "
+                                                "{question, steps}: a formatted text does not say where steps end"))
             else:
-                ids = scorer.encode_text(x) if isinstance(x, str) else list(x)  # type: ignore[attr-defined]
-                if not ids or len(ids) > max_model_len:
-                    return JSONResponse({"detail": f"input has {len(ids)} tokens; this model takes 1 to "
-                                                   f"{max_model_len}"}, status_code=422)  # fmt: skip
-                items.append(("ids", ids))
+                items.append(("text", x) if isinstance(x, str) else ("ids", list(x)))
         try:
-            return req, items, await batcher.submit(items)
+            items, tokens = await measured(items, [f"input[{i}]" for i in range(len(items))])
+        except RequestError as e:
+            return refuse(e)
+        try:
+            return req, items, await batcher.submit(items, tokens)
         except Exception as e:  # noqa: BLE001 - the scorer's failure, reported to the client
-            return JSONResponse({"detail": f"scorer failed: {type(e).__name__}: {e}"}, status_code=500)
+            return scorer_failed(e)
 
-    @app.post("/classify", response_model=ClassificationResponse)
+    @app.post("/classify", response_model=ClassificationResponse, responses=errors)  # type: ignore[arg-type]
     async def classify(request: Request) -> Any:
         got = await vllm_call(request, ClassifyRequest)
         if isinstance(got, JSONResponse):
@@ -303,7 +278,7 @@ def create_app(scorer: StepScorer, cfg: ServeConfig | None = None, model_name: s
         return ClassificationResponse(id=f"classify-{uuid.uuid4().hex}", created=int(time.time()), model=served,
                                       data=data, usage=UsageInfo(prompt_tokens=tokens, total_tokens=tokens))  # fmt: skip
 
-    @app.post("/pooling", response_model=PoolingResponse)
+    @app.post("/pooling", response_model=PoolingResponse, responses=errors)  # type: ignore[arg-type]
     async def pooling(request: Request) -> Any:
         got = await vllm_call(request, PoolingRequest)
         if isinstance(got, JSONResponse):
@@ -320,13 +295,17 @@ def create_app(scorer: StepScorer, cfg: ServeConfig | None = None, model_name: s
         return ModelList(data=[ModelCard(id=served, created=started, root=model_name or served,
                                          max_model_len=max_model_len)])  # fmt: skip
 
-    @app.get("/health", response_model=HealthResponse)
-    async def health() -> HealthResponse:
-        return HealthResponse(
-            status="ok", model=model_name, batches=batcher.batches, items=batcher.items,
+    @app.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
+    async def health() -> Any:
+        # A worker stuck on one call answers nobody; a load balancer should hear that, not "ok".
+        running = batcher.running_s()
+        busy = running > cfg.health_busy_after_s
+        body = HealthResponse(
+            status="busy" if busy else "ok", model=model_name, batches=batcher.batches, items=batcher.items,
             max_items_per_batch=batcher.max_items_per_batch, max_requests_per_batch=batcher.max_requests_per_batch,
-            queued=batcher.queue.qsize() if batcher.queue is not None else 0,
+            queued=batcher.queue.qsize() if batcher.queue is not None else 0, current_batch_s=round(running, 3),
         )
+        return JSONResponse(body.model_dump(), status_code=503 if busy else 200)
 
     return app
 
@@ -335,10 +314,12 @@ def run(cfg: ServeConfig) -> None:
     import uvicorn
 
     from hiprm.config import ConfigError
-    from hiprm.rm.scorer import Scorer
 
     if not cfg.model:
         raise ConfigError("model: required (hiprm serve --model CKPT)")
+    for key in ("max_batch", "max_tokens_per_call", "max_tokens_per_request", "read_timeout_s", "health_busy_after_s"):
+        if getattr(cfg, key) <= 0:
+            raise ConfigError(f"{key}: must be > 0, got {getattr(cfg, key)}")
     scorer = Scorer.from_pretrained(cfg.model, cfg.device, cfg.dtype, cfg.batch_size, cfg.max_tokens_per_batch)
     mc = scorer.model.config
     app = create_app(scorer, cfg, model_name=cfg.model, served_name=cfg.served_model_name or cfg.model,
@@ -346,4 +327,7 @@ def run(cfg: ServeConfig) -> None:
                      id2label={int(k): v for k, v in (mc.id2label or {}).items()} or None)  # fmt: skip
     log.info("serving %s on http://%s:%d (POST /v1/score, /classify, /pooling; GET /v1/models, /health)",
              cfg.model, cfg.host, cfg.port)
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level)
+    # Bodies time out in read_body; idle keep-alive connections and the number of open ones are
+    # uvicorn's to bound.
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level, timeout_keep_alive=cfg.keep_alive_s,
+                limit_concurrency=cfg.max_connections or None)  # fmt: skip

@@ -5,14 +5,20 @@
             [{"question": str, "steps": [str, ...]}, ...]            several
       200:  {"rewards": [[float, ...], ...]}   one list per solution, in request order, one
                                                reward in [0, 1] per step (step i given steps[:i])
+      408:  {"detail": str}   the body did not arrive within read_timeout_s
       413:  {"detail": str}   body larger than max_body_bytes
-      422:  {"detail": str}   not JSON, wrong shape, unknown keys, or over a limit (steps per
-                              solution, characters per step / question, solutions per request)
-      500:  {"detail": str}   the scorer raised
+      422:  {"detail": str}   not UTF-8 JSON, nested too deeply, a lone surrogate in a string, wrong
+                              shape, unknown keys, or over a limit (steps per solution, characters
+                              per step / question, solutions per request, tokens per request, an
+                              input longer than the model's context)
+      500:  {"detail": str}   the scorer raised on this request alone (a batch that fails is
+                              retried request by request, so one request cannot fail others)
 
     GET /health
       200:  {"status": "ok", "model": str, "batches": int, "items": int,
-             "max_items_per_batch": int, "max_requests_per_batch": int, "queued": int}
+             "max_items_per_batch": int, "max_requests_per_batch": int, "queued": int,
+             "current_batch_s": float}     seconds the scorer call in progress has run (0: idle)
+      503:  the same with "status": "busy": one scorer call has run past health_busy_after_s
 
     POST /classify, POST /pooling, GET /v1/models: vLLM's pooling API (vLLM 0.32 field names and
     types, `VLLM_SHAPES` below), so clients written for a vLLM reward-model server (verl's reward
@@ -41,6 +47,7 @@ HTTP status to answer; the app calls it, and tests call it directly.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,13 +148,50 @@ class ModelList(BaseModel):
 
 
 def load_body(body: bytes, limits: Limits) -> Any:
-    """The parsed JSON of a request body, or RequestError: 413 over the size limit, 422 not JSON."""
+    """The parsed JSON of a request body, or RequestError: 413 over the size limit, 422 not
+    UTF-8 JSON (RFC 8259; UTF-16 is refused), nested too deeply, or a string that is not text.
+
+    >>> load_body(b'{"steps": ["a \\\\ud800 b"]}', Limits())
+    Traceback (most recent call last):
+    hiprm.serve.protocol.RequestError: at steps[0]: a lone surrogate ('\\ud800') is not text; send valid Unicode
+    """
     if len(body) > limits.max_body_bytes:
         raise RequestError(413, f"body is {len(body)} bytes; the limit is {limits.max_body_bytes}")
     try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        # Decoded here, strictly: json.loads(bytes) would let UTF-8-encoded surrogates through.
+        # A leading byte order mark is ignored, as RFC 8259 allows.
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise RequestError(422, f"body is not valid JSON: not UTF-8 ({e.reason} at byte {e.start})") from None
+    try:
+        raw = json.loads(text)
+    except RecursionError:
+        raise RequestError(422, "body is not valid JSON for this API: nested too deeply") from None
+    except ValueError as e:  # JSONDecodeError, or an integer of over 4300 digits
         raise RequestError(422, f"body is not valid JSON: {e}") from None
+    if "\\u" in text:  # only an escape can put a lone surrogate in a str now
+        _check_unicode(raw)
+    return raw
+
+
+def _check_unicode(raw: Any) -> None:
+    """RequestError(422) naming the first string (or key) holding a lone surrogate: the tokenizer
+    and the JSON encoder of the response would both fail on it. A loop, not recursion: nesting is
+    bounded only by json's recursion limit."""
+    todo: list[tuple[Any, str]] = [(raw, "")]
+    while todo:
+        x, where = todo.pop()
+        if isinstance(x, str):
+            try:
+                x.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise RequestError(422, f"at {where or 'body'}: a lone surrogate ({ascii(x[e.start])}) is not text; "
+                                        "send valid Unicode") from None  # fmt: skip
+        elif isinstance(x, list):
+            todo += [(v, f"{where}[{i}]") for i, v in reversed(list(enumerate(x)))]
+        elif isinstance(x, dict):
+            for k, v in reversed(list(x.items())):
+                todo += [(v, f"{where}.{k}" if where else k), (k, f"{where} key {ascii(k)}")]
 
 
 def request_inputs(req: ClassifyRequest) -> list[Any]:
@@ -186,13 +230,14 @@ class ErrorResponse(BaseModel):
 
 
 class HealthResponse(BaseModel):
-    status: str
+    status: str  # "ok", or "busy" (503) while one scorer call has run past health_busy_after_s
     model: str
     batches: int
     items: int
     max_items_per_batch: int
     max_requests_per_batch: int
     queued: int
+    current_batch_s: float = 0.0  # how long the scorer call in progress has run; 0 when idle
 
 
 @dataclass
@@ -204,15 +249,47 @@ class Limits:
     max_steps_per_item: int = 128
     max_chars_per_step: int = 8_000
     max_chars_per_question: int = 8_000
+    max_tokens_per_request: int = 32_768
+
+
+def safe_text(message: str) -> str:
+    """`message` with any lone surrogate escaped, so a JSON response can always be encoded.
+
+    >>> safe_text("bad: \\ud800")
+    'bad: \\\\ud800'
+    """
+    return message.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class RequestError(Exception):
     """A request the server refuses: `status` is the HTTP code, the message says why."""
 
     def __init__(self, status: int, message: str):
-        super().__init__(message)
+        super().__init__(safe_text(message))
         self.status = status
-        self.message = message
+        self.message = safe_text(message)
+
+
+def check_tokens(tokens: Sequence[tuple[str, int]], limits: Limits, max_model_len: int) -> int:
+    """The request's tokens (the sum over its inputs), or RequestError(422) naming an input longer
+    than the model's context or a total over `max_tokens_per_request`.
+    `tokens`: (where, tokens) per input.
+
+    >>> check_tokens([("[0].steps[0]", 10), ("[0].steps[1]", 30)], Limits(max_tokens_per_request=40), 100)
+    40
+    >>> check_tokens([("input[0]", 101)], Limits(), 100)
+    Traceback (most recent call last):
+    hiprm.serve.protocol.RequestError: input[0] has 101 tokens; the model's context (max_position_embeddings) is 100
+    """
+    for where, n in tokens:
+        if n > max_model_len:
+            raise RequestError(422, f"{where} has {n} tokens; the model's context (max_position_embeddings) "
+                                    f"is {max_model_len}")  # fmt: skip
+    total = sum(n for _, n in tokens)
+    if total > limits.max_tokens_per_request:
+        raise RequestError(422, f"the request holds {total} tokens (its inputs scored one by one); the limit is "
+                                f"max_tokens_per_request={limits.max_tokens_per_request}")  # fmt: skip
+    return total
 
 
 _REQUEST = TypeAdapter(ScoreItem | list[ScoreItem])

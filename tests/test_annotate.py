@@ -4,10 +4,6 @@ real kill -9, bad input, a failing server, and the OpenAI backend's greedy / sto
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -24,6 +20,7 @@ from hiprm.policy.prompts import STYLES
 from hiprm.policy.protocol import SamplingParams
 from hiprm.policy.scripted import ScriptedPolicy
 from hiprm.records import Problem
+from tests.killing import complete_lines, hiprm_cmd, kill_when
 
 # Keys must not occur in the paper prompt's own example ("1+2+3 = ?").
 TEXTS = {
@@ -249,16 +246,8 @@ def test_kill_9_then_resume_gives_the_uninterrupted_trees(tmp_path):
     ref = tmp_path / "ref"
     assert main(["annotate", *args, f"out_dir={ref}"]) == 0
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "hiprm.cli", "annotate", *args, f"out_dir={out}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        trees = out / "trees.jsonl"
-        if trees.is_file() and len(trees.read_bytes().splitlines()) >= 5:
-            break
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when(hiprm_cmd("annotate", *args, f"out_dir={out}"), lambda: complete_lines(out / "trees.jsonl") >= 5,
+              tmp_path / "killed.log")  # fmt: skip
     partial = len(read_appended(out / "trees.jsonl"))
     assert 0 < partial < 400
     assert main(["annotate", *args, f"out_dir={out}"]) == 0

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +25,7 @@ from hiprm.selftrain.select import (
     split_trajectories,
     training_text,
 )
+from tests.killing import checkpoint_saved, hiprm_cmd, kill_when, run_to_end
 
 REPO = Path(__file__).resolve().parents[1]
 OPENR = "samples/openr_samples_math-aps-tree.jsonl"
@@ -252,25 +252,11 @@ def test_bad_input_is_named(trees_file, tiny_lm_dir, tmp_path):
 def test_resume_after_kill_9(trees_file, tiny_lm_dir, tmp_path):
     """A run killed with SIGKILL after its first checkpoint continues from it when rerun."""
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "hiprm.cli", "selftrain", f"trees={trees_file}", f"model={tiny_lm_dir}",
-           f"out_dir={out}", "max_length=2048", "batch_size=2", "max_steps=200", "save_every=4", "min_mc=0.4",
-           "lr=1e-3", "epochs=100"]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        import time
-
-        deadline = time.time() + 120
-        while (
-            time.time() < deadline
-            and not (out / "checkpoints" / "checkpoint-4" / "trainer_state.json").exists()
-        ):
-            time.sleep(0.01)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait()
+    cmd = hiprm_cmd("selftrain", f"trees={trees_file}", f"model={tiny_lm_dir}", f"out_dir={out}", "max_length=2048",
+                    "batch_size=2", "max_steps=200", "save_every=4", "min_mc=0.4", "lr=1e-3", "epochs=100")  # fmt: skip
+    kill_when(cmd, checkpoint_saved(out / "checkpoints" / "checkpoint-4"), tmp_path / "killed.log")
     assert not (out / "model").exists()
-    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=600)
+    run_to_end(cmd, timeout=600)
     steps = [r["step"] for r in rows(out) if "lm_loss" in r]
     assert steps == list(range(1, 201))  # one uninterrupted run, no step twice
     assert json.loads((out / "meta.json").read_text())["global_step"] == 200

@@ -6,7 +6,8 @@
 
 Writes `<out_dir>/train.jsonl`, `<out_dir>/val.jsonl` (one RMExample per line) and
 `<out_dir>/meta.json` (resolved settings, input sha256, package version, counts), each
-atomically, then prints the statistics of `hiprm data stats`. No problem is on both sides of
+atomically (the previous build's files are removed first, so a killed build never leaves a mix
+of two), then prints the statistics of `hiprm data stats`. No problem is on both sides of
 the split; the split is a seeded shuffle of the sorted problem ids, so it is reproducible.
 
 With `trees=FILE` the examples come from annotated trees (hiprm's or OpenR's) instead of PRM800K:
@@ -154,6 +155,14 @@ def run(cfg: BuildConfig) -> Path:
         rows = [e.to_dict() for e in examples]  # once: for writing and for the statistics
         train = [r for r in rows if r["problem_id"] not in val_ids]
         val = [r for r in rows if r["problem_id"] in val_ids]
+    # Each file is written atomically, but a build killed between two of them would leave this
+    # build's train.jsonl beside the last build's val.jsonl and meta.json, which a reader would
+    # take for one split. So the old outputs go first (with the temporaries a killed build left,
+    # `atomic_write`'s `.NAME.*.tmp`): whatever a killed build leaves is whole and its own.
+    for name in ("meta.json", "config.yaml", "val.jsonl", "train.jsonl"):
+        (out_dir / name).unlink(missing_ok=True)
+        for tmp in out_dir.glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
     write_jsonl(out_dir / "train.jsonl", train)
     write_jsonl(out_dir / "val.jsonl", val)
     stats = compute_stats(rows)

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from hiprm.artifacts import append_jsonl, atomic_write, write_json, write_meta
+from hiprm.artifacts import append_jsonl, atomic_write, read_appended, write_json, write_meta
 from hiprm.config import ConfigError, to_dict
 from hiprm.data.labels import Neutral, prm_examples, step_label
 from hiprm.records import Solution, StepVerdicts
@@ -174,15 +174,11 @@ class RewardCache:
 
     def __init__(self, path: Path):
         self.path = path
-        self.data: dict[tuple[str, str], list[float]] = {}
-        if path.is_file():
-            with path.open(encoding="utf-8") as f:
-                for raw in f:
-                    try:
-                        row = json.loads(raw)
-                        self.data[(row["model"], row["key"])] = row["rewards"]
-                    except (json.JSONDecodeError, KeyError, TypeError):
-                        continue  # a half-written last line from an interrupted run
+        # read_appended drops a half-written last line (and ends a whole one with its newline),
+        # so the next append starts a line of its own instead of gluing onto the torn one.
+        self.data: dict[tuple[str, str], list[float]] = {
+            (row["model"], row["key"]): row["rewards"] for row in read_appended(path)
+        }
 
     def get(self, model: str, key: str) -> list[float] | None:
         return self.data.get((model, key))
@@ -272,12 +268,19 @@ def eval_processbench(scorer: Any, mkey: str, splits: dict[str, list[StepVerdict
         todo = [i for i, k in enumerate(keys) if cache.get(mkey, k) is None]
         with tqdm(total=len(entries), initial=len(entries) - len(todo), desc=f"processbench {name}",
                   unit="sol") as bar:
-            for start in range(0, len(todo), 8):
-                chunk = todo[start : start + 8]
+            # Batches of 8 entries counted from the first, not from the first missing one, and a
+            # batch that is partly cached (a run killed while writing it) is scored whole again:
+            # a reward's last float bits depend on its batch, and these are an uninterrupted run's.
+            for start in range(0, len(entries), 8):
+                chunk = list(range(start, min(start + 8, len(entries))))
+                missing = [i for i in chunk if cache.get(mkey, keys[i]) is None]
+                if not missing:
+                    continue
                 for i, r in zip(chunk, score_many(scorer, [(entries[i].question, entries[i].steps) for i in chunk]),
                                 strict=True):
-                    cache.put(mkey, keys[i], f"processbench/{name}", list(r))
-                bar.update(len(chunk))
+                    if i in missing:
+                        cache.put(mkey, keys[i], f"processbench/{name}", list(r))
+                bar.update(len(missing))
         rewards[name] = [cache.get(mkey, k) for k in keys]  # type: ignore[misc]
     labels = {name: [e.first_error for e in entries] for name, entries in splits.items()}
     if cfg.threshold is not None:

@@ -492,6 +492,17 @@ def run(cfg: ScoreConfig) -> Path:
                             len(done))  # fmt: skip
     if len(done) > len(rows):
         raise DataError(partial, f"has {len(done)} records but {src} only {len(rows)}; set overwrite=true to start over")
+    whole = len(done) - len(done) % cfg.chunk_size
+    if whole < len(done) < len(rows):
+        # A chunk cut short (the kill came while its lines were being written) is scored again
+        # whole: a reward's last float bits depend on the batch it is computed in, so only the
+        # chunks of an uninterrupted run give its exact records.
+        data = partial.read_bytes()
+        cut = 0
+        for _ in range(whole):
+            cut = data.index(b"\n", cut) + 1
+        os.truncate(partial, cut)
+        done = done[:whole]
     if done:
         log.info("resuming: %d of %d solutions already scored in %s", len(done), len(rows), partial)
     write_json(meta_path, {"config": identity, "status": "running", "inputs": {str(src): sha256_file(src)}})

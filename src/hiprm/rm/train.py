@@ -17,11 +17,14 @@ the saved model).
 
 Output (`output_dir`, returned):
     checkpoints/checkpoint-N/   resume points (rerunning the same command continues from the
-                                newest; the best by `eval.metric` is kept)
+                                newest, on the batches an uninterrupted run would see: the
+                                training order is a function of (seed, epoch), see
+                                `trie.PrefixBlockSampler`; the best by `eval.metric` is kept)
     model/                      final model (best checkpoint when validating) + tokenizer;
                                 loads with plain from_pretrained, `config.hiprm_template` set
     metrics.jsonl, loss.png     every log row; train/validation loss curves
-    meta.json, config.yaml      resolved config, input sha256s, final validation metrics
+    meta.json, config.yaml      resolved config, input sha256s, final validation metrics, the
+                                whole run's mean training loss
 Rerunning a finished run returns at once; a different config in the same folder is an error
 (set `overwrite=true` to start over).
 """
@@ -148,7 +151,7 @@ class RMTrainer(Trainer):
     def __init__(self, *args: Any, train_sampler: Any = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.model_accepts_loss_kwargs = False  # no token counting / num_items_in_batch
-        self.train_sampler = train_sampler  # trie batching's PrefixBlockSampler; None = Trainer's own
+        self.train_sampler = train_sampler  # a trie.PrefixBlockSampler; None = Trainer's own (random)
 
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
         if self.train_sampler is None:
@@ -353,8 +356,35 @@ def save_final(trainer: Trainer, cfg: TrainConfig, backbone: str, tokenizer: Any
     return final
 
 
-def train_or_restore(trainer: Trainer, resume: Path | None) -> float | None:
-    """`trainer.train`, resuming from `resume`; returns the mean training loss.
+class LogAtCheckpoints(TrainerCallback):
+    """Log the training loss at every checkpoint and at the last step as well, so the log rows
+    restored with a checkpoint end at its step, and those of the run cover every step once
+    (what `run_train_loss` adds up; rows at `logging_steps` alone would leave gaps at resumes)."""
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        if control.should_save or state.global_step >= state.max_steps:
+            control.should_log = True
+        return control
+
+
+def run_train_loss(log_history: list[dict[str, Any]]) -> float | None:
+    """Mean training loss over every step of the run, sessions before a resume included: each
+    logged `loss` is the mean over the steps since the previous row (`LogAtCheckpoints` makes the
+    rows meet at checkpoints), so the rows are weighted by the steps they cover.
+
+    >>> run_train_loss([{"step": 1, "loss": 1.0}, {"step": 4, "loss": 0.5}, {"step": 4, "eval_loss": 9.0}])
+    0.625
+    """
+    total, last = 0.0, 0
+    for row in log_history:
+        if "loss" in row:
+            total += row["loss"] * (row["step"] - last)
+            last = row["step"]
+    return total / last if last else None
+
+
+def train_or_restore(trainer: Trainer, resume: Path | None) -> None:
+    """`trainer.train`, resuming from `resume`.
 
     A run cut short after its last checkpoint (during the final evaluation or save) resumes
     from a checkpoint that already reached max_steps; Trainer 5.x would then take one step
@@ -368,9 +398,8 @@ def train_or_restore(trainer: Trainer, resume: Path | None) -> float | None:
             best = state.best_model_checkpoint
             trainer.state = state
             trainer._load_from_checkpoint(best if best and Path(best).is_dir() else str(resume))
-            return None
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    return result.training_loss
+            return
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
 
 
 def _without_lora(cfg: TrainConfig) -> TrainConfig:
@@ -442,13 +471,18 @@ def run(cfg: TrainConfig, callbacks: list[TrainerCallback] | None = None) -> Pat
     train_set, val_set, data_stats = load_sets(cfg, tokenizer)
     set_seed(cfg.optim.seed)  # the new classification head is initialised from this seed
     model = build_model(backbone, tokenizer, cfg)
+    seqs = [f["input_ids"].tolist() for f in train_set.features]
     sampler = None
     if cfg.data.batching == "trie":  # one sort of the training set, for the check and the order
-        sampler = trie.PrefixBlockSampler([f["input_ids"].tolist() for f in train_set.features],
-                                          cfg.data.trie_run or args.per_device_train_batch_size, cfg.optim.seed)
+        sampler = trie.PrefixBlockSampler(seqs, cfg.data.trie_run or args.per_device_train_batch_size, cfg.optim.seed)
         if not trie_batches_ok(model, train_set, sampler.order, tokenizer.pad_token_id, cfg.data.row_tokens):
             sampler = None
     use_trie = sampler is not None
+    if not use_trie and cfg.optim.group_by_length:
+        # Our length grouping, not Trainer's: that one draws from the global RNG, so a run resumed
+        # after its first epoch would train some examples of the interrupted epoch twice.
+        sampler = trie.PrefixBlockSampler(seqs, args.per_device_train_batch_size * args.gradient_accumulation_steps,
+                                          cfg.optim.seed, by="length")  # fmt: skip
     collator = trie.TrieCollator(tokenizer.pad_token_id, cfg.data.row_tokens) if use_trie else PadCollator(
         tokenizer.pad_token_id)
     trainer = RMTrainer(
@@ -460,13 +494,13 @@ def run(cfg: TrainConfig, callbacks: list[TrainerCallback] | None = None) -> Pat
         data_collator=collator,
         processing_class=tokenizer,
         compute_metrics=validation_metrics if val_set is not None else None,
-        callbacks=[MetricsLog(out / "metrics.jsonl"), *(callbacks or [])],
+        callbacks=[LogAtCheckpoints(), MetricsLog(out / "metrics.jsonl"), *(callbacks or [])],
     )
     if resume is not None:
         log.info("resuming from %s", resume)
         if is_main:
             trim_metrics(out / "metrics.jsonl", checkpoint_step(resume))
-    train_loss = train_or_restore(trainer, resume)
+    train_or_restore(trainer, resume)
     final_metrics = best_validation(trainer) if val_set is not None else {}
     save_final(trainer, cfg, backbone, tokenizer, out)
     if is_main:
@@ -479,7 +513,7 @@ def run(cfg: TrainConfig, callbacks: list[TrainerCallback] | None = None) -> Pat
             backbone=backbone,
             data=data_stats,
             global_step=trainer.state.global_step,
-            train_loss=train_loss,
+            train_loss=run_train_loss(trainer.state.log_history),
             best_checkpoint=trainer.state.best_model_checkpoint,
             validation=final_metrics,
             world_size=args.world_size,

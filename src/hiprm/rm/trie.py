@@ -32,6 +32,8 @@ if it is not exact.
 `classifier_logits(model, batch)` runs a 2-label sequence classifier over such a batch and
 returns one row of logits per sequence. Training (`TrieCollator`, `hiprm.rm.train`) and scoring
 (`hiprm.rm.scorer.Scorer`) both use these functions; there is no second packing.
+`PrefixBlockSampler` is the training order of both batchings (prefix blocks, or length groups
+for plain rows): a function of (seed, epoch) only, so a resumed run trains on the same batches.
 """
 
 from __future__ import annotations
@@ -348,13 +350,26 @@ class TrieCollator:
 
 
 class PrefixBlockSampler:
-    """Training order for trie batches: examples sorted by token ids (so those sharing a
-    prefix sit together), cut into blocks of one batch; the blocks are shuffled with a
-    generator seeded by (seed, epoch), so the order is a function of both and a resumed run
-    sees exactly the batches an uninterrupted one would (Trainer calls `set_epoch`)."""
+    """Training order as a function of (seed, epoch) only, for both batchings of `rm train`.
 
-    def __init__(self, seqs: Sequence[Sequence[int]], block: int, seed: int):
-        self.order = token_order(seqs)
+    Trainer calls `set_epoch` and, on resume, skips the batches of the epoch it already trained
+    on; since the order depends on nothing else (not on the global RNG, whose state a resumed
+    process does not share with the run it continues), those are the very batches trained before
+    the interruption, and the rest follows as in an uninterrupted run.
+
+    - `by="prefix"` (trie batching): examples sorted by token ids (so those sharing a prefix sit
+      together), cut into blocks of `block`; the blocks are shuffled.
+    - `by="length"` (row batching with `optim.group_by_length`): transformers' own length grouping
+      (`get_length_grouped_indices`: a random permutation cut into mega-batches of up to 50 blocks,
+      each sorted by length, the longest first), drawn from the same (seed, epoch) generator.
+    """
+
+    def __init__(self, seqs: Sequence[Sequence[int]], block: int, seed: int, by: str = "prefix"):
+        if by not in ("prefix", "length"):
+            raise ValueError(f"by must be 'prefix' or 'length', got {by!r}")
+        self.by = by
+        self.order = token_order(seqs) if by == "prefix" else []  # the token order (prefix blocks)
+        self.lengths = [len(s) for s in seqs]
         self.block = max(block, 1)
         self.seed = seed
         self.epoch = 0
@@ -363,12 +378,17 @@ class PrefixBlockSampler:
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return len(self.order)
+        return len(self.lengths)
 
     def __iter__(self) -> Any:
         import torch
 
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        if self.by == "length":
+            from transformers.trainer_pt_utils import get_length_grouped_indices
+
+            yield from get_length_grouped_indices(self.lengths, self.block, generator=g)
+            return
         full = len(self.order) // self.block
         for b in torch.randperm(full, generator=g).tolist():
             yield from self.order[b * self.block : (b + 1) * self.block]

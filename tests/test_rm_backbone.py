@@ -7,13 +7,22 @@ import time
 
 import pytest
 
+from hiprm.config import ConfigError
 from hiprm.rm import backbone
 from hiprm.rm.backbone import BackboneError, load_tokenizer, resolve_model_path
 
 
 def test_other_names_pass_through(tmp_path):
     assert resolve_model_path("Qwen/Qwen2.5-Math-1.5B") == "Qwen/Qwen2.5-Math-1.5B"
+    (tmp_path / "config.json").write_text("{}")
     assert resolve_model_path(str(tmp_path)) == str(tmp_path)
+
+
+def test_a_local_path_without_a_model_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="no such model folder"):
+        resolve_model_path(str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match="no config.json"):
+        resolve_model_path(str(tmp_path))
 
 
 def test_missing_wheel_names_install_command(monkeypatch, tmp_path):

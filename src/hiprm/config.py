@@ -5,15 +5,23 @@
 are parsed as YAML scalars (`3` -> int, `true` -> bool, `[a, b]` -> list) and then checked
 against the field's type. Unknown keys are errors that list the known ones; a typo never
 silently falls back to a default.
+
+Ranges are part of a field's type: `batch_size: Positive = 32`, `val_fraction: Annotated[float,
+Range(0, 1, hi_open=True)]`, `device: Device`. They are checked when the config loads, so
+`subsamples=0` or `device=tpu` is a one-line error before any work, not a traceback (or a
+silently empty result) later. NaN is never a valid number. A YAML file must be UTF-8 with each
+key once, and an override that is not valid YAML (`skip=[a`) is an error, not a string.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
 
@@ -24,8 +32,60 @@ class ConfigError(ValueError):
     """A config file or override that does not fit the config dataclass."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """A number's allowed interval, attached with `Annotated[int, Range(1)]`."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def check(self, value: float, key: str) -> None:
+        low = self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo)
+        high = self.hi is not None and (value >= self.hi if self.hi_open else value > self.hi)
+        if low or high:
+            raise ConfigError(f"{key}: {value!r} is out of range; expected {self}")
+
+    def __str__(self) -> str:
+        parts = []
+        if self.lo is not None:
+            parts.append(f"{'>' if self.lo_open else '>='} {self.lo:g}")
+        if self.hi is not None:
+            parts.append(f"{'<' if self.hi_open else '<='} {self.hi:g}")
+        return " and ".join(parts)
+
+
+@dataclasses.dataclass(frozen=True)
+class Match:
+    """A string's allowed form (a full-match regular expression), with words for the error."""
+
+    pattern: str
+    says: str
+
+    def check(self, value: str, key: str) -> None:
+        if not re.fullmatch(self.pattern, value):
+            raise ConfigError(f"{key}: {value!r} is not {self.says}")
+
+    def __str__(self) -> str:
+        return self.says
+
+
+# The common ranges, named once for every stage's config.
+Positive = Annotated[int, Range(1)]  # counts and sizes
+NonNegative = Annotated[int, Range(0)]  # where 0 means "all" / "off"
+PositiveFloat = Annotated[float, Range(0, lo_open=True)]
+NonNegativeFloat = Annotated[float, Range(0)]
+Probability = Annotated[float, Range(0, 1)]
+Fraction = Annotated[float, Range(0, 1, hi_open=True)]  # a share that must leave something over
+# The transformers schedulers that need no extra arguments (shared by rm train and selftrain).
+Scheduler = typing.Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
+                           "constant_with_warmup", "inverse_sqrt"]  # fmt: skip
+Device = Annotated[str, Match(r"auto|cpu|mps|(cuda|xpu|npu)(:\d+)?", "a device (auto, cpu, mps, cuda or cuda:N)")]
+
+
 def _field_types(cls: type) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
@@ -34,6 +94,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if tp is Any:
+        return value
+    if origin is Annotated:
+        base, *rules = typing.get_args(tp)
+        value = _coerce(value, base, key)
+        if value is not None:
+            for rule in rules:
+                if isinstance(rule, Range | Match):
+                    rule.check(value, key)
         return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
@@ -46,7 +114,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, a, key)
             except ConfigError as e:
                 errors.append(str(e))
-        raise ConfigError(f"{key}: {value!r} does not fit {tp}")
+        if len(errors) == 1:  # `X | None`: X's own message (its range, its choices) says more
+            raise ConfigError(errors[0])
+        raise ConfigError(f"{key}: {value!r} does not fit {_type_name(tp)}")
     if origin is typing.Literal:
         if value not in args:
             raise ConfigError(f"{key}: {value!r} is not one of {list(args)}")
@@ -78,15 +148,18 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         raise ConfigError(f"{key}: expected an integer, got {value!r}")
     if tp is float:
+        number = None
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
+            number = float(value)
         # PyYAML follows YAML 1.1, which reads "3e-4" (no dot) as a string.
-        if isinstance(value, str):
+        elif isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if number is None or math.isnan(number):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
@@ -130,8 +203,12 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
             raise ConfigError(f"override {item!r} has an empty key")
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            value = raw
+        except yaml.YAMLError as e:
+            # Falling back to the raw string read `skip=[a` as "[a": refuse instead.
+            why = str(getattr(e, "problem", None) or e).splitlines()[0]
+            raise ConfigError(f"{key}: {raw!r} is not a valid YAML value ({why}); quote it to mean a string") from None
+        except ValueError as e:  # e.g. an integer of more digits than Python converts
+            raise ConfigError(f"{key}: {str(e).split(':')[0]}") from None
         _set_dotted(tree, key, value)
     return tree
 
@@ -144,6 +221,20 @@ def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
         else:
             out[k] = v
     return out
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice (line {key_node.start_mark.line + 1})", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -160,12 +251,20 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     values: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
-        if not p.is_file():
+        if not p.exists():
             raise ConfigError(f"{p}: config file not found")
+        if not p.is_file():  # a folder, or a named pipe that would block the read forever
+            raise ConfigError(f"{p}: not a regular file")
         try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+            text = p.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{p}: not valid UTF-8 (byte {e.start})") from None
+        try:
+            loaded = yaml.load(text, Loader=_UniqueKeyLoader) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: invalid YAML: {e}") from None
+            raise ConfigError(f"{p}: invalid YAML: {' '.join(str(e).split())}") from None
+        except ValueError as e:
+            raise ConfigError(f"{p}: {str(e).split(':')[0]}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: expected a mapping at the top level")
         values = loaded
@@ -217,6 +316,9 @@ def _doc_mentions(cls: type) -> dict[str, str]:
 
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
+    if origin is Annotated:
+        base, *rules = typing.get_args(tp)
+        return " ".join([_type_name(base), *(str(r) for r in rules if isinstance(r, Range | Match))])
     if origin is typing.Literal:
         return "|".join(str(a) for a in typing.get_args(tp))
     if origin in (typing.Union, types.UnionType):

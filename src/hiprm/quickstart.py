@@ -33,7 +33,7 @@ from hiprm.annotate import run as annotate_run
 from hiprm.annotate.stats import format_tree_stats, plot_mc_histogram
 from hiprm.annotate.tree import read_trees, tree_stats
 from hiprm.artifacts import DataError, atomic_write, write_json, write_meta
-from hiprm.config import ConfigError, to_dict
+from hiprm.config import ConfigError, Device, Fraction, NonNegative, NonNegativeFloat, Positive, to_dict
 from hiprm.data import build as data_build
 from hiprm.data.stats import format_stats
 from hiprm.rm import evaluate as rm_evaluate
@@ -52,36 +52,36 @@ class QuickstartConfig:
     out_dir: str = "runs/quickstart"
     data_input: str = data_build.DEFAULT_INPUT
     data_dir: str = "../shared/data"
-    data_max_problems: int | None = 120  # a seeded subset of problems (None = all 808)
+    data_max_problems: Positive | None = 120  # a seeded subset of problems (None = all 808)
     model: str = "smollm2-135m-instruct"  # reward-model backbone and policy
     # Reward-model training: the same budget for PRM and HRM. Trie batches (`hiprm.rm.trie`)
     # compute each shared token once, so a batch of 64 examples (4 runs of 16 token-order
     # neighbours: 4 problems) costs what a handful of padded rows would. max_length 4096 (the
     # paper's) drops no old steps, so the steps of a solution keep sharing their prefix.
-    train_steps: int = 16
-    batch_size: int = 64
-    train_trie_run: int = 16
-    learning_rate: float = 3.0e-4
-    max_length: int = 4096
+    train_steps: Positive = 16
+    batch_size: Positive = 64
+    train_trie_run: NonNegative = 16
+    learning_rate: NonNegativeFloat = 3.0e-4
+    max_length: Positive = 4096
     train_top_layers: int = 4  # -1 = full fine-tuning (the paper); 4 of 30 keeps CPU steps short
-    max_val: int = 32
-    eval_every: int = 0  # validation + checkpoint every N steps (0 = at the end only)
+    max_val: Positive = 32
+    eval_every: NonNegative = 0  # validation + checkpoint every N steps (0 = at the end only)
     precision: str = "fp32"
     # Evaluation without a policy.
     # Enough items that the 95% intervals can tell a reward model from chance.
     prm800k_limit: int | None = 40  # solutions of phase-1 test (None = all)
-    processbench_limit: int | None = 16  # entries per split (None = all)
+    processbench_limit: Positive | None = 16  # entries per split (None = all)
     processbench_splits: list[str] = field(default_factory=lambda: ["gsm8k", "math"])
     # Evaluation with the policy.
     dataset: str = "gsm8k"
-    problems: int = 3
+    problems: Positive = 3
     n_values: list[int] = field(default_factory=lambda: [1, 2, 4])
-    max_steps: int = 5
-    max_step_tokens: int = 48
-    max_solution_tokens: int = 192
-    subsamples: int = 2
+    max_steps: Positive = 5
+    max_step_tokens: Positive = 48
+    max_solution_tokens: Positive = 192
+    subsamples: Positive = 2
     prompt_style: str = "paragraph"
-    device: str = "cpu"
+    device: Device = "cpu"
     # Annotation. MATH train problems with the shortest questions (short computations such as
     # "Factor $t^2-49$."): among the sets tried, the only ones on which the 135M policy is
     # sometimes right (6 of 64 sampled solutions of the 16 shortest; 0 of 96 on the shortest
@@ -92,13 +92,13 @@ class QuickstartConfig:
     annotate_served_model: str = ""  # the server's model name (default: `model`)
     annotate_dataset: str = "math-train"
     annotate_order: str = "shortest_question"
-    annotate_problems: int = 6
+    annotate_problems: Positive = 6
     annotate_mode: str = "mcts"
-    annotate_budget: int = 12  # rollouts per problem
-    annotate_children: int = 4
-    annotate_max_depth: int = 4
-    annotate_max_solution_tokens: int = 96
-    annotate_temperature: float = 0.8
+    annotate_budget: NonNegative = 12  # rollouts per problem
+    annotate_children: Positive = 4
+    annotate_max_depth: Positive = 4
+    annotate_max_solution_tokens: Positive = 96
+    annotate_temperature: NonNegativeFloat = 0.8
     annotate_prompt_style: str = "paragraph"  # step = the paper's A.3 "# Step X" prompt
     annotate_template: str = (
         "{question}\nSolve it step by step. Put a blank line after each step. "
@@ -107,15 +107,15 @@ class QuickstartConfig:
     # Which stages run (a stage left out uses what an earlier run left in out_dir).
     stages: list[str] = field(default_factory=lambda: list(STAGES))
     # Reward models from the trees: the same budget for both.
-    tree_train_steps: int = 6
-    tree_val_fraction: float = 0.2
+    tree_train_steps: Positive = 6
+    tree_val_fraction: Fraction = 0.2
     tree_rm_eval: bool = False  # also evaluate them like stage 3 (adds ~2 min on CPU)
     # Self-training on the trees' trajectories, then the tuned policy on the eval problems.
-    selftrain_steps: int = 4
+    selftrain_steps: Positive = 4
     selftrain_min_mc: float = (
         0.0  # paper 0.9; at this scale few paths pass more than "reaches a correct leaf"
     )
-    selftrain_top_layers: int = 4
+    selftrain_top_layers: NonNegative = 4
     selftrain_from_hnc: bool = False  # also tune on the HNC trees (paper Table 4: PRM vs HRM trees)
 
 

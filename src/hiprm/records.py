@@ -178,6 +178,12 @@ def example_from_json(obj: Any, path: str | Path, line: int) -> RMExample:
         raise DataError(path, f"expected a number in [0, 1], got {label!r}", line, "label")
     if obj.get("kind") not in EXAMPLE_KINDS:
         raise DataError(path, f"expected one of {list(EXAMPLE_KINDS)}, got {obj.get('kind')!r}", line, "kind")
+    ratings = obj.get("ratings", [])
+    if not isinstance(ratings, list):
+        raise DataError(path, f"expected a list, got {type(ratings).__name__}", line, "ratings")
+    for i, r in enumerate(ratings):
+        if r is not None and (isinstance(r, bool) or r not in (-1, 0, 1)):
+            raise DataError(path, f"expected -1, 0, 1 or null, got {r!r}", line, f"ratings[{i}]")
     prev_labels = obj.get("previous_labels", [])
     if not isinstance(prev_labels, list) or (prev_labels and len(prev_labels) != len(obj["previous_steps"])):
         raise DataError(path, f"expected one label per previous step ({len(obj['previous_steps'])}), got {prev_labels!r}",

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from hiprm.annotate.hnc import hnc
 from hiprm.annotate.tree import read_trees, validate
 from hiprm.artifacts import DataError, write_jsonl, write_meta
-from hiprm.config import ConfigError
+from hiprm.config import ConfigError, Positive, Probability
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,8 @@ class HNCConfig:
     out: str = ""
     split: Literal["train", "val", "test"] = "train"
     seed: int = 0
-    min_children: int = 4
-    p: float = 0.5
+    min_children: Positive = 4
+    p: Probability = 0.5
     score: Literal["leaf_fraction", "child_mean"] = "leaf_fraction"
     rule: Literal["reference", "node"] = "reference"
     separator: str = "\n\n"

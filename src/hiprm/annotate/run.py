@@ -39,7 +39,15 @@ from hiprm.artifacts import (
     weights_fingerprint,
     write_meta,
 )
-from hiprm.config import ConfigError, to_dict
+from hiprm.config import (
+    ConfigError,
+    NonNegative,
+    NonNegativeFloat,
+    Positive,
+    PositiveFloat,
+    Probability,
+    to_dict,
+)
 from hiprm.grading import extract_answer, is_equivalent
 from hiprm.policy.build import OPERATIONAL_POLICY_KEYS, PolicyConfig, PromptConfig, build_policy, build_style
 from hiprm.records import Problem, problem_id_for
@@ -66,27 +74,27 @@ class AnnotateConfig:
     data_dir: str = "../shared/data"  # where the named datasets are
     question_field: str = "question"
     answer_field: str = "answer"
-    limit: int = 0  # first N problems (after `order`); 0 = all
+    limit: NonNegative = 0  # first N problems (after `order`); 0 = all
     order: Literal["file", "shortest_solution", "shortest_question"] = "file"
     mode: Literal["bfs", "mcts"] = "bfs"
-    children: int = 5  # samples per node (bfs) / most children of a node (mcts); paper 5-6
-    max_depth: int = 7  # deepest step; a step there that is not final is a truncated leaf
-    budget: int = 0  # per problem, in budget_unit (mcts: required unless ci_width; bfs: a cap); 0 = none
+    children: Positive = 5  # samples per node (bfs) / most children of a node (mcts); paper 5-6
+    max_depth: Positive = 7  # deepest step; a step there that is not final is a truncated leaf
+    budget: NonNegative = 0  # per problem, in budget_unit (mcts: required unless ci_width; bfs: a cap); 0 = none
     budget_unit: Literal["rollouts", "tokens"] = "rollouts"
-    temperature: float = 0.7  # sampling (reference code: 0.1)
-    top_p: float = 0.95
-    max_step_tokens: int = 256  # bfs: tokens per step
-    max_solution_tokens: int = 1024  # mcts: tokens per rollout
-    rollouts_per_round: int = 4  # mcts: rollouts per problem per generate round
-    c_explore: float = 0.1  # mcts: weight of the UCT exploration bonus
-    ci_width: float = 0.0  # mcts: stop once every 95% Wilson interval is narrower; 0 = off
+    temperature: NonNegativeFloat = 0.7  # sampling (reference code: 0.1)
+    top_p: Probability = 0.95
+    max_step_tokens: Positive = 256  # bfs: tokens per step
+    max_solution_tokens: Positive = 1024  # mcts: tokens per rollout
+    rollouts_per_round: Positive = 4  # mcts: rollouts per problem per generate round
+    c_explore: NonNegativeFloat = 0.1  # mcts: weight of the UCT exploration bonus
+    ci_width: NonNegativeFloat = 0.0  # mcts: stop once every 95% Wilson interval is narrower; 0 = off
     truncated_as: Literal["wrong", "drop"] = "wrong"  # how depth-limited leaves count
     score: Literal["leaf_fraction", "child_mean"] = "leaf_fraction"  # MC-score rule (paper: leaf_fraction)
-    grade_timeout: float = 3.0  # seconds for the symbolic answer check
-    batch_problems: int = 16  # problems in flight at once (one generate call per round for all)
+    grade_timeout: PositiveFloat = 3.0  # seconds for the symbolic answer check
+    batch_problems: Positive = 16  # problems in flight at once (one generate call per round for all)
     executor: str = "local"  # local (this process) | ray (chunks of batch_problems as Ray tasks)
     ray_address: str = ""  # a Ray cluster (ray://HOST:10001 or auto); empty = a local Ray
-    ray_workers: int = 2  # CPUs of the local Ray (ignored with ray_address)
+    ray_workers: Positive = 2  # CPUs of the local Ray (ignored with ray_address)
     seed: int = 0  # request seeds derive from it, the problem and the node
     skip_bad: bool = False  # skip (and count) bad problems instead of stopping
     progress: bool = True  # progress bar
@@ -222,6 +230,8 @@ def load_problems(cfg: AnnotateConfig, skip_log: SkipLog | None = None) -> tuple
         checked.append(p)
         if cfg.limit and len(checked) == cfg.limit:
             break
+    if not checked:
+        raise DataError(path, "no problems to annotate")
     return checked, path
 
 

@@ -104,6 +104,8 @@ def parse_record(obj: Any, path: Path, line: int) -> Solution:
         raise DataError(path, f"expected a string, got {type(answer).__name__}", line, "question.ground_truth_answer")
     label = _need(obj, "label", dict, path, line, "")
     raw_steps = _need(label, "steps", list, path, line, "label")
+    if not raw_steps:  # nothing to label: an empty list is a broken record, not a solution
+        raise DataError(path, "no steps", line, "label.steps")
     finish = label.get("finish_reason")
     if finish is not None and finish not in FINISH_REASONS:
         raise DataError(path, f"unknown value {finish!r}; expected one of {FINISH_REASONS}", line, "label.finish_reason")

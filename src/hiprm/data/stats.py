@@ -82,6 +82,8 @@ def format_stats(stats: dict[str, Any], title: str = "") -> str:
 def load_rows(path: str | Path, skip_bad: SkipLog | None = None) -> list[dict[str, Any]]:
     p = Path(path)
     files = [p / "train.jsonl", p / "val.jsonl"] if p.is_dir() else [p]
+    if p.is_dir() and not any(f.exists() for f in files):
+        raise DataError(p, "a folder without train.jsonl or val.jsonl; give a `hiprm data build` folder or a JSONL file")
     rows = []
     for f in files:
         if p.is_dir() and not f.exists():

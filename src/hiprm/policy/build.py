@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hiprm.artifacts import DataError, read_json
-from hiprm.config import ConfigError
+from hiprm.config import ConfigError, NonNegative, Positive, PositiveFloat
 from hiprm.policy.prompts import PromptStyle, make_style
 
 
@@ -30,13 +30,13 @@ class PolicyConfig:
     backend: str = "hf"
     model: str = "smollm2-135m-instruct"
     chat_template: bool = True
-    batch_size: int = 16
+    batch_size: Positive = 16
     device: str = "cpu"
     base_url: str | list[str] = "http://127.0.0.1:8000/v1"  # or a list: requests spread over the servers
     api_key_env: str = "OPENAI_API_KEY"
-    concurrency: int = 8
-    timeout: float = 120.0
-    max_retries: int = 5
+    concurrency: Positive = 8
+    timeout: PositiveFloat = 120.0
+    max_retries: NonNegative = 5
     tokenizer: str = ""
     server_stops: bool = True
     script: str = ""

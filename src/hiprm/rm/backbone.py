@@ -85,6 +85,14 @@ def resolve_model_path(name_or_path: str, cache_dir: str | None = None) -> str:
     'Qwen/Qwen2.5-Math-1.5B'
     """
     if name_or_path.strip().lower() not in EMBEDDED_NAMES:
+        local = Path(name_or_path).expanduser()
+        # A path (not an "org/name" hub id) that holds no model would otherwise reach the hub
+        # client, whose error is a traceback about repo ids.
+        if local.is_absolute() or name_or_path.startswith((".", "~")) or local.exists():
+            if not local.is_dir():
+                raise ConfigError(f"{name_or_path}: no such model folder")
+            if not (local / "config.json").is_file():
+                raise ConfigError(f"{name_or_path}: not a model folder (no config.json)")
         return name_or_path
     gguf = find_embedded_gguf()
     target = cache_root(cache_dir) / EMBEDDED_FOLDER

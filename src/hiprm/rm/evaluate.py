@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from hiprm.artifacts import append_jsonl, atomic_write, read_appended, write_json, write_meta
-from hiprm.config import ConfigError, to_dict
+from hiprm.config import ConfigError, Device, NonNegative, Positive, Probability, to_dict
 from hiprm.data.labels import Neutral, prm_examples, step_label
 from hiprm.records import Solution, StepVerdicts
 from hiprm.rm.metrics import (
@@ -143,19 +143,19 @@ class EvalConfig:
     # Same default as `hiprm data build`: solutions abandoned by the labeler are left out.
     skip_finish_reasons: list[str] = field(default_factory=lambda: ["give_up", "bad_problem", "unknown_not_solution"])
     neutral: Neutral = "negative"
-    classification_threshold: float = 0.5
+    classification_threshold: Probability = 0.5
     processbench_dir: str = "processbench"
     processbench_splits: list[str] = field(default_factory=lambda: ["gsm8k", "math", "olympiadbench", "omnimath"])
-    limit: int | None = None  # N ProcessBench entries per split, drawn at random with `seed` (CPU runs)
+    limit: Positive | None = None  # N ProcessBench entries per split, drawn at random with `seed` (CPU runs)
     threshold_split: str = "gsm8k"
-    threshold: float | None = None  # fixed threshold: skip the search
-    threshold_grid: int = 99  # search thresholds 1/(g+1) .. g/(g+1)
-    bootstrap: int = 1000
+    threshold: Probability | None = None  # fixed threshold: skip the search
+    threshold_grid: Positive = 99  # search thresholds 1/(g+1) .. g/(g+1)
+    bootstrap: NonNegative = 1000
     seed: int = 0
-    device: str = "auto"
+    device: Device = "auto"
     dtype: str = "auto"
-    batch_size: int = 32
-    max_tokens_per_batch: int = 16384
+    batch_size: Positive = 32
+    max_tokens_per_batch: Positive = 16384
 
 
 def _key(*parts: Any) -> str:

@@ -51,7 +51,7 @@ from hiprm.artifacts import (
     weights_fingerprint,
     write_json,
 )
-from hiprm.config import ConfigError, to_dict
+from hiprm.config import ConfigError, Device, Positive, to_dict
 from hiprm.rm import trie
 from hiprm.rm.template import PREVIOUS_HEADER, TemplateConfig, render, render_fitted
 
@@ -404,11 +404,11 @@ class ScoreConfig:
     model: str = ""
     input: str = ""
     output: str = ""
-    device: str = "auto"
+    device: Device = "auto"
     dtype: str = "auto"
-    batch_size: int = 32
-    max_tokens_per_batch: int = 16384
-    chunk_size: int = 64  # solutions scored and appended per write (the resume granularity)
+    batch_size: Positive = 32
+    max_tokens_per_batch: Positive = 16384
+    chunk_size: Positive = 64  # solutions scored and appended per write (the resume granularity)
     overwrite: bool = False  # start over when the output was made by another model or config
 
 

@@ -28,6 +28,8 @@ import logging
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Protocol
 
+from hiprm.config import Positive
+
 log = logging.getLogger(__name__)
 
 QUESTION_HEADER = "Question:\n"
@@ -42,7 +44,7 @@ class TemplateConfig:
     separated by a blank line); `max_length` is the token budget of one input."""
 
     step_separator: str = "\n\n"
-    max_length: int = 1024
+    max_length: Positive = 1024
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -42,7 +42,16 @@ from transformers import Trainer, TrainerCallback
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from hiprm.artifacts import check_input_file, write_meta
-from hiprm.config import ConfigError, to_dict
+from hiprm.config import (
+    ConfigError,
+    NonNegative,
+    NonNegativeFloat,
+    Positive,
+    PositiveFloat,
+    Probability,
+    Scheduler,
+    to_dict,
+)
 from hiprm.rm import trie
 from hiprm.rm.backbone import freeze_lower_layers, load_tokenizer, resolve_model_path
 from hiprm.rm.data_collate import FeatureDataset, PadCollator, load_split, soft_label_loss
@@ -77,30 +86,30 @@ class ModelConfig:
 class DataConfig:
     train: str = "runs/data/prm/train.jsonl"
     val: str | None = "runs/data/prm/val.jsonl"  # null or "" = no validation
-    max_train: int | None = None  # first N examples only (quick runs)
-    max_val: int | None = None
+    max_train: Positive | None = None  # first N examples only (quick runs)
+    max_val: Positive | None = None
     # trie: the examples of a batch share their common token prefixes (`hiprm.rm.trie`): same
     # loss and gradients as one row per example, a fraction of the tokens; batches are runs of
     # examples in token order (those of one problem together), shuffled per (seed, epoch).
     # rows: one padded row per example, length-grouped (the classic Trainer setup).
     batching: Literal["trie", "rows"] = "trie"
-    row_tokens: int = 16384  # tokens per packed row (trie batching); a longer example gets its own row
+    row_tokens: Positive = 16384  # tokens per packed row (trie batching); a longer example gets its own row
     # Trie batching: a batch is made of runs of this many token-order neighbours (0 = one run of
     # the whole batch). Smaller runs mix more problems into a batch and share less.
-    trie_run: int = 0
+    trie_run: NonNegative = 0
 
 
 @dataclass
 class OptimConfig:
-    learning_rate: float = 1e-5
-    batch_size: int = 8  # per process
-    grad_accum: int = 1
-    epochs: float = 1.0
+    learning_rate: NonNegativeFloat = 1e-5
+    batch_size: Positive = 8  # per process
+    grad_accum: Positive = 1
+    epochs: PositiveFloat = 1.0
     max_steps: int = -1  # > 0 overrides epochs
-    warmup: float = 0.0  # steps when >= 1, else a fraction of all steps
-    weight_decay: float = 0.0
-    scheduler: str = "linear"
-    max_grad_norm: float = 0.01  # the paper's clipping
+    warmup: NonNegativeFloat = 0.0  # steps when >= 1, else a fraction of all steps
+    weight_decay: NonNegativeFloat = 0.0
+    scheduler: Scheduler = "linear"
+    max_grad_norm: PositiveFloat = 0.01  # the paper's clipping
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     seed: int = 42
     group_by_length: bool = True
@@ -108,22 +117,22 @@ class OptimConfig:
 
 @dataclass
 class ValidationConfig:
-    every_steps: int = 50
-    batch_size: int = 16
+    every_steps: Positive = 50
+    batch_size: Positive = 16
     metric: Literal["f1", "accuracy", "auroc", "loss"] = "loss"  # picks the best checkpoint (paper: loss)
 
 
 @dataclass
 class CheckpointConfig:
-    every_steps: int = 50  # a multiple of eval.every_steps when validating
-    keep: int = 2  # newest checkpoints kept (the best one is kept as well)
+    every_steps: Positive = 50  # a multiple of eval.every_steps when validating
+    keep: Positive = 2  # newest checkpoints kept (the best one is kept as well)
 
 
 @dataclass
 class LoraConfig:
-    r: int = 0  # 0 = full fine-tuning
-    alpha: int = 16
-    dropout: float = 0.05
+    r: NonNegative = 0  # 0 = full fine-tuning
+    alpha: Positive = 16
+    dropout: Probability = 0.05
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from hiprm.artifacts import (
+    DataError,
     append_jsonl,
     atomic_write,
     read_appended,
@@ -39,7 +40,7 @@ from hiprm.artifacts import (
     write_json,
     write_jsonl,
 )
-from hiprm.config import ConfigError, to_dict
+from hiprm.config import ConfigError, Device, NonNegative, NonNegativeFloat, Positive, Probability, to_dict
 from hiprm.policy.build import (
     OPERATIONAL_POLICY_KEYS,
     PolicyConfig,
@@ -72,31 +73,31 @@ class EvalConfig:
     data_dir: str = "../shared/data"
     question_field: str = "question"  # for a JSONL path
     answer_field: str = "answer"
-    limit: int = 0  # first `limit` problems (0 = all)
+    limit: NonNegative = 0  # first `limit` problems (0 = all)
     shard: str = ""  # "i/n": every n-th problem starting at i (0-based)
     methods: list[str] = field(default_factory=list)  # empty = every method the given RMs allow
     n_values: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
-    subsamples: int = 4  # seeded subsets of the pool per N < N_max
+    subsamples: Positive = 4  # seeded subsets of the pool per N < N_max
     seed: int = 0
     orm: str = ""  # reward-model checkpoint folders (any subset)
     prm: str = ""
     hrm: str = ""
-    rm_device: str = "auto"
-    rm_batch_size: int = 32
+    rm_device: Device = "auto"
+    rm_batch_size: Positive = 32
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
-    temperature: float = 0.7
-    top_p: float = 0.95
-    max_solution_tokens: int = 512
-    max_step_tokens: int = 128
-    max_steps: int = 10
+    temperature: NonNegativeFloat = 0.7
+    top_p: Probability = 0.95
+    max_solution_tokens: Positive = 512
+    max_step_tokens: Positive = 128
+    max_steps: Positive = 10
     progress: bool = True
     report_only: bool = False
     # Where problems are solved: local (one after another), threads (`workers` at once: for a
     # policy behind a server, keeps it busy; reward models take turns), ray (one Ray task per
     # problem on `ray_address`, or a local Ray of `workers` CPUs).
     executor: str = "local"
-    workers: int = 4
+    workers: Positive = 4
     ray_address: str = ""
 
 
@@ -190,6 +191,8 @@ def load_problems(cfg: EvalConfig) -> tuple[list[Problem], Path]:
     shard = parse_shard(cfg.shard)
     if shard:
         unique = unique[shard[0] :: shard[1]]
+    if not unique:  # an empty report would read as a finished evaluation
+        raise DataError(path, f"no problems to evaluate (limit={cfg.limit}, shard={cfg.shard!r})")
     return unique, path
 
 

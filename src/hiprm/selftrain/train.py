@@ -37,7 +37,16 @@ from typing import Any, Literal
 
 from hiprm.annotate.tree import read_trees
 from hiprm.artifacts import DataError, check_input_file, write_jsonl, write_meta
-from hiprm.config import ConfigError, to_dict
+from hiprm.config import (
+    ConfigError,
+    Fraction,
+    NonNegativeFloat,
+    Positive,
+    PositiveFloat,
+    Probability,
+    Scheduler,
+    to_dict,
+)
 from hiprm.rm.train import LoraConfig  # one LoRA block for both trainers
 from hiprm.selftrain.loss import DIRECTIONS, TRANSFORMS
 from hiprm.selftrain.select import RULES, Trajectory, select_trajectories, split_trajectories, training_text
@@ -51,27 +60,27 @@ class SelftrainConfig:
     model: str = "smollm2-135m-instruct"  # the embedded default, or any HF folder / name
     out_dir: str = "runs/selftrain"
     # selection
-    min_mc: float = 0.9  # paper 0.9; the reference code 0.95
+    min_mc: Probability = 0.9  # paper 0.9; the reference code 0.95
     rule: Literal["all_steps", "mean"] = "all_steps"
-    max_trajectories: int | None = None  # first N after selection (quick runs)
-    val_fraction: float = 0.0  # problems held out, evaluated once at the end
-    max_length: int = 1024  # prompt + completion tokens; longer trajectories are dropped
+    max_trajectories: Positive | None = None  # first N after selection (quick runs)
+    val_fraction: Fraction = 0.0  # problems held out, evaluated once at the end
+    max_length: Positive = 1024  # prompt + completion tokens; longer trajectories are dropped
     # loss
-    lam: float = 0.5
+    lam: NonNegativeFloat = 0.5
     lambdas: list[float] = field(default_factory=list)  # a sweep: one run per value
     direction: Literal["policy_ref", "ref_policy"] = "policy_ref"
     transform: Literal["log", "log1p", "identity"] = "log"
-    kl_eps: float = 1e-6
-    chunk_size: int = 128
+    kl_eps: PositiveFloat = 1e-6
+    chunk_size: Positive = 128
     # optimisation
-    lr: float = 1e-5
-    batch_size: int = 2  # per process
-    grad_accum: int = 1
-    epochs: float = 1.0
+    lr: NonNegativeFloat = 1e-5
+    batch_size: Positive = 2  # per process
+    grad_accum: Positive = 1
+    epochs: PositiveFloat = 1.0
     max_steps: int = -1  # > 0 overrides epochs
-    warmup: float = 0.0
-    scheduler: str = "linear"
-    max_grad_norm: float = 1.0
+    warmup: NonNegativeFloat = 0.0
+    scheduler: Scheduler = "linear"
+    max_grad_norm: PositiveFloat = 1.0
     precision: Literal["fp32", "bf16"] = "fp32"
     gradient_checkpointing: bool = False
     # Train only the top k decoder layers (+ final norm; the tied lm_head stays frozen), so the
@@ -81,9 +90,9 @@ class SelftrainConfig:
     seed: int = 42
     lora: LoraConfig = field(default_factory=LoraConfig)
     # bookkeeping
-    save_every: int = 50
-    keep_checkpoints: int = 2
-    logging_steps: int = 1
+    save_every: Positive = 50
+    keep_checkpoints: Positive = 2
+    logging_steps: Positive = 1
     overwrite: bool = False
 
 

@@ -31,6 +31,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.requests import ClientDisconnect
 
+from hiprm.config import Device, Positive
 from hiprm.rm.scorer import Scorer, StepScorer, reward_from_logits, solution_input_tokens
 from hiprm.serve.batcher import Batcher
 from hiprm.serve.protocol import (
@@ -81,10 +82,10 @@ class ServeConfig:
     health_busy_after_s: float = 60.0  # /health says 503 "busy" while one scorer call runs longer
     keep_alive_s: int = 5  # uvicorn's timeout_keep_alive: an idle connection closes after it
     max_connections: int = 0  # uvicorn's limit_concurrency (503 beyond it); 0 = no limit
-    device: str = "auto"
+    device: Device = "auto"
     dtype: str = "auto"
-    batch_size: int = 32
-    max_tokens_per_batch: int = 16384  # rows x longest row per forward pass (the scorer's)
+    batch_size: Positive = 32
+    max_tokens_per_batch: Positive = 16384  # rows x longest row per forward pass (the scorer's)
     log_level: str = "info"
 
     def limits(self) -> Limits:

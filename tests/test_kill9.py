@@ -5,7 +5,7 @@ the end, once killed with SIGKILL mid-run (after its first checkpoint, or once i
 record) and run again with the same command. The outputs are then compared: the same weights bit
 for bit (`rm train`), the same records byte for byte with none lost or repeated (`rm score`,
 `rm eval`, `eval`), the same files (`data build`, which is not incremental: its test is that a
-killed build leaves no torn file and no mix of two builds' files for a reader to take).
+killed build leaves the previous build as it was, no torn file and no file of the new one).
 The tests that run a stage three or four times (15-30 s each) are marked `slow`.
 """
 
@@ -209,11 +209,12 @@ def test_eval_killed_mid_run_ends_with_the_uninterrupted_problems(tmp_path, tiny
 # ---- data build ----------------------------------------------------------------------------------
 
 
-def test_data_build_killed_leaves_no_mix_of_two_builds_and_reruns_to_the_same_files(tmp_path, shared_data):
-    """`data build` is not incremental: a rerun starts over. What a killed build must not leave
-    is a set of files a reader would take for one build: a torn file, or this build's
-    train.jsonl beside the previous build's val.jsonl and meta.json. A rebuild (another seed, so
-    another split) over a finished build is killed while writing train.jsonl, then val.jsonl."""
+def test_data_build_killed_leaves_the_old_build_whole_and_reruns_to_the_same_files(tmp_path, shared_data):
+    """`data build` is not incremental: a rerun starts over. It writes the new build beside the
+    folder (`killed.tmp-PID`) and renames it in whole, so a kill while it writes must leave the
+    previous build exactly: no file of the new one, none torn, none missing. A rebuild
+    (another seed, so another split) over a finished build is killed while writing train.jsonl,
+    then val.jsonl; the rerun removes the killed builds' temporaries."""
     src = shared_data / "prm800k" / "phase1_train.reconstructed.jsonl"
     args = ["--kind", "hrm", f"input={src}", "val_fraction=0.3", "quiet=true"]
     ref, out = tmp_path / "ref", tmp_path / "killed"
@@ -225,9 +226,11 @@ def test_data_build_killed_leaves_no_mix_of_two_builds_and_reruns_to_the_same_fi
         m.pop("config_hash")
         return m
 
-    def built_by(d: Path, like: Path) -> bool:  # every file of d is whole and made by like's build
-        return all(meta(d) == meta(like) if n == "meta.json" else (d / n).read_bytes() == (like / n).read_bytes()
-                   for n in names if (d / n).exists())  # fmt: skip
+    def built_by(d: Path, like: Path) -> bool:  # d holds like's build, every file whole
+        return sorted(p.name for p in d.iterdir()) == sorted(p.name for p in like.iterdir()) and all(
+            meta(d) == meta(like) if n == "meta.json" else (d / n).read_bytes() == (like / n).read_bytes()
+            for n in names
+        )
 
     run_to_end(hiprm_cmd("data", "build", *args, "seed=1", f"out_dir={ref}"))
     old = tmp_path / "old"
@@ -235,17 +238,15 @@ def test_data_build_killed_leaves_no_mix_of_two_builds_and_reruns_to_the_same_fi
     assert (old / "val.jsonl").read_bytes() != (ref / "val.jsonl").read_bytes()  # another split
     cmd = hiprm_cmd("data", "build", *args, "seed=1", f"out_dir={out}")
     for writing in ("train.jsonl", "val.jsonl"):
-        out.mkdir()
-        for n in names:  # the previous build, finished
-            (out / n).write_bytes((old / n).read_bytes())
-        kill_when(cmd, lambda w=writing: any(out.glob(f".{w}.*.tmp")), tmp_path / f"killed-{writing}.log")
-        left = [n for n in names if (out / n).exists()]
-        assert built_by(out, old) or built_by(out, ref), f"killed writing {writing}, two builds' files: {left}"
+        shutil.copytree(old, out)  # the previous build, finished
+        kill_when(cmd, lambda w=writing: any(tmp_path.glob(f"killed.tmp-*/.{w}.*.tmp")), tmp_path / f"killed-{writing}.log")
+        assert out.is_dir() and built_by(out, old), (
+            f"killed writing {writing}: {sorted(p.name for p in out.iterdir()) if out.is_dir() else 'no folder'}"
+        )
+        assert list(tmp_path.glob("killed.tmp-*")), "no temporary left, so the rerun's cleanup is untested"
         if writing == "val.jsonl":
             run_to_end(cmd)
         else:
             shutil.rmtree(out)
-    for n in ("train.jsonl", "val.jsonl"):
-        assert (out / n).read_bytes() == (ref / n).read_bytes(), n
-    assert meta(out) == meta(ref)
-    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in ref.iterdir())  # no stale temporaries
+    assert built_by(out, ref)
+    assert not list(tmp_path.glob("killed.*")), "a killed build's temporaries are left"

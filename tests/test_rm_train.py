@@ -140,20 +140,11 @@ def test_shipped_configs_validate():
         assert path.read_text().startswith("# hiprm rm train configs/" + name)
 
 
-def test_trim_metrics_and_checkpoint_pick(tmp_path):
+def test_trim_metrics(tmp_path):  # checkpoint picking: tests/test_train_log.py
     m = tmp_path / "metrics.jsonl"
     m.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in (2, 4, 6)))
     assert trim_metrics(m, 4) == 1
     assert [json.loads(x)["step"] for x in m.read_text().splitlines()] == [2, 4]
-    ck = tmp_path / "checkpoints"
-    for n in (10, 20, 30):
-        (ck / f"checkpoint-{n}").mkdir(parents=True)
-    for n in (10, 20):
-        (ck / f"checkpoint-{n}" / "trainer_state.json").write_text("{}")
-    assert last_complete_checkpoint(ck).name == "checkpoint-20"
-    assert (ck / "checkpoint-30").exists()  # only the main process cleans
-    assert last_complete_checkpoint(ck, clean=True).name == "checkpoint-20"
-    assert not (ck / "checkpoint-30").exists()
 
 
 # ---- training on the tiny backbone ---------------------------------------------------------------

@@ -7,6 +7,8 @@ writes them:
   bad bytes or bad JSON; `skip_bad=True` collects those problems in a `SkipLog` instead.
 - `atomic_write(path)` / `write_jsonl(path, rows)` write to a temporary file in the same
   folder and rename it into place, so an interrupted or failed job never leaves a partial file.
+- `prepare_out_dir(path)` creates a stage's output folder up front, so a path that is a file
+  or cannot be created is a one-line `StageError` naming it before any work.
 - `write_meta(dir, ...)` records the resolved config, package version, git sha, config hash
   and input sha256s in `meta.json`, so any artifact can be traced and any stage rerun alone.
 """
@@ -146,6 +148,25 @@ def atomic_write(path: str | Path, mode: str = "w") -> Iterator[Any]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def prepare_out_dir(path: str | Path) -> Path:
+    """Create the output folder `path` (and its parents) if needed and return it, checked.
+
+    What would otherwise surface as a traceback after the work is done (a file of that name, a
+    parent that is a file, a place where nothing can be created such as /proc, no write
+    permission) is a StageError naming the path, raised before the work starts.
+    """
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise StageError(f"{p}: is a file, expected an output folder")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StageError(f"{p}: cannot create the output folder: {e.strerror or e}") from None
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise StageError(f"{p}: the output folder is not writable")
+    return p
 
 
 def write_jsonl(path: str | Path, rows: Iterable[Any]) -> int:

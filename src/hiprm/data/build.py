@@ -5,10 +5,14 @@
     hiprm data build --kind hrm trees=runs/annotate/x/trees.jsonl   # MCTS trees (hiprm.data.trees)
 
 Writes `<out_dir>/train.jsonl`, `<out_dir>/val.jsonl` (one RMExample per line) and
-`<out_dir>/meta.json` (resolved settings, input sha256, package version, counts), each
-atomically (the previous build's files are removed first, so a killed build never leaves a mix
-of two), then prints the statistics of `hiprm data stats`. No problem is on both sides of
-the split; the split is a seeded shuffle of the sorted problem ids, so it is reproducible.
+`<out_dir>/meta.json` (resolved settings, input sha256, package version, counts), then prints
+the statistics of `hiprm data stats`. No problem is on both sides of the split; the split is a
+seeded shuffle of the sorted problem ids, so it is reproducible.
+
+The folder is replaced as a whole: the build is written to `<out_dir>.tmp-<pid>` beside it and
+renamed into place once every file is on disk, so a kill or a full disk at any moment leaves the
+previous build or the new one, never a mix (`replace_folder`). A full disk or a read-only folder
+is a one-line error. An `out_dir` holding files the build does not write is refused, not emptied.
 
 With `trees=FILE` the examples come from annotated trees (hiprm's or OpenR's) instead of PRM800K:
 MC-score labels, consecutive-pair and (train only) HNC examples; `hiprm.data.trees` says how.
@@ -18,13 +22,17 @@ The trees are split by problem before anything else, so HNC never sees a validat
 from __future__ import annotations
 
 import logging
+import os
 import random
+import re
+import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from hiprm.artifacts import DataError, SkipLog, write_jsonl, write_meta
+from hiprm.artifacts import DataError, SkipLog, StageError, prepare_out_dir, write_jsonl, write_meta
 from hiprm.data.labels import Neutral, build_examples, dedupe
 from hiprm.data.prm800k import read_prm800k
 from hiprm.data.stats import compute_stats, format_stats
@@ -34,6 +42,7 @@ from hiprm.records import RMExample, Solution
 log = logging.getLogger(__name__)
 
 DEFAULT_INPUT = "../shared/data/prm800k/phase1_train.reconstructed.jsonl"
+OUTPUTS = ("train.jsonl", "val.jsonl", "meta.json", "config.yaml")  # all a build folder holds
 
 
 @dataclass
@@ -135,9 +144,97 @@ def tree_split_examples(
     return train, val, val_ids, summary
 
 
+# What a killed build leaves beside `<out_dir>`: its unfinished `NAME.tmp-PID`, or, killed
+# between the two renames of `replace_folder`, the previous build as `NAME.old-PID`.
+_LEFTOVER = re.compile(r"\.(tmp|old)-(\d+)")
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def clear_leftovers(out_dir: Path) -> None:
+    """Remove the temporaries of killed builds beside `out_dir`; a previous build renamed aside
+    goes back in place if `out_dir` is missing (so a failed rebuild still leaves it). Those of a
+    build still running (its pid alive) are left alone."""
+    if not out_dir.parent.is_dir():
+        return
+    for p in sorted(out_dir.parent.iterdir()):
+        m = _LEFTOVER.fullmatch(p.name[len(out_dir.name):]) if p.name.startswith(out_dir.name) else None
+        if m is None or (int(m.group(2)) != os.getpid() and _running(int(m.group(2)))):
+            continue
+        if m.group(1) == "old" and not os.path.lexists(out_dir):
+            log.warning("%s: restoring the previous build, left aside by a build killed while replacing it", out_dir)
+            os.rename(p, out_dir)
+        else:
+            shutil.rmtree(p)
+
+
+def check_replaceable(out_dir: Path) -> None:
+    """Refuse an `out_dir` holding anything the build does not write: replacing the folder
+    deletes what is in it, and that must only ever be an earlier build."""
+    for p in sorted(out_dir.iterdir()):
+        # `.NAME.*.tmp` are `atomic_write`'s temporaries, left by a killed build of a version
+        # that wrote in place.
+        ours = p.name in OUTPUTS or any(p.name.startswith(f".{n}.") and p.name.endswith(".tmp") for n in OUTPUTS)
+        if not ours or p.is_dir():
+            raise StageError(f"{p}: not written by `hiprm data build`, which replaces {out_dir} as a whole; "
+                             f"move it away or choose another out_dir")  # fmt: skip
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def replace_folder(folder: Path, write: Callable[[Path], None]) -> None:
+    """Replace `folder` (an existing directory) with what `write(tmp)` puts in a new one.
+
+    `write` fills `folder.tmp-PID` beside it (each file fsynced by `atomic_write`); then the old
+    folder is renamed to `folder.old-PID`, the new one to `folder`, and the old one removed. A
+    failure before the second rename puts the old folder back; a kill leaves either folder whole
+    (or, between the renames, none at `folder` and the old one aside: `clear_leftovers` restores it).
+    """
+    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+    aside = folder.with_name(f"{folder.name}.old-{os.getpid()}")
+    try:
+        tmp.mkdir()
+        shutil.copymode(folder, tmp)  # the new folder keeps the permissions the old one was given
+        write(tmp)
+        _fsync_dir(tmp)  # the files' names, not only their bytes
+        os.rename(folder, aside)
+        os.rename(tmp, folder)
+    except BaseException:
+        if not os.path.lexists(folder) and aside.is_dir():
+            os.rename(aside, folder)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    try:
+        _fsync_dir(folder.parent)
+    except OSError as e:  # the new build is in place; only whether a power cut would keep it is in doubt
+        log.warning("%s: could not fsync the folder holding the new build: %s", folder.parent, e)
+    shutil.rmtree(aside, ignore_errors=True)  # if this fails, the next build's clear_leftovers does it
+
+
 def run(cfg: BuildConfig) -> Path:
     start = time.perf_counter()
     out_dir = Path(cfg.out_dir or f"runs/data/{cfg.kind}")
+    place = Path(os.path.realpath(out_dir))  # a symlinked out_dir: its target is replaced, not the link
+    try:
+        clear_leftovers(place)
+    except OSError as e:
+        raise StageError(f"{e.filename or out_dir}: cannot remove what a killed build left: {e.strerror or e}") from None
+    prepare_out_dir(out_dir)
+    check_replaceable(place)
     skip_log = SkipLog() if cfg.skip_bad else None
     source = cfg.trees or cfg.input
     tree_counts: dict = {}
@@ -155,33 +252,27 @@ def run(cfg: BuildConfig) -> Path:
         rows = [e.to_dict() for e in examples]  # once: for writing and for the statistics
         train = [r for r in rows if r["problem_id"] not in val_ids]
         val = [r for r in rows if r["problem_id"] in val_ids]
-    # Each file is written atomically, but a build killed between two of them would leave this
-    # build's train.jsonl beside the last build's val.jsonl and meta.json, which a reader would
-    # take for one split. So the old outputs go first (with the temporaries a killed build left,
-    # `atomic_write`'s `.NAME.*.tmp`): whatever a killed build leaves is whole and its own.
-    for name in ("meta.json", "config.yaml", "val.jsonl", "train.jsonl"):
-        (out_dir / name).unlink(missing_ok=True)
-        for tmp in out_dir.glob(f".{name}.*.tmp"):
-            tmp.unlink(missing_ok=True)
-    write_jsonl(out_dir / "train.jsonl", train)
-    write_jsonl(out_dir / "val.jsonl", val)
     stats = compute_stats(rows)
     extra = {"trees": tree_counts} if cfg.trees else {}
-    write_meta(
-        out_dir,
-        asdict(cfg),
-        inputs=[source],
-        counts={
-            "train": len(train),
-            "val": len(val),
-            "train_problems": len({r["problem_id"] for r in train}),
-            "val_problems": len(val_ids),
-            "skipped_bad_lines": skip_log.count if skip_log else 0,
-            **dup_counts,
-        },
-        stats=stats,
-        **extra,
-    )
+    counts = {
+        "train": len(train),
+        "val": len(val),
+        "train_problems": len({r["problem_id"] for r in train}),
+        "val_problems": len(val_ids),
+        "skipped_bad_lines": skip_log.count if skip_log else 0,
+        **dup_counts,
+    }
+
+    def write(folder: Path) -> None:
+        write_jsonl(folder / "train.jsonl", train)
+        write_jsonl(folder / "val.jsonl", val)
+        write_meta(folder, asdict(cfg), inputs=[source], counts=counts, stats=stats, **extra)
+
+    try:
+        replace_folder(place, write)
+    except OSError as e:  # a full disk, a read-only folder: the previous build is still in place
+        raise StageError(f"{out_dir}: cannot write the build: {e.strerror or e}; the previous build "
+                         f"is left as it was") from None  # fmt: skip
     if skip_log is not None and skip_log.count:
         log.warning("%s: %s", source, skip_log.summary())
     if not cfg.quiet:

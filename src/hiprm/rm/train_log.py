@@ -8,8 +8,9 @@ validation metrics, and the checkpoint bookkeeping that makes a rerun resume cle
 - `plot_losses(metrics_path, png_path)` draws train/validation loss against step (Agg backend).
 - `prepare_output_dir(out, config, ...)` decides what a rerun does: resume the same run, return
   a finished one, refuse a different config in the same folder, or start over (`overwrite`).
-- `last_complete_checkpoint(folder)` is the newest `checkpoint-N` whose `trainer_state.json`
-  (written last by Trainer) exists; a checkpoint cut short by a crash is moved aside.
+- `last_complete_checkpoint(folder)` is the newest `checkpoint-N` with its weights and a
+  `trainer_state.json` (written last by Trainer) that parses; a checkpoint cut short by a crash
+  is moved aside.
 - `validation_metrics(eval_pred)` -> accuracy / F1 / AUROC of softmax(logits)[:, 1] against
   labels thresholded at 0.5 (the shared definition in `hiprm.rm.metrics`).
 """
@@ -108,11 +109,32 @@ def plot_losses(metrics_path: Path, png_path: Path) -> Path | None:
     return Path(png_path)
 
 
-def last_complete_checkpoint(folder: Path, clean: bool = False) -> Path | None:
-    """The newest finished `checkpoint-N` under `folder`.
+# What holds a checkpoint's weights, by how Trainer saves them: whole or sharded (and their
+# index), a LoRA adapter, FSDP's shard folders, DeepSpeed's `global_stepN` folders.
+_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json",
+            "adapter_model.safetensors", "adapter_model.bin")  # fmt: skip
+_WEIGHT_PREFIXES = ("pytorch_model_fsdp", "global_step")
 
-    Trainer writes `trainer_state.json` last, so a checkpoint without it was cut short by a
-    crash; with `clean` (main process only) such newer ones are deleted.
+
+def checkpoint_is_complete(path: Path) -> bool:
+    """Trainer writes a checkpoint's weights first and `trainer_state.json` last, and that file
+    not atomically: a kill while it is written leaves it empty or cut short. So a checkpoint is
+    complete when it has weights and a trainer_state.json that parses to a JSON object."""
+    if not any((path / n).is_file() for n in _WEIGHTS) and not any(
+        p.name.startswith(_WEIGHT_PREFIXES) for p in path.iterdir()
+    ):
+        return False
+    try:
+        return isinstance(json.loads((path / "trainer_state.json").read_bytes()), dict)
+    except (OSError, ValueError):  # missing, unreadable, empty, torn or not UTF-8
+        return False
+
+
+def last_complete_checkpoint(folder: Path, clean: bool = False) -> Path | None:
+    """The newest complete `checkpoint-N` under `folder` (`checkpoint_is_complete`).
+
+    Newer incomplete ones were cut short by a crash; with `clean` (main process only) they are
+    deleted, so Trainer's rotation and the resume see only whole checkpoints.
     """
     if not Path(folder).is_dir():
         return None
@@ -125,11 +147,11 @@ def last_complete_checkpoint(folder: Path, clean: bool = False) -> Path | None:
         reverse=True,
     )
     for _, path in found:
-        if (path / "trainer_state.json").is_file():
+        if checkpoint_is_complete(path):
             return path
         if clean:
             aside = path.with_name(f".partial-{path.name}.{os.getpid()}")
-            log.warning("%s: incomplete checkpoint (no trainer_state.json), deleting it", path)
+            log.warning("%s: incomplete checkpoint (no weights, or no whole trainer_state.json), deleting it", path)
             os.rename(path, aside)
             shutil.rmtree(aside, ignore_errors=True)
     return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from hiprm.artifacts import StageError
 from hiprm.policy.hf import HFPolicy
 from hiprm.policy.protocol import SamplingParams
 
@@ -76,3 +77,20 @@ def test_shared_prefill_gives_the_same_greedy_text(tiny_lm_dir):
     cold = SamplingParams(n=3, temperature=1e-4, max_tokens=12, seed=0)
     assert shared.generate(prompts[:2], cold) == plain.generate(prompts[:2], cold)
     assert shared.tokens_generated == plain.tokens_generated
+
+
+def test_a_prompt_longer_than_the_context_is_refused_and_generation_stays_inside_it(policy):
+    """A prompt past max_position_embeddings is an error naming both sizes, not minutes of noise;
+    a prompt near the end of the context gets only the tokens that are left."""
+    context = policy.model.config.max_position_embeddings
+    with pytest.raises(StageError, match=f"context of {context} tokens"):
+        policy.generate(["word " * (context + 10)], SamplingParams(n=1, temperature=0, max_tokens=4))
+    def n_tokens(k: int) -> int:
+        return len(policy.tokenizer(policy.render_chat("word " * k), add_special_tokens=False)["input_ids"])
+
+    k = max(k for k in range(1, context) if n_tokens(k) < context - 4) if n_tokens(1) < context - 4 else 1
+    near, n_prompt = "word " * k, n_tokens(k)
+    assert context - 12 < n_prompt < context
+    before = policy.tokens_generated
+    policy.generate([policy.render_chat(near)], SamplingParams(n=1, temperature=0, max_tokens=500))
+    assert 0 < policy.tokens_generated - before <= context - n_prompt

@@ -265,3 +265,33 @@ def test_rm_score_errors_name_file_line_field(tmp_path, tiny_rm_dir):
     cfg = ScoreConfig(model=str(tiny_rm_dir), input=str(src), output=str(tmp_path / "o.jsonl"))
     with pytest.raises(DataError, match=r"bad\.jsonl:2: field 'steps\[1\]'"):
         run(cfg)
+
+
+def test_fitting_a_long_solution_is_linear_in_its_steps_and_unchanged(tiny_rm_dir, monkeypatch):
+    """Scoring N steps tokenizes O(N x max_length) characters, not O(N^2) (issue 13 §3: 1,000
+    steps took 87 s), and each fitted input is what render_fitted gives without step costs."""
+    from hiprm.rm import template as tmpl
+
+    s = Scorer.from_pretrained(tiny_rm_dir, device="cpu")
+    s.template = TemplateConfig(max_length=64)
+    monkeypatch.setattr(s, "logits", lambda seqs: [[0.0, 0.0] for _ in seqs])  # fitting only
+    seen = {"chars": 0}
+    real = s.tokenizer.__class__.__call__
+
+    def counting(self, text, *a, **kw):
+        seen["chars"] += sum(map(len, text)) if isinstance(text, list) else len(text)
+        return real(self, text, *a, **kw)
+
+    monkeypatch.setattr(s.tokenizer.__class__, "__call__", counting)
+    chars = {}
+    for n in (100, 400):
+        seen["chars"] = 0
+        steps = [f"Step {i}: 2 + 3 = 5 and x = {i}." for i in range(n)]
+        s.score(Q, steps)
+        chars[n] = seen["chars"]
+    assert chars[400] / chars[100] < 5, chars  # quadratic would be ~16x
+    steps = [f"Step {i}: 2 + 3 = 5 and x = {i}." for i in range(40)]
+    costs = s.count_tokens([x + "\n\n" for x in steps])
+    for i in (0, 1, 5, 39):
+        with_costs = tmpl.render_fitted(s.tokenizer, Q, steps[:i], steps[i], s.template, step_costs=costs[:i])
+        assert with_costs == tmpl.render_fitted(s.tokenizer, Q, steps[:i], steps[i], s.template)

@@ -20,6 +20,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from hiprm.artifacts import StageError
 from hiprm.policy.protocol import SamplingParams, cut_at_stop
 
 try:  # transformers is an optional extra; the class below is only built when it is installed
@@ -134,8 +135,20 @@ class HFPolicy:
         # Chat-templated prompts already contain their special tokens.
         enc = self.tokenizer(unique, return_tensors="pt", padding=True, add_special_tokens=False)
         ids, mask = enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
+        # Past its context a model's output is noise, and a 131k-token prompt to an 8k model ran
+        # for minutes: refuse the prompt, and never generate past the context.
+        context = getattr(self.model.config, "max_position_embeddings", None)
+        max_new = params.max_tokens
+        if context:
+            lengths = mask.sum(-1)
+            longest = int(lengths.max())
+            if longest >= context:
+                first = unique[int(lengths.argmax())][:60]
+                raise StageError(f"hf policy: a prompt of {longest} tokens does not fit the model's context of "
+                                 f"{context} tokens (it starts {first!r})")  # fmt: skip
+            max_new = min(max_new, context - ids.shape[1])
         kwargs: dict[str, Any] = dict(
-            max_new_tokens=params.max_tokens,
+            max_new_tokens=max_new,
             do_sample=not greedy,
             num_return_sequences=1,
             pad_token_id=self.tokenizer.pad_token_id,

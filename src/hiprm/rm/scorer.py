@@ -231,7 +231,15 @@ class Scorer:
         """Per solution: the logits of each step (step i given steps[:i]) and the tokens its
         inputs hold (what a vLLM-style `usage` counts)."""
         flat = [(n, q, steps[:i], s) for n, (q, steps) in enumerate(items) for i, s in enumerate(steps)]
-        seqs = [self._encode(q, prev, cur) for _, q, prev, cur in flat]
+        # Each step counted once per solution, so fitting step i does not re-count steps[:i]
+        # (render_fitted's step_costs): linear in the steps of a long solution, not quadratic.
+        sep = self.template.step_separator
+        costs = self.count_tokens([s + sep for _, steps in items for s in steps]) if flat else []
+        starts, at = [], 0
+        for _, steps in items:
+            starts.append(at)
+            at += len(steps)
+        seqs = [self._encode(q, prev, cur, costs[starts[n] : starts[n] + len(prev)]) for n, q, prev, cur in flat]
         self._warn_cuts(len(flat))
         out: list[list[list[float]]] = [[] for _ in items]
         tokens = [0] * len(items)
@@ -286,9 +294,9 @@ class Scorer:
 
     # ---- encoding ---------------------------------------------------------------------------
 
-    def _encode(self, question: str, previous: list[str], current: str) -> list[int]:
+    def _encode(self, question: str, previous: list[str], current: str, step_costs: list[int] | None = None) -> list[int]:
         """Token ids of the fitted text, as in training."""
-        text, report = render_fitted(self.tokenizer, question, previous, current, self.template)
+        text, report = render_fitted(self.tokenizer, question, previous, current, self.template, step_costs=step_costs)
         self.stats.inputs += 1
         self.stats.dropped_steps += report.dropped_steps
         self.stats.truncated += int(report.truncated)

@@ -79,6 +79,8 @@ def check_input_file(path: str | Path) -> Path:
         raise DataError(p, "no such file")
     if p.is_dir():
         raise DataError(p, "is a directory, expected a file")
+    if not p.is_file():  # a named pipe or a device: reading it could block forever
+        raise DataError(p, "not a regular file")
     return p
 
 

@@ -16,12 +16,13 @@ import pytest
 from hiprm import cli
 from hiprm.config import ConfigError, load_config
 from hiprm.data.build import BuildConfig
+from tests.rm_fixtures import make_tiny_rm
 
 SMALL_PRM800K_LINES = 3
 
 
 @pytest.fixture()
-def place(tmp_path: Path, shared_data: Path) -> dict[str, str]:
+def place(tmp_path: Path, shared_data: Path, tiny_tokenizer) -> dict[str, str]:
     """Files the cases refer to by {name}."""
     lines = (shared_data / "prm800k" / "phase1_test.jsonl").read_text(encoding="utf-8").splitlines()
     small = tmp_path / "small.jsonl"
@@ -45,6 +46,10 @@ def place(tmp_path: Path, shared_data: Path) -> dict[str, str]:
     examples = tmp_path / "bad_ratings.jsonl"
     examples.write_text(json.dumps({"problem_id": "p", "question": "q", "previous_steps": [], "current_step": "s",
                                     "label": 1.0, "kind": "prm", "ratings": [7]}) + "\n", encoding="utf-8")  # fmt: skip
+    (tmp_path / "problems.jsonl").write_text(json.dumps({"question": "1+1?", "answer": "2"}) + "\n", encoding="utf-8")
+    (tmp_path / "script.json").write_text(json.dumps({"default": ["# Answer\n2\n# END!"]}), encoding="utf-8")
+    (tmp_path / "solutions.jsonl").write_text(json.dumps({"question": "q", "steps": ["a"]}) + "\n", encoding="utf-8")
+    make_tiny_rm(tmp_path / "rm", tiny_tokenizer)
     return {"tmp": str(tmp_path), "small": str(small)}
 
 
@@ -88,6 +93,15 @@ CASES = [
     ("selftrain out_dir={tmp}/st val_fraction=1", "val_fraction"),
     ("serve model={tmp}/broken_model device=tpu", "device"),
     ("quickstart out_dir={tmp}/q problems=0", "problems"),
+    # Output places where nothing can be written: refused before the work, naming the place.
+    ("rm score model={tmp}/rm input={tmp}/solutions.jsonl output=/proc/s.jsonl", "/proc"),
+    ("rm score model={tmp}/rm input={tmp}/solutions.jsonl output={tmp}/afile/s.jsonl", "afile"),
+    ("eval out_dir=/proc/e dataset={tmp}/problems.jsonl policy.backend=scripted policy.script={tmp}/script.json",
+     "/proc/e"),
+    ("eval out_dir={tmp}/afile dataset={tmp}/problems.jsonl policy.backend=scripted policy.script={tmp}/script.json",
+     "afile"),
+    ("annotate out_dir=/proc/a dataset={tmp}/problems.jsonl policy.backend=scripted policy.script={tmp}/script.json",
+     "/proc/a"),
 ]
 
 

@@ -252,3 +252,16 @@ def test_hf_policy_and_real_scorer_end_to_end(tmp_path, tiny_lm_dir, tiny_tokeni
     sol = [r for r in rows if r["kind"] == "solution"]
     assert len(sol) == 4 and all(0.0 <= x <= 1.0 for r in sol for x in r["rewards"]["prm"])
     assert all(len(r["rewards"]["prm"]) == len(r["steps"]) for r in sol)
+
+
+def test_resume_after_the_dataset_was_edited_is_refused(data, tmp_path):
+    """Old records were graded against the old answers: an edited dataset file is another run."""
+    out = tmp_path / "out"
+    run(_cfg(data, out, "limit=1"), policy=ScriptedPolicy(RULES), scorers=SCORERS)
+    lines = data.read_text().splitlines()
+    first = json.loads(lines[0])
+    first["a"] = first["a"] + "0"
+    data.write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n")
+    with pytest.raises(ConfigError, match="dataset"):
+        run(_cfg(data, out, "limit=2"), policy=ScriptedPolicy(RULES), scorers=SCORERS)
+    assert len(read_done(out / "problems.jsonl")) == 1

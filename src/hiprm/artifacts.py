@@ -168,6 +168,11 @@ def prepare_out_dir(path: str | Path) -> Path:
         raise StageError(f"{p}: cannot create the output folder: {e.strerror or e}") from None
     if not os.access(p, os.W_OK | os.X_OK):
         raise StageError(f"{p}: the output folder is not writable")
+    try:  # root passes os.access everywhere; /proc or a read-only mount only fail a real write
+        with tempfile.NamedTemporaryFile(dir=p, prefix=".hiprm-probe-"):
+            pass
+    except OSError as e:
+        raise StageError(f"{p}: cannot write in the output folder: {e.strerror or e}") from None
     return p
 
 
@@ -306,7 +311,7 @@ def start_or_resume(
     already in `run_dir/output` (read with the torn-tail rule), so the caller does the rest."""
     import logging
 
-    d = Path(run_dir)
+    d = prepare_out_dir(run_dir)
     inputs = list(inputs)
     check_resumable(d, config, output, operational, inputs=inputs)
     done = {r[id_field] for r in read_appended(d / output)}

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from hiprm.artifacts import append_jsonl, atomic_write, read_appended, write_json, write_meta
+from hiprm.artifacts import append_jsonl, atomic_write, prepare_out_dir, read_appended, write_json, write_meta
 from hiprm.config import ConfigError, Device, NonNegative, Positive, Probability, to_dict
 from hiprm.data.labels import Neutral, prm_examples, step_label
 from hiprm.records import Solution, StepVerdicts
@@ -426,8 +426,7 @@ def run(cfg: EvalConfig) -> Path:
     if cfg.processbench_splits and cfg.threshold is None and cfg.threshold_split not in cfg.processbench_splits:
         raise ConfigError(f"threshold_split: {cfg.threshold_split!r} is not one of processbench_splits "
                           f"{cfg.processbench_splits}")
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_out_dir(cfg.out)
     groups, splits, inputs = load_data(cfg)
     cache = RewardCache(out / "rewards.jsonl")
     results: dict[str, Any] = {}

@@ -44,6 +44,7 @@ from hiprm.artifacts import (
     DataError,
     check_input_file,
     identity_diff,
+    prepare_out_dir,
     read_appended,
     read_json,
     read_jsonl,
@@ -453,10 +454,7 @@ def check_score_config(cfg: ScoreConfig) -> tuple[Path, Path]:
     if out.is_dir():
         raise ConfigError(f"output: {out} is a folder; give a file path")
     check_reward_checkpoint(cfg.model)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"output: cannot create {out.parent}: {e.strerror}") from None
+    prepare_out_dir(out.parent)
     return src, out
 
 

@@ -49,6 +49,7 @@ def place(tmp_path: Path, shared_data: Path, tiny_tokenizer) -> dict[str, str]:
     (tmp_path / "problems.jsonl").write_text(json.dumps({"question": "1+1?", "answer": "2"}) + "\n", encoding="utf-8")
     (tmp_path / "script.json").write_text(json.dumps({"default": ["# Answer\n2\n# END!"]}), encoding="utf-8")
     (tmp_path / "solutions.jsonl").write_text(json.dumps({"question": "q", "steps": ["a"]}) + "\n", encoding="utf-8")
+    (tmp_path / "no_texts.json").write_text(json.dumps({"rules": {"1+1": []}}), encoding="utf-8")
     make_tiny_rm(tmp_path / "rm", tiny_tokenizer)
     return {"tmp": str(tmp_path), "small": str(small)}
 
@@ -96,6 +97,8 @@ CASES = [
     # Output places where nothing can be written: refused before the work, naming the place.
     ("rm score model={tmp}/rm input={tmp}/solutions.jsonl output=/proc/s.jsonl", "/proc"),
     ("rm score model={tmp}/rm input={tmp}/solutions.jsonl output={tmp}/afile/s.jsonl", "afile"),
+    ("eval out_dir={tmp}/e dataset={tmp}/problems.jsonl policy.backend=scripted policy.script={tmp}/no_texts.json",
+     "no texts"),
     ("eval out_dir=/proc/e dataset={tmp}/problems.jsonl policy.backend=scripted policy.script={tmp}/script.json",
      "/proc/e"),
     ("eval out_dir={tmp}/afile dataset={tmp}/problems.jsonl policy.backend=scripted policy.script={tmp}/script.json",
@@ -134,12 +137,14 @@ def test_in_range_values_still_load():
 
 
 @pytest.mark.parametrize("command", ["data build input={fifo} out_dir={tmp}/o", "data stats {fifo}",
-                                     "data build {fifo_yaml}"])  # fmt: skip
-def test_a_named_pipe_is_refused_not_read_forever(command, tmp_path):
+                                     "data build {fifo_yaml}", "rm score model={tmp}/rm input={fifo} output={tmp}/s.jsonl"])  # fmt: skip
+def test_a_named_pipe_is_refused_not_read_forever(command, tmp_path, tiny_tokenizer):
     fifo = tmp_path / "pipe.jsonl"
     fifo_yaml = tmp_path / "pipe.yaml"
     os.mkfifo(fifo)
     os.mkfifo(fifo_yaml)
+    if "rm score" in command:
+        make_tiny_rm(tmp_path / "rm", tiny_tokenizer)
     words = command.format(fifo=fifo, fifo_yaml=fifo_yaml, tmp=tmp_path).split(" ")
     proc = subprocess.run([sys.executable, "-m", "hiprm.cli", *words], capture_output=True, text=True, timeout=60,
                           cwd=tmp_path)  # fmt: skip

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from hiprm.grading import equivalence, extract, extract_answer, grade, is_equivalent, normalize
+from hiprm.grading import equivalence, extract, extract_answer, grade, is_equivalent, normalize, strict
 from hiprm.grading.normalize import as_number, canonical, clean, split_container
 from hiprm.grading.symbolic import _worker, too_costly
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-@pytest.mark.parametrize("module", [extract, normalize, equivalence])
+@pytest.mark.parametrize("module", [extract, normalize, equivalence, strict])
 def test_docstring_examples(module) -> None:
     assert doctest.testmod(module).failed == 0
 
@@ -205,6 +205,87 @@ def test_equivalent(pred: str, ref: str) -> None:
 )
 def test_not_equivalent(pred: str, ref: str) -> None:
     assert not is_equivalent(pred, ref)
+    assert not is_equivalent(pred, ref, mode="strict")  # strict only ever takes verdicts away
+
+
+# --- strict mode: the official PRM800K grader's form rules --------------------------------------
+# Pairs from PRM800K phase 1 (answer, reference) unless marked. The official grader's verdict on
+# each was read with `benchmarks/grading_agreement.py --official` (openai/prm800k's grader.py).
+
+
+@pytest.mark.parametrize(
+    ("pred", "ref"),
+    [
+        # "Express your answer as a common fraction": unreduced fractions (official: False).
+        ("72/375", "\\frac{24}{125}"),
+        ("\\frac{72}{375}", "\\frac{24}{125}"),
+        ("\\frac{7}{1183}", "\\frac{1}{169}"),
+        ("y = -\\frac{145}{20} - \\frac{5}{2} x", "y = -\\frac{5}{2} x - \\frac{29}{4}"),
+        # Unevaluated expressions for a number (official: False).
+        ("\\frac{7!}{16}", "315"),
+        ("2^9 + 2", "514"),
+        ("5+50\\times7\\times11\\times13", "50055"),
+        ("\\dfrac{-33}{3}", "-11"),
+        ("\\left(\\dfrac{1.5}{3},\\dfrac{24.6}{41}\\right)", "(0.5,0.6)"),  # "an ordered pair of decimals"
+        # "Expressed as a fraction": official True, labelers -1 (3 of 3).
+        ("\\frac{31.95}{2}", "\\frac{639}{40}"),
+        # Unrationalised denominators (official: False; "Simplify and rationalize the denominator").
+        ("\\frac{2}{\\sqrt{3}+1}", "\\sqrt{3}-1"),
+        ("\\frac{4}{3\\sqrt{3}}", "\\frac{4 \\sqrt{3}}{9}"),
+        ("\\sqrt{\\frac{3-\\sqrt{5}}{2}}", "\\frac{\\sqrt{5} - 1}{2}"),
+        # "Enter ... Ax + By + Cz + D = 0 where A > 0": the sign is part of the answer (official: False).
+        ("-5x+7y-11z-4=0", "5x - 7y + 11z + 4 = 0"),
+        # "Express your answer as a single fraction" (official: False).
+        ("-\\frac{7x}{6}+\\frac{4}{3}", "\\frac{8-7x}{6}"),
+        # "Express your answer as an ordered pair" (official: False; labelers: -1 on all 6).
+        ("5,7", "(5,7)"),
+    ],
+)
+def test_strict_rejects_what_lenient_accepts(pred: str, ref: str) -> None:
+    assert is_equivalent(pred, ref)
+    assert not is_equivalent(pred, ref, mode="strict")
+
+
+@pytest.mark.parametrize(
+    ("pred", "ref"),
+    [
+        # Unordered solution lists and ± forms of "enter all solutions": the official grader says
+        # False only because it cannot compare lists; PRM800K's labelers rated 14 of 18 such +1.
+        ("-8, -1, 1, 8", "8,1,-1,-8"),
+        ("-1, 0, 3, 4", "0, 3, -1, 4"),
+        ("1, i, -1, -i", "1,-1,i,-i"),
+        ("\\pm 8, \\pm 1", "8,1,-1,-8"),
+        ("1 + \\sqrt{19}, 1 - \\sqrt{19}", "1 \\pm \\sqrt{19}"),
+        (
+            "4+\\sqrt{-1}, 4-\\sqrt{-1}, 4+\\sqrt{-5}, 4-\\sqrt{-5}",
+            "4 + i, 4 - i, 4 + i \\sqrt{5}, 4 - i \\sqrt{5}",
+        ),
+        # Same equation, terms reordered (official: False, it cannot parse "=").
+        ("y^2-6y-4x+9=0", "y^2 - 4x - 6y + 9 = 0"),
+        ("\\frac{-7x+8}{6}", "\\frac{8-7x}{6}"),  # official: False (its LaTeX-to-text drops the brackets)
+        # Forms the official grader also accepts.
+        ("0.192", "\\frac{24}{125}"),  # made up: a decimal for a fraction
+        ("6\\frac{1}{4}", "\\frac{25}{4}"),  # a mixed number
+        ("-\\frac{24}{125}", "\\frac{-24}{125}"),  # made up
+        ("514.0", "514"),  # made up
+        (
+            "\\left( -\\frac{1}{2}, 3, -\\frac{5}{2} \\right)",
+            "\\left(-\\frac{1}{2}, 3, -\\frac{5}{2}\\right)",
+        ),
+        ("x^2+2x+1", "(x+1)^2"),  # made up: no form rule applies, the values decide
+    ],
+)
+def test_strict_accepts(pred: str, ref: str) -> None:
+    assert is_equivalent(pred, ref)
+    assert is_equivalent(pred, ref, mode="strict")
+
+
+def test_strict_grade_and_bad_mode() -> None:
+    assert grade("So it is 514.\n\n# Answer\n\n2^9+2", "514")
+    assert not grade("So it is 514.\n\n# Answer\n\n2^9+2", "514", mode="strict")
+    assert grade("So it is 514.\n\n# Answer\n\n514", "514", mode="strict")
+    with pytest.raises(ValueError, match="grading mode"):
+        is_equivalent("1", "1", mode="exact")  # type: ignore[arg-type]
 
 
 def test_grade_is_extract_then_compare() -> None:
@@ -326,10 +407,13 @@ def test_processbench_final_answer_agreement() -> None:
     """Grade each ProcessBench solution against the GSM8K / MATH500 reference answer.
 
     The solutions are free-form chat outputs, a few without any answer marker, so the
-    final-sentence fallback is on. Agreement counts every matched entry, noise included."""
+    final-sentence fallback is on (without it, 391/406 agree: entries with no marker count as
+    wrong). Agreement counts every matched entry, noise included; strict mode gives the same
+    verdicts here."""
     references = _references()
     totals = {"matched": 0, "agree": 0}
     disagreements: set[str] = set()
+    strict_differs: set[str] = set()
     for split in ("gsm8k", "math"):
         entries = json.loads((DATA / "processbench" / f"{split}.json").read_text())
         matched = agree = 0
@@ -339,6 +423,8 @@ def test_processbench_final_answer_agreement() -> None:
                 continue
             matched += 1
             verdict = grade("\n\n".join(entry["steps"]), ref, fallback=True)
+            if grade("\n\n".join(entry["steps"]), ref, fallback=True, mode="strict") != verdict:
+                strict_differs.add(entry["id"])
             if verdict == entry["final_answer_correct"]:
                 agree += 1
             else:
@@ -356,14 +442,51 @@ def test_processbench_final_answer_agreement() -> None:
     assert disagreements <= set(LABEL_NOISE) | set(GRADER_LIMITS), (
         disagreements - set(LABEL_NOISE) - set(GRADER_LIMITS)
     )
+    assert not strict_differs, strict_differs
 
 
-def test_reference_solutions_grade_as_correct() -> None:
+@pytest.mark.parametrize("mode", ["lenient", "strict"])
+def test_reference_solutions_grade_as_correct(mode: str) -> None:
     """The boxed answer of every MATH500 solution and the '####' of every GSM8K solution match
-    their dataset answer field: one check across every answer format those sets use."""
+    their dataset answer field: one check across every answer format those sets use (and strict
+    mode's form rules never reject a reference solution's own way of writing its answer)."""
     for line in (DATA / "math500" / "test.jsonl").read_text().splitlines():
         record = json.loads(line)
-        assert grade(record["solution"], record["answer"]), record["unique_id"]
+        assert grade(record["solution"], record["answer"], mode=mode), record["unique_id"]
     for line in (DATA / "gsm8k" / "test.jsonl").read_text().splitlines():
         record = json.loads(line)
-        assert grade(record["answer"], record["answer"].split("####")[-1]), record["question"][:60]
+        assert grade(record["answer"], record["answer"].split("####")[-1], mode=mode), record["question"][:60]
+
+
+# --- where verdicts become training labels, strict is the default ------------------------------
+
+
+@pytest.mark.parametrize("grading", ["strict", "lenient"])
+def test_mcts_leaves_are_graded_in_the_configured_mode(grading: str) -> None:
+    from hiprm.annotate.grow import GrowSettings, grow_trees
+    from hiprm.annotate.run import AnnotateConfig, grow_settings
+    from hiprm.policy.prompts import STYLES
+    from hiprm.policy.scripted import ScriptedPolicy
+    from hiprm.records import Problem
+
+    assert grow_settings(AnnotateConfig()).grading == "strict"
+    texts = {"2^9+2": ["# Step 1\n2^9 = 512.\n\n# Answer\n\n2^9+2\n# END!"]}
+    problem = Problem("p0", "What is 2^9+2?", "514", source="t:1")
+    settings = GrowSettings(mode="bfs", children=1, max_depth=3, grading=grading)
+    (tree,) = grow_trees([problem], ScriptedPolicy(texts), STYLES["step"], settings)
+    outcomes = [n.outcome for n in tree.nodes if n.outcome]
+    assert outcomes == ["wrong" if grading == "strict" else "correct"]
+
+
+def test_orm_labels_are_graded_strictly_by_default() -> None:
+    from hiprm.config import ConfigError, load_config
+    from hiprm.data.build import BuildConfig, _grader
+
+    assert BuildConfig().grading == "strict"
+    assert load_config(BuildConfig, None, ["grading=lenient"]).grading == "lenient"
+    with pytest.raises(ConfigError, match="grading"):
+        load_config(BuildConfig, None, ["grading=exact"])
+    text = "So x = 24/125.\n\n# Answer\n\n72/375"
+    assert _grader("strict")(text, "\\frac{24}{125}") is False
+    assert _grader("lenient")(text, "\\frac{24}{125}") is True
+    assert _grader("strict")("no answer stated", "1") is None

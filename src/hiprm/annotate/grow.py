@@ -56,7 +56,7 @@ from typing import Any, Literal
 
 from hiprm.annotate.tree import Tree, TreeNode, path_to, recompute, wilson
 from hiprm.artifacts import StageError
-from hiprm.grading import extract_answer, is_equivalent
+from hiprm.grading import GradingMode, extract_answer, is_equivalent
 from hiprm.policy.prompts import PromptStyle
 from hiprm.policy.protocol import Policy, SamplingParams
 from hiprm.policy.steps import ANSWER_MARK, split_solution, split_trailing_header
@@ -67,7 +67,8 @@ from hiprm.records import Problem
 class GrowSettings:
     """How trees grow. `budget` (mcts, or a cap for bfs; 0 = none) counts `budget_unit`
     (rollouts | tokens) per problem. `truncated_as`: wrong (counted as a wrong leaf, the default)
-    or drop (not counted). `grade_timeout`: seconds for the symbolic answer check."""
+    or drop (not counted). `grade_timeout`: seconds for the symbolic answer check; `grading`:
+    lenient | strict (see `hiprm.grading.equivalence`)."""
 
     mode: Literal["bfs", "mcts"] = "bfs"
     children: int = 5
@@ -84,6 +85,7 @@ class GrowSettings:
     truncated_as: Literal["wrong", "drop"] = "wrong"
     score: Literal["leaf_fraction", "child_mean"] = "leaf_fraction"
     grade_timeout: float = 3.0
+    grading: GradingMode = "strict"
     batch_problems: int = 16
     seed: int = 0
 
@@ -201,7 +203,7 @@ class Engine:
         answer = extract_answer(text)
         if answer is None:
             return "no_answer", None
-        ok = is_equivalent(answer, g.problem.answer, timeout=self.s.grade_timeout)
+        ok = is_equivalent(answer, g.problem.answer, timeout=self.s.grade_timeout, mode=self.s.grading)
         return ("correct" if ok else "wrong"), answer
 
     def _spent(self, g: _Growth) -> float:

@@ -48,7 +48,7 @@ from hiprm.config import (
     Probability,
     to_dict,
 )
-from hiprm.grading import extract_answer, is_equivalent
+from hiprm.grading import GradingMode, extract_answer, is_equivalent
 from hiprm.policy.build import OPERATIONAL_POLICY_KEYS, PolicyConfig, PromptConfig, build_policy, build_style
 from hiprm.records import Problem, problem_id_for
 
@@ -91,6 +91,7 @@ class AnnotateConfig:
     truncated_as: Literal["wrong", "drop"] = "wrong"  # how depth-limited leaves count
     score: Literal["leaf_fraction", "child_mean"] = "leaf_fraction"  # MC-score rule (paper: leaf_fraction)
     grade_timeout: PositiveFloat = 3.0  # seconds for the symbolic answer check
+    grading: GradingMode = "strict"  # leaf verdicts (labels); strict: in the reference's form, as PRM800K's grader
     batch_problems: Positive = 16  # problems in flight at once (one generate call per round for all)
     executor: str = "local"  # local (this process) | ray (chunks of batch_problems as Ray tasks)
     ray_address: str = ""  # a Ray cluster (ray://HOST:10001 or auto); empty = a local Ray

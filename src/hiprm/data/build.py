@@ -37,6 +37,7 @@ from hiprm.data.labels import Neutral, build_examples, dedupe
 from hiprm.data.prm800k import read_prm800k
 from hiprm.data.stats import compute_stats, format_stats
 from hiprm.data.trees import forest_examples, read_forest
+from hiprm.grading import GradingMode
 from hiprm.records import RMExample, Solution
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ class BuildConfig:
     # One example per distinct (question, previous steps, current step); disagreeing copies get
     # the mean label (hiprm.data.labels.dedupe). false = keep every copy.
     dedupe: bool = True
+    grading: GradingMode = "strict"  # --kind orm labels; strict: in the reference's form, as PRM800K's grader
     # Trees instead of PRM800K (`input` is then unused); merge_separator joins pairs and HNC steps.
     trees: str = ""
     label_rule: Literal["soft", "hard"] = "soft"  # soft: label = MC-score; hard: mc >= hard_threshold
@@ -100,12 +102,12 @@ def select_solutions(solutions: list[Solution], cfg: BuildConfig) -> list[Soluti
     return kept
 
 
-def _grader():
+def _grader(mode: GradingMode):
     from hiprm.grading import extract_answer, is_equivalent
 
     def grade(text: str, ref: str) -> bool | None:
         pred = extract_answer(text)
-        return None if pred is None else is_equivalent(pred, ref)
+        return None if pred is None else is_equivalent(pred, ref, mode=mode)
 
     return grade
 
@@ -115,7 +117,7 @@ def make_examples(cfg: BuildConfig, skip_log: SkipLog | None = None) -> tuple[li
     duplicate counts."""
     solutions = select_solutions(read_prm800k(cfg.input, skip_log), cfg)
     neutral: Neutral = cfg.neutral
-    grade = _grader() if cfg.kind == "orm" else None
+    grade = _grader(cfg.grading) if cfg.kind == "orm" else None
     examples = build_examples(solutions, cfg.kind, neutral, cfg.merge_separator, grade)
     return dedupe(examples) if cfg.dedupe else (examples, {})
 

@@ -218,7 +218,7 @@ def _trim_decimal(match: re.Match[str]) -> str:
     return f"{whole}.{fraction}" if fraction else whole
 
 
-_PLAIN_NUMBER = re.compile(r"^-?\d+(?:\.\d+)?$")
+PLAIN_NUMBER = re.compile(r"^-?\d+(?:\.\d+)?$")
 _LATEX_FRACTION = re.compile(r"^(-?)\\frac\{(-?\d+(?:\.\d+)?)\}\{(-?\d+(?:\.\d+)?)\}$")
 _MAX_NUMBER_CHARS = 200  # longer digit strings go to the symbolic path (and its time limit)
 
@@ -227,7 +227,7 @@ def as_number(key: str) -> Fraction | None:
     """Exact value of a canonical key that is a plain rational ("-3", "0.25", "\\frac{3}{4}")."""
     if len(key) > _MAX_NUMBER_CHARS:
         return None
-    if _PLAIN_NUMBER.match(key):
+    if PLAIN_NUMBER.match(key):
         return Fraction(key)
     fraction = _LATEX_FRACTION.match(key)
     if fraction:

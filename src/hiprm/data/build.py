@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Literal
 
 from hiprm.artifacts import DataError, SkipLog, StageError, prepare_out_dir, write_jsonl, write_meta
+from hiprm.config import Fraction, Positive, Probability
 from hiprm.data.labels import Neutral, build_examples, dedupe
 from hiprm.data.prm800k import read_prm800k
 from hiprm.data.stats import compute_stats, format_stats
@@ -53,12 +54,12 @@ class BuildConfig:
     out_dir: str = ""  # default: runs/data/<kind>
     neutral: Literal["negative", "positive", "drop"] = "negative"
     merge_separator: str = "\n\n"
-    val_fraction: float = 0.05
+    val_fraction: Fraction = 0.05
     seed: int = 0
     # The reference code trains only on finished solutions; "unknown_not_solution" is the
     # reconstruction's name for a give_up or bad_problem whose exact reason was lost.
     skip_finish_reasons: list[str] = field(default_factory=lambda: ["give_up", "bad_problem", "unknown_not_solution"])
-    max_problems: int | None = None
+    max_problems: Positive | None = None
     skip_bad: bool = False
     quiet: bool = False
     # One example per distinct (question, previous steps, current step); disagreeing copies get
@@ -68,11 +69,11 @@ class BuildConfig:
     # Trees instead of PRM800K (`input` is then unused); merge_separator joins pairs and HNC steps.
     trees: str = ""
     label_rule: Literal["soft", "hard"] = "soft"  # soft: label = MC-score; hard: mc >= hard_threshold
-    hard_threshold: float = 0.5
+    hard_threshold: Probability = 0.5
     balance: bool = False  # the reference code's per-depth score balancing (subsamples nodes)
     hnc: bool = True  # --kind hrm from trees: add HNC examples on the train split
-    hnc_min_children: int = 4
-    hnc_p: float = 0.5
+    hnc_min_children: Positive = 4
+    hnc_p: Probability = 0.5
     hnc_rule: Literal["reference", "node"] = "reference"
 
 

@@ -54,8 +54,8 @@ class HashScorer:
     def __init__(self, salt: str):
         self.salt = salt
 
-    def score_candidates(self, question: str, prefix: list[str], candidates: list[str]) -> list[float]:
-        return [int.from_bytes(hashlib.sha256((self.salt + c).encode()).digest()[:4], "big") / 2**32 for c in candidates]
+    def score_inputs(self, inputs: list[tuple[str, list[str], str]]) -> list[float]:
+        return [int.from_bytes(hashlib.sha256((self.salt + c).encode()).digest()[:4], "big") / 2**32 for _, _, c in inputs]
 
 
 def main() -> None:

@@ -50,13 +50,6 @@ class FakeScorer:
         self.fn = fn
         self.calls = 0
 
-    def score(self, question: str, steps: list[str]) -> list[float]:
+    def score_inputs(self, inputs) -> list[float]:
         self.calls += 1
-        return [self.fn(question, steps[:i], s) for i, s in enumerate(steps)]
-
-    def score_batch(self, items):
-        return [self.score(q, s) for q, s in items]
-
-    def score_candidates(self, question: str, prefix_steps: list[str], candidates: list[str]) -> list[float]:
-        self.calls += 1
-        return [self.fn(question, list(prefix_steps), c) for c in candidates]
+        return [self.fn(question, list(prev), cur) for question, prev, cur in inputs]

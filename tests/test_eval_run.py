@@ -36,14 +36,8 @@ class FakeRM:
     def _r(self, s):
         return 0.9 if self.word in s else 0.2
 
-    def score(self, q, steps):
-        return [self._r(s) for s in steps]
-
-    def score_batch(self, items):
-        return [self.score(q, s) for q, s in items]
-
-    def score_candidates(self, q, prefix, cands):
-        return [self._r(c) for c in cands]
+    def score_inputs(self, inputs):
+        return [self._r(cur) for _, _, cur in inputs]
 
 
 SCORERS = {"orm": FakeRM(), "prm": FakeRM(), "hrm": FakeRM("bad")}

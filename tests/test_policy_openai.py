@@ -350,11 +350,8 @@ def test_hiprm_eval_runs_against_the_llama_cpp_server(llama_server, tmp_path):
     from hiprm.search.run import EvalConfig, run
 
     class FakeRM:
-        def score_batch(self, items):
-            return [[min(1.0, len(s) / 100) for s in steps] for _, steps in items]
-
-        def score_candidates(self, question, prefix, candidates):
-            return [min(1.0, len(c) / 100) for c in candidates]
+        def score_inputs(self, inputs):
+            return [min(1.0, len(cur) / 100) for _, _, cur in inputs]
 
     data = tmp_path / "p.jsonl"
     data.write_text(json.dumps({"question": "What is 2 + 3?", "answer": "5"}) + "\n")

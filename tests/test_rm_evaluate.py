@@ -207,20 +207,17 @@ def test_runner_on_shared_data_with_tiny_model(tmp_path, shared_data, tmp_path_f
     assert res["processbench"]["splits"]["math"]["n"] == 3
 
 
-def test_pair_rewards_same_with_every_scorer_interface(tmp_path_factory, tiny_tokenizer):
-    from hiprm.rm.evaluate import pair_rewards
+def test_mixed_inputs_in_one_call_score_as_each_alone(tmp_path_factory, tiny_tokenizer):
+    """Evaluation sends every rated completion of a solution in one `score_inputs` call: first
+    steps, shared prefixes and single inputs together give what each input gives alone."""
     from hiprm.rm.scorer import Scorer
 
     scorer = Scorer.from_pretrained(shared_tiny_rm(tmp_path_factory, tiny_tokenizer), device="cpu")
-
-    class OnlyScore:
-        def score(self, question, steps):
-            return scorer.score(question, steps)
-
-    pairs = [([], "First, 2 + 3 = 5."), (["First, 2 + 3 = 5."], "x = 7"), (["First, 2 + 3 = 5."], "# Answer 5"),
-             ([], "so x = 7")]
-    assert pair_rewards(scorer, "What is 2 + 3?", pairs) == pytest.approx(
-        pair_rewards(OnlyScore(), "What is 2 + 3?", pairs), abs=1e-5)
+    q = "What is 2 + 3?"
+    inputs = [(q, [], "First, 2 + 3 = 5."), (q, ["First, 2 + 3 = 5."], "x = 7"),
+              (q, ["First, 2 + 3 = 5."], "# Answer 5"), (q, [], "so x = 7")]  # fmt: skip
+    alone = [scorer.score_inputs([x])[0] for x in inputs]
+    assert scorer.score_inputs(inputs) == pytest.approx(alone, abs=1e-5)
 
 
 @pytest.mark.parametrize("neutral", ["negative", "drop", "positive"])

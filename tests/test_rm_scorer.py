@@ -11,7 +11,15 @@ import torch
 
 from hiprm.artifacts import DataError
 from hiprm.config import ConfigError
-from hiprm.rm.scorer import ScoreConfig, Scorer, StepScorer, budget_batches, run
+from hiprm.rm.scorer import (
+    ScoreConfig,
+    Scorer,
+    StepScorer,
+    budget_batches,
+    run,
+    score_candidates,
+    score_solutions,
+)
 from hiprm.rm.template import TemplateConfig, render
 from tests.rm_fixtures import FakeScorer, shared_tiny_rm
 
@@ -57,7 +65,7 @@ def test_loads_template_and_satisfies_protocol(scorer):
 
 
 def test_score_matches_direct_forward(scorer):
-    got = scorer.score(Q, STEPS)
+    got = score_solutions(scorer, [(Q, STEPS)])[0]
     want = [direct_reward(scorer.model, scorer.tokenizer, Q, STEPS[:i], s, scorer.template) for i, s in enumerate(STEPS)]
     assert got == pytest.approx(want, abs=1e-5)
     # The random head is scaled up so rewards differ; otherwise this test would prove little.
@@ -66,11 +74,11 @@ def test_score_matches_direct_forward(scorer):
 
 def test_batching_and_budget_do_not_change_results(tiny_rm_dir, scorer):
     items = [(Q, STEPS), ("Short?", ["a"]), (Q, STEPS[:2]), ("Empty", [])]
-    batched = scorer.score_batch(items)
+    batched = score_solutions(scorer, items)
     assert [len(r) for r in batched] == [4, 1, 2, 0]
-    one_by_one = [scorer.score(q, s) for q, s in items]
+    one_by_one = [score_solutions(scorer, [(q, s)])[0] for q, s in items]
     small = Scorer.from_pretrained(tiny_rm_dir, device="cpu", batch_size=2, max_tokens_per_batch=64)
-    tiny_batches = small.score_batch(items)
+    tiny_batches = score_solutions(small, items)
     for a, b, c in zip(batched, one_by_one, tiny_batches, strict=True):
         assert a == pytest.approx(b, abs=1e-5)
         assert a == pytest.approx(c, abs=1e-5)
@@ -80,19 +88,19 @@ def test_batching_and_budget_do_not_change_results(tiny_rm_dir, scorer):
 def test_candidates_cached_prefix_matches_plain_path(tiny_rm_dir, tiny_tokenizer):
     cached = Scorer.from_pretrained(tiny_rm_dir, device="cpu")
     plain = Scorer.from_pretrained(tiny_rm_dir, device="cpu", prefix_cache=False)
-    got = cached.score_candidates(Q, STEPS[:3], CANDIDATES)
+    got = score_candidates(cached, Q, STEPS[:3], CANDIDATES)
     assert cached._prefix_cache_ok is True
     assert cached.stats.trie_tokens < cached.stats.input_tokens / 2  # the prefix ran once
-    ref = plain.score_candidates(Q, STEPS[:3], CANDIDATES)
+    ref = score_candidates(plain, Q, STEPS[:3], CANDIDATES)
     assert plain.stats.trie_tokens == 0
     assert torch.allclose(torch.tensor(got), torch.tensor(ref), atol=1e-5)
     direct = [direct_reward(plain.model, tiny_tokenizer, Q, STEPS[:3], c, plain.template) for c in CANDIDATES]
     assert got == pytest.approx(direct, abs=1e-5)
     # Same as scoring each candidate as the last step of a full solution.
-    assert got[0] == pytest.approx(cached.score(Q, [*STEPS[:3], CANDIDATES[0]])[-1], abs=1e-5)
+    assert got[0] == pytest.approx(score_solutions(cached, [(Q, [*STEPS[:3], CANDIDATES[0]])])[0][-1], abs=1e-5)
     # The self-check ran once; later calls take the trie path only: one forward pass.
     before = cached.stats.forward_passes
-    again = cached.score_candidates(Q, STEPS[:3], CANDIDATES)
+    again = score_candidates(cached, Q, STEPS[:3], CANDIDATES)
     assert again == pytest.approx(got, abs=1e-5)
     assert cached.stats.forward_passes - before == 1
 
@@ -104,16 +112,16 @@ def test_solution_steps_share_prefixes_and_match_plain_path(tiny_rm_dir, tiny_to
     # found on token ids, so the numbers must not move.
     odd = [" leading space 2 + 3", "\n\nnewlines first", "x = 7\n", "# Answer 5"]
     items = [(Q, STEPS), (Q, odd), ("Short?", ["a"]), ("None", [])]
-    got = shared.score_batch(items)
+    got = score_solutions(shared, items)
     assert shared._prefix_cache_ok is True and shared.stats.trie_tokens < shared.stats.input_tokens / 2
-    want = plain.score_batch(items)
+    want = score_solutions(plain, items)
     for g, w in zip(got, want, strict=True):
         assert g == pytest.approx(w, abs=1e-5)
     direct = [direct_reward(plain.model, tiny_tokenizer, Q, odd[:i], s, plain.template) for i, s in enumerate(odd)]
     assert got[1] == pytest.approx(direct, abs=1e-5)
     # One forward pass per solution instead of one row per step.
     before = shared.stats.forward_passes
-    shared.score(Q, STEPS)
+    score_solutions(shared, [(Q, STEPS)])[0]
     assert shared.stats.forward_passes - before == 1
 
 
@@ -121,7 +129,7 @@ def test_pairs_of_one_question_share_their_prefixes(tiny_rm_dir, tiny_tokenizer)
     """Every rated completion at every step of one solution (the evaluation's inputs)."""
     shared = Scorer.from_pretrained(tiny_rm_dir, device="cpu")
     pairs = [(STEPS[:i], c) for i in range(len(STEPS)) for c in (STEPS[i], CANDIDATES[i])]
-    got = shared.score_pairs(Q, pairs)
+    got = shared.score_inputs([(Q, list(p), c) for p, c in pairs])
     assert shared.stats.trie_tokens < shared.stats.input_tokens / 2
     direct = [direct_reward(shared.model, tiny_tokenizer, Q, prev, c, shared.template) for prev, c in pairs]
     assert got == pytest.approx(direct, abs=1e-5)
@@ -132,20 +140,20 @@ def test_trie_rows_split_by_budget(tiny_rm_dir):
     s = Scorer.from_pretrained(tiny_rm_dir, device="cpu", max_tokens_per_batch=60)
     ref = Scorer.from_pretrained(tiny_rm_dir, device="cpu", prefix_cache=False)
     s._prefix_cache_ok = True  # skip the self-check so the pass count below is only the trie path
-    got = s.score_candidates(Q, STEPS[:2], CANDIDATES)
+    got = score_candidates(s, Q, STEPS[:2], CANDIDATES)
     assert s.stats.forward_passes >= 2
-    assert got == pytest.approx(ref.score_candidates(Q, STEPS[:2], CANDIDATES), abs=1e-5)
+    assert got == pytest.approx(score_candidates(ref, Q, STEPS[:2], CANDIDATES), abs=1e-5)
 
 
 def test_self_check_falls_back_when_cached_path_is_wrong(tiny_rm_dir, monkeypatch, caplog):
     s = Scorer.from_pretrained(tiny_rm_dir, device="cpu")
     monkeypatch.setattr(s, "_logits_trie", lambda seqs: [[0.0, 0.0]] * len(seqs))
     with caplog.at_level(logging.WARNING):
-        got = s.score_candidates(Q, STEPS[:1], CANDIDATES[:3])
+        got = score_candidates(s, Q, STEPS[:1], CANDIDATES[:3])
     assert s._prefix_cache_ok is False
     assert "using the plain path" in caplog.text
     ref = Scorer.from_pretrained(tiny_rm_dir, device="cpu", prefix_cache=False)
-    assert got == pytest.approx(ref.score_candidates(Q, STEPS[:1], CANDIDATES[:3]), abs=1e-5)
+    assert got == pytest.approx(score_candidates(ref, Q, STEPS[:1], CANDIDATES[:3]), abs=1e-5)
 
 
 def test_long_inputs_are_fitted_and_counted(tiny_rm_dir, caplog):
@@ -153,15 +161,15 @@ def test_long_inputs_are_fitted_and_counted(tiny_rm_dir, caplog):
     s.template = TemplateConfig(max_length=48)
     long_steps = [f"Step {i}: 2 + 3 = 5 and x = 7, y = -3." for i in range(6)]
     with caplog.at_level(logging.WARNING):
-        rewards = s.score(Q, long_steps)
-        cands = s.score_candidates(Q, long_steps, ["x = 7", "the answer is 5 " * 20])
+        rewards = score_solutions(s, [(Q, long_steps)])[0]
+        cands = score_candidates(s, Q, long_steps, ["x = 7", "the answer is 5 " * 20])
     assert len(rewards) == 6 and len(cands) == 2
     assert "old steps dropped" in caplog.text and "max_length=48" in caplog.text
     # Every input was cut down to the budget, and sharing the trunk still gives the plain numbers.
     assert len(s._encode(Q, long_steps, "the answer is 5 " * 20)) <= 48
     plain = Scorer.from_pretrained(tiny_rm_dir, device="cpu", prefix_cache=False)
     plain.template = s.template
-    assert rewards == pytest.approx(plain.score(Q, long_steps), abs=1e-5)
+    assert rewards == pytest.approx(score_solutions(plain, [(Q, long_steps)])[0], abs=1e-5)
 
 
 def test_budget_batches_cover_every_index_within_budget():
@@ -189,7 +197,7 @@ def test_rm_score_runner_writes_rewards_and_resumes(tmp_path, tiny_rm_dir, score
     assert run(cfg) == out
     got = [json.loads(x) for x in out.read_text().splitlines()]
     assert [g["id"] for g in got] == [1, 2]
-    assert got[0]["step_rewards"] == pytest.approx(scorer.score(Q, STEPS), abs=1e-5)
+    assert got[0]["step_rewards"] == pytest.approx(score_solutions(scorer, [(Q, STEPS)])[0], abs=1e-5)
     # Provenance beside the output, never over the folder's meta.json (another run's).
     assert json.loads((out.parent / "scored.jsonl.meta.json").read_text())["status"] == "done"
     assert not (out.parent / "meta.json").exists() and not (out.parent / "config.yaml").exists()
@@ -240,7 +248,7 @@ def test_rm_score_never_mixes_two_models(tmp_path, tiny_rm_dir):
         run(with_other)
     run(ScoreConfig(**{**with_other.__dict__, "overwrite": True}))
     fresh = [json.loads(x)["step_rewards"] for x in out.read_text().splitlines()]
-    ref = Scorer.from_pretrained(other, device="cpu").score(Q, STEPS[:2])
+    ref = score_solutions(Scorer.from_pretrained(other, device="cpu"), [(Q, STEPS[:2])])[0]
     assert len(fresh) == 3 and all(r == pytest.approx(ref, abs=1e-5) for r in fresh)
 
 
@@ -287,7 +295,7 @@ def test_fitting_a_long_solution_is_linear_in_its_steps_and_unchanged(tiny_rm_di
     for n in (100, 400):
         seen["chars"] = 0
         steps = [f"Step {i}: 2 + 3 = 5 and x = {i}." for i in range(n)]
-        s.score(Q, steps)
+        score_solutions(s, [(Q, steps)])[0]
         chars[n] = seen["chars"]
     assert chars[400] / chars[100] < 5, chars  # quadratic would be ~16x
     steps = [f"Step {i}: 2 + 3 = 5 and x = {i}." for i in range(40)]

@@ -21,6 +21,7 @@ from hiprm.artifacts import DataError, write_jsonl
 from hiprm.config import ConfigError, load_config
 from hiprm.records import RMExample
 from hiprm.rm.data_collate import PadCollator, encode_examples, read_examples, soft_label_loss
+from hiprm.rm.scorer import score_solutions
 from hiprm.rm.template import TemplateConfig, render_fitted
 from hiprm.rm.train import TrainConfig, run
 from hiprm.rm.train_log import last_complete_checkpoint, trim_metrics
@@ -183,7 +184,7 @@ def test_train_learns_saves_and_reruns(toy_data, tiny_backbone_dir):
     from hiprm.rm.scorer import Scorer
 
     scorer = Scorer.from_pretrained(out / "model", device="cpu", dtype="float32")
-    rewards = [scorer.score("What is 7 + 3?", [s])[0] for s in ("The answer is 5.", "x = -3, y = 7%.")]
+    rewards = [score_solutions(scorer, [("What is 7 + 3?", [s])])[0][0] for s in ("The answer is 5.", "x = -3, y = 7%.")]
     assert rewards == pytest.approx(probs.tolist(), abs=1e-5)
 
     mtime = (out / "model" / "model.safetensors").stat().st_mtime

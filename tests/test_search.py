@@ -31,17 +31,9 @@ class RecordingScorer:
     def _r(self, step):
         return 0.9 if "good" in step else 0.1
 
-    def score(self, question, steps):
-        self.calls.append(("score", question, list(steps)))
-        return [self._r(s) for s in steps]
-
-    def score_batch(self, items):
-        self.calls.append(("score_batch", len(items)))
-        return [[self._r(s) for s in steps] for _, steps in items]
-
-    def score_candidates(self, question, prefix, candidates):
-        self.calls.append(("score_candidates", list(prefix), list(candidates)))
-        return [self._r(c) for c in candidates]
+    def score_inputs(self, inputs):
+        self.calls.append([(list(prev), cur) for _, prev, cur in inputs])
+        return [self._r(cur) for _, _, cur in inputs]
 
 
 # ---- aggregate ------------------------------------------------------------------------------
@@ -155,11 +147,11 @@ def test_sample_pool_and_score_pool_with_scripted_policy():
     assert by_answer["5"].rewards["prm"] == [0.9, 0.9]
     assert by_answer["6"].rewards["prm"] == [0.9, 0.1]
     assert by_answer["5"].rewards["orm"] == [0.9]
-    assert prm.calls == [("score_batch", 12)]
-    # ORM: one input per solution, the last step given all the earlier ones
+    assert len(prm.calls) == 1 and len(prm.calls[0]) == sum(len(c.steps) for c in cands)  # one call
+    # ORM: one input per solution, the last step given all the earlier ones, in one call
     c5 = by_answer["5"]
-    assert ("score_candidates", c5.steps[:-1], [c5.steps[-1]]) in orm.calls
-    assert len(orm.calls) == 12
+    assert len(orm.calls) == 1 and len(orm.calls[0]) == len(cands) == 12
+    assert (c5.steps[:-1], c5.steps[-1]) in orm.calls[0]
 
 
 def test_pool_cost_counts_the_pool_once_and_estimates_runs_per_n():

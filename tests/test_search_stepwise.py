@@ -27,9 +27,13 @@ class Scorer:
         self.word = word
         self.calls = []
 
-    def score_candidates(self, question, prefix, candidates):
-        self.calls.append((list(prefix), list(candidates)))
-        return [0.9 if self.word in c else 0.1 for c in candidates]
+    def score_inputs(self, inputs):
+        # Recorded per prefix, in order of first appearance (one call may hold several prefixes).
+        by_prefix: dict[tuple, list] = {}
+        for _, prev, cur in inputs:
+            by_prefix.setdefault(tuple(prev), []).append(cur)
+        self.calls += [(list(p), c) for p, c in by_prefix.items()]
+        return [0.9 if self.word in cur else 0.1 for _, _, cur in inputs]
 
 
 class CountingPolicy:

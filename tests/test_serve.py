@@ -14,6 +14,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from hiprm.rm.scorer import score_solutions
 from hiprm.serve.app import ServeConfig, create_app
 from hiprm.serve.protocol import Limits, RequestError, parse_request
 from tests.rm_fixtures import FakeScorer, shared_tiny_rm
@@ -114,9 +115,9 @@ def test_scorer_failure_is_a_500_with_a_message_and_the_server_survives():
 
 def test_concurrent_requests_are_batched_through_asgi_transport():
     class SlowFake(FakeScorer):
-        def score_batch(self, items):
+        def score_inputs(self, inputs):
             time.sleep(0.02)  # the model being busy lets the queue fill up
-            return super().score_batch(items)
+            return super().score_inputs(inputs)
 
     fake = SlowFake(length_reward)
     app = create_app(fake, ServeConfig(batch_window_ms=20, max_batch=16))
@@ -175,7 +176,7 @@ def test_load_on_loopback_with_tiny_model(tiny_rm_dir):
         (f"What is {n} + 3?", [f"First, {n} + 3 = {n + 3}.", "The answer is 5. # Answer 5"][: 1 + n % 2])
         for n in range(64)
     ]
-    expected = [scorer.score(q, s) for q, s in items]
+    expected = [score_solutions(scorer, [(q, s)])[0] for q, s in items]
     app = create_app(scorer, ServeConfig(batch_window_ms=20, max_batch=64), model_name="tiny")
 
     async def fire(base):
@@ -214,7 +215,7 @@ def test_vllm_pooling_api_shapes_and_values(tiny_rm_dir):
     scorer = Scorer.from_pretrained(tiny_rm_dir, device="cpu")
     app = create_app(scorer, model_name=str(tiny_rm_dir), served_name="hiprm-rm", max_model_len=2048)
     q, steps = "What is 2 + 3?", ["2 + 3 = 5.", "# Answer\n\n5"]
-    want = scorer.score(q, steps)
+    want = score_solutions(scorer, [(q, steps)])[0]
     texts = [render(q, steps[:i], s, scorer.template) for i, s in enumerate(steps)]
     with TestClient(app) as client:
         models = client.get("/v1/models").json()

@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 
 from hiprm.artifacts import DataError
 from hiprm.config import ConfigError
-from hiprm.rm.scorer import ScoreConfig, Scorer, solution_input_tokens
+from hiprm.rm.scorer import ScoreConfig, Scorer, score_solutions, solution_input_tokens
 from hiprm.serve.app import ServeConfig, create_app, utf8_lengths
 from hiprm.serve.protocol import Limits, RequestError, parse_request
 from tests.rm_fixtures import FakeScorer, shared_tiny_rm
@@ -63,7 +63,7 @@ def test_surrogates_and_deep_nesting_are_422_and_spare_the_valid_requests_beside
     """With the real tokenizer a lone surrogate used to crash the scorer call, failing every
     request batched with it (500 for all); 100k-deep JSON was a RecursionError (500)."""
     valid = [("What is 2 + 3?", ["2 + 3 = 5.", "# Answer\n\n5"]), ("What is 1 + 1?", ["1 + 1 = 2."])]
-    want = [scorer.score(q, s) for q, s in valid]
+    want = [score_solutions(scorer, [(q, s)])[0] for q, s in valid]
     bad = [
         b'{"question": "q", "steps": ["a \\ud800 b"]}',  # the escape: valid JSON, not valid text
         b'{"question": "q", "steps": ["\xed\xa0\x80"]}',  # the same surrogate as raw (invalid) UTF-8
@@ -90,12 +90,12 @@ def test_a_request_the_scorer_fails_on_fails_alone_and_its_batch_mates_succeed()
             super().__init__(length_reward)
             self.call_sizes = []
 
-        def score_batch(self, items):
-            self.call_sizes.append(len(items))
+        def score_inputs(self, inputs):
+            self.call_sizes.append(sum(1 for _, prev, _ in inputs if not prev))  # solutions in the call
             time.sleep(0.01)  # busy, so that the queue fills up
-            if any("boom" in s for _, steps in items for s in steps):
+            if any("boom" in cur for _, _, cur in inputs):
                 raise RuntimeError("tokenizer exploded (pretend)")
-            return super().score_batch(items)
+            return super().score_inputs(inputs)
 
     fake = Fussy()
     app = create_app(fake, ServeConfig(batch_window_ms=50, max_batch=64))
@@ -173,10 +173,12 @@ def test_the_batcher_keeps_each_scorer_call_within_max_tokens_per_call():
             super().__init__(length_reward)
             self.call_tokens = []
 
-        def score_batch(self, items):
-            self.call_tokens.append(sum(map(sum, solution_input_tokens(utf8_lengths, items))))
+        def score_inputs(self, inputs):
+            # An input is the last step of the solution (question, previous + [current]).
+            self.call_tokens.append(sum(solution_input_tokens(utf8_lengths, [(q, [*prev, cur])])[0][-1]
+                                        for q, prev, cur in inputs))  # fmt: skip
             time.sleep(0.01)
-            return super().score_batch(items)
+            return super().score_inputs(inputs)
 
     fake = Recording()
     one = sum(solution_input_tokens(utf8_lengths, [("q", ["a" * 100])])[0])  # 188 "tokens" (bytes)
@@ -193,9 +195,9 @@ def test_health_is_503_busy_while_one_scorer_call_runs_past_the_threshold():
     release = threading.Event()
 
     class Stuck(FakeScorer):
-        def score_batch(self, items):
+        def score_inputs(self, inputs):
             release.wait(10)
-            return super().score_batch(items)
+            return super().score_inputs(inputs)
 
     app = create_app(Stuck(half), ServeConfig(health_busy_after_s=0.1), model_name="stuck")
 
@@ -423,7 +425,7 @@ def test_malformed_request_is_a_4xx_with_a_message(suite_client, path, body, hea
 
 
 def test_malformed_requests_sent_together_with_valid_ones_never_500_and_spare_them(scorer):
-    want = scorer.score(Q, [STEP, "# Answer\n\n5"])
+    want = score_solutions(scorer, [(Q, [STEP, "# Answer\n\n5"])])[0]
     app = create_app(scorer, SUITE_CFG, max_model_len=SUITE_CONTEXT)
     reqs = [(p, b, h) for p, b, h, _ in MALFORMED] + [(p, b, JSON) for p, b in VALID] * 3
     got = asyncio.run(_fire(app, reqs))

@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from hiprm.config import load_config
+from hiprm.rm.scorer import score_solutions
 
 ROOT = Path(__file__).resolve().parents[1]
 PORT = 8013
@@ -153,7 +154,7 @@ def test_vllm_classify_matches_hiprm_rewards(vllm_rm):
     scorer = Scorer.from_pretrained(str(model), device="cpu")
     question = "What is $2+3$?"
     steps = ["We add the two numbers.", "$2+3=5$.", "# Answer\n\n5"]
-    ours = scorer.score(question, steps)
+    ours = score_solutions(scorer, [(question, steps)])[0]
     texts = [render(question, steps[:i], s, scorer.template) for i, s in enumerate(steps)]
     r = httpx.post(base + "/classify", json={"model": "rm", "input": texts}, timeout=120)
     assert r.status_code == 200, r.text

@@ -188,25 +188,6 @@ class RewardCache:
         append_jsonl(self.path, {"model": model, "task": task, "key": key, "rewards": rewards})
 
 
-def pair_rewards(scorer: Any, question: str, pairs: list[tuple[list[str], str]]) -> list[float]:
-    """Rewards of (previous steps, step) inputs of one question with whatever the scorer offers:
-    `score_pairs` (shared prefixes computed once), else `score_candidates` per prefix, else `score`."""
-    if hasattr(scorer, "score_pairs"):
-        return [float(x) for x in scorer.score_pairs(question, pairs)]
-    out = [0.0] * len(pairs)
-    by_prefix: dict[tuple[str, ...], list[int]] = {}
-    for i, (prev, _) in enumerate(pairs):
-        by_prefix.setdefault(tuple(prev), []).append(i)
-    for prev, idx in by_prefix.items():
-        if hasattr(scorer, "score_candidates"):
-            vals = scorer.score_candidates(question, list(prev), [pairs[i][1] for i in idx])
-        else:
-            vals = [scorer.score(question, [*prev, pairs[i][1]])[-1] for i in idx]
-        for i, v in zip(idx, vals, strict=True):
-            out[i] = float(v)
-    return out
-
-
 def _value(v: float, ci: tuple[float, float]) -> dict[str, Any]:
     return {"value": v, "ci95": [ci[0], ci[1]]}
 
@@ -224,7 +205,7 @@ def eval_prm800k(scorer: Any, mkey: str, groups: list[StepGroup], cache: RewardC
         key = _key("prm800k", q, pairs)
         flat = cache.get(mkey, key)
         if flat is None:
-            flat = pair_rewards(scorer, q, pairs)
+            flat = [float(x) for x in scorer.score_inputs([(q, list(prev), cur) for prev, cur in pairs])]
             cache.put(mkey, key, "prm800k", flat)
         k = 0
         for i in members:
@@ -260,7 +241,7 @@ def eval_processbench(scorer: Any, mkey: str, splits: dict[str, list[StepVerdict
                       cfg: EvalConfig) -> dict[str, Any]:
     from tqdm import tqdm
 
-    from hiprm.rm.scorer import score_many
+    from hiprm.rm.scorer import score_solutions
 
     rewards: dict[str, list[list[float]]] = {}
     for name, entries in splits.items():
@@ -276,7 +257,7 @@ def eval_processbench(scorer: Any, mkey: str, splits: dict[str, list[StepVerdict
                 missing = [i for i in chunk if cache.get(mkey, keys[i]) is None]
                 if not missing:
                     continue
-                for i, r in zip(chunk, score_many(scorer, [(entries[i].question, entries[i].steps) for i in chunk]),
+                for i, r in zip(chunk, score_solutions(scorer, [(entries[i].question, entries[i].steps) for i in chunk]),
                                 strict=True):
                     if i in missing:
                         cache.put(mkey, keys[i], f"processbench/{name}", list(r))

@@ -4,12 +4,15 @@ Input: a checkpoint folder written by `hiprm rm train` (a 2-label
 `AutoModelForSequenceClassification`, class 1 = positive, tokenizer beside it, formatter
 settings in `config.hiprm_template`). Output: one float in [0, 1] per step.
 
-- `Scorer.score(question, steps)`: one reward per step prefix (step i given steps[:i]).
-- `Scorer.score_batch([(question, steps), ...])`: many solutions in one go.
-- `Scorer.score_candidates(question, prefix_steps, candidates)`: N candidate next steps that
-  share a prefix (step-level search).
-- `Scorer.score_pairs(question, [(previous_steps, step), ...])`: any inputs of one question
-  (evaluation: every rated completion at every step of a solution).
+The one scoring protocol is `StepScorer.score_inputs(inputs)`: a reward for each (question,
+previous steps, current step) input. Every caller reduces its work to such a list in one call:
+- `score_solutions(scorer, [(question, steps), ...])`: one reward per step prefix of each
+  solution (step i given steps[:i]): best-of-N, `rm score`, ProcessBench, the server;
+- `score_candidates(scorer, question, prefix_steps, candidates)`: N candidate next steps that
+  share a prefix (step-level search);
+- a PRM800K evaluation passes every rated completion of every step of a solution.
+How inputs share work (the token trie below, a server's batch) is the scorer's business, so the
+in-process `Scorer`, a fake in a test and `hiprm.rm.remote.RemoteScorer` are interchangeable.
 
 `Scorer.from_pretrained` is where `hiprm serve`, `hiprm rm score`, `hiprm rm eval` and `hiprm eval`
 load a reward model; it refuses a checkpoint whose classification head was never trained (a
@@ -59,19 +62,34 @@ from hiprm.rm.template import PREVIOUS_HEADER, TemplateConfig, render, render_fi
 log = logging.getLogger(__name__)
 
 
+ScoreInput = tuple[str, list[str], str]  # (question, previous steps, current step)
+
+
 @runtime_checkable
 class StepScorer(Protocol):
-    """What search code and the HTTP server need: one reward in [0, 1] per step prefix."""
+    """What every caller needs: one reward in [0, 1] per (question, previous, current) input."""
 
-    def score(self, question: str, steps: list[str]) -> list[float]: ...
+    def score_inputs(self, inputs: Sequence[ScoreInput]) -> list[float]: ...
 
 
-def score_many(scorer: StepScorer, items: Sequence[tuple[str, list[str]]]) -> list[list[float]]:
-    """`scorer.score_batch(items)` when it has one, else `score` per item (fakes in tests)."""
-    batch = getattr(scorer, "score_batch", None)
-    if batch is not None:
-        return batch(list(items))
-    return [scorer.score(q, s) for q, s in items]
+def solution_inputs(items: Sequence[tuple[str, list[str]]]) -> list[ScoreInput]:
+    """The inputs of every step of every solution: step i given steps[:i]."""
+    return [(q, steps[:i], s) for q, steps in items for i, s in enumerate(steps)]
+
+
+def score_solutions(scorer: StepScorer, items: Sequence[tuple[str, list[str]]]) -> list[list[float]]:
+    """One reward per step of each (question, steps) solution, in one `score_inputs` call."""
+    flat = scorer.score_inputs(solution_inputs(items))
+    out, at = [], 0
+    for _, steps in items:
+        out.append([float(x) for x in flat[at : at + len(steps)]])
+        at += len(steps)
+    return out
+
+
+def score_candidates(scorer: StepScorer, question: str, prefix_steps: list[str], candidates: list[str]) -> list[float]:
+    """Rewards of candidate next steps after a shared prefix (step-level search)."""
+    return [float(x) for x in scorer.score_inputs([(question, list(prefix_steps), c) for c in candidates])]
 
 
 def reward_from_logits(row: Sequence[float]) -> float:
@@ -221,41 +239,34 @@ class Scorer:
 
     # ---- public API -------------------------------------------------------------------------
 
-    def score(self, question: str, steps: list[str]) -> list[float]:
-        return self.score_batch([(question, steps)])[0]
-
-    def score_batch(self, items: Sequence[tuple[str, list[str]]]) -> list[list[float]]:
-        rows, _ = self.solution_logits(items)
-        return [[reward_from_logits(r) for r in sol] for sol in rows]
+    def score_inputs(self, inputs: Sequence[ScoreInput]) -> list[float]:
+        """Rewards of (question, previous, current) inputs: P(positive), all inputs in one trie."""
+        return [reward_from_logits(row) for row in self.logits(self.encode_inputs(inputs))]
 
     def solution_logits(self, items: Sequence[tuple[str, list[str]]]) -> tuple[list[list[list[float]]], list[int]]:
         """Per solution: the logits of each step (step i given steps[:i]) and the tokens its
-        inputs hold (what a vLLM-style `usage` counts)."""
-        flat = [(n, q, steps[:i], s) for n, (q, steps) in enumerate(items) for i, s in enumerate(steps)]
-        # Each step counted once per solution, so fitting step i does not re-count steps[:i]
-        # (render_fitted's step_costs): linear in the steps of a long solution, not quadratic.
-        sep = self.template.step_separator
-        costs = self.count_tokens([s + sep for _, steps in items for s in steps]) if flat else []
-        starts, at = [], 0
+        inputs hold (what a vLLM-style `usage` counts; the server's `/pooling`)."""
+        seqs = self.encode_inputs(solution_inputs(items))
+        rows = self.logits(seqs)
+        out: list[list[list[float]]] = []
+        tokens: list[int] = []
+        at = 0
         for _, steps in items:
-            starts.append(at)
+            out.append(rows[at : at + len(steps)])
+            tokens.append(sum(len(ids) for ids in seqs[at : at + len(steps)]))
             at += len(steps)
-        seqs = [self._encode(q, prev, cur, costs[starts[n] : starts[n] + len(prev)]) for n, q, prev, cur in flat]
-        self._warn_cuts(len(flat))
-        out: list[list[list[float]]] = [[] for _ in items]
-        tokens = [0] * len(items)
-        for (n, *_), ids, row in zip(flat, seqs, self.logits(seqs), strict=True):
-            out[n].append(row)
-            tokens[n] += len(ids)
         return out, tokens
 
-    def score_candidates(self, question: str, prefix_steps: list[str], candidates: list[str]) -> list[float]:
-        return self._score_inputs([(question, list(prefix_steps), c) for c in candidates])
-
-    def score_pairs(self, question: str, pairs: Sequence[tuple[list[str], str]]) -> list[float]:
-        """Rewards of any (previous steps, current step) inputs of one question, e.g. every rated
-        completion of every step of a PRM800K solution; shared prefixes are computed once."""
-        return self._score_inputs([(question, list(prev), cur) for prev, cur in pairs])
+    def encode_inputs(self, inputs: Sequence[ScoreInput]) -> list[list[int]]:
+        """Token ids of each input's fitted text, as in training. Each distinct step is counted
+        once per call (render_fitted's step_costs), so fitting the N steps of a long solution
+        does not re-count steps[:i] for every i: linear in N, not quadratic."""
+        sep = self.template.step_separator
+        distinct = list(dict.fromkeys(s for _, prev, _ in inputs for s in prev))
+        cost = dict(zip(distinct, self.count_tokens([s + sep for s in distinct]), strict=True)) if distinct else {}
+        seqs = [self._encode(q, list(prev), cur, [cost[s] for s in prev]) for q, prev, cur in inputs]
+        self._warn_cuts(len(inputs))
+        return seqs
 
     def logits(self, seqs: Sequence[list[int]]) -> list[list[float]]:
         """Classifier logits (one row of num_labels per input) of token-id inputs taken as they
@@ -286,12 +297,6 @@ class Scorer:
     def input_tokens(self, items: Sequence[tuple[str, list[str]]]) -> list[list[int]]:
         """About how many tokens each input of each solution will hold; see `solution_input_tokens`."""
         return solution_input_tokens(self.count_tokens, items, self.template)
-
-    def _score_inputs(self, inputs: Sequence[tuple[str, list[str], str]]) -> list[float]:
-        """Rewards of (question, previous, current) inputs: P(positive) from `logits`."""
-        seqs = [self._encode(q, prev, cur) for q, prev, cur in inputs]
-        self._warn_cuts(len(inputs))
-        return [reward_from_logits(row) for row in self.logits(seqs)]
 
     # ---- encoding ---------------------------------------------------------------------------
 
@@ -519,7 +524,7 @@ def run(cfg: ScoreConfig) -> Path:
             partial.open("a", encoding="utf-8") as f:
         for start in range(0, len(todo), cfg.chunk_size):
             chunk = todo[start : start + cfg.chunk_size]
-            rewards = scorer.score_batch([(q, steps) for _, _, q, steps in chunk])  # type: ignore[union-attr]
+            rewards = score_solutions(scorer, [(q, steps) for _, _, q, steps in chunk])
             for (_, obj, _, _), r in zip(chunk, rewards, strict=True):
                 f.write(json.dumps({**obj, "step_rewards": r}, ensure_ascii=False) + "\n")
             f.flush()

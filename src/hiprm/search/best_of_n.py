@@ -28,7 +28,7 @@ from hiprm.grading import is_equivalent
 from hiprm.policy.prompts import PromptStyle
 from hiprm.policy.protocol import Policy, SamplingParams
 from hiprm.policy.steps import final_answer, split_solution
-from hiprm.rm.scorer import score_many
+from hiprm.rm.scorer import score_solutions
 from hiprm.search.aggregate import AGGREGATIONS, aggregate, best_index, majority_vote, weighted_vote
 
 REWARD_MODELS = ("orm", "prm", "hrm")
@@ -167,12 +167,13 @@ def score_pool(candidates: list[Candidate], question: str, scorers: dict[str, An
     """
     for rm, scorer in scorers.items():
         if rm == "orm":
-            for c in candidates:
-                c.rewards[rm] = [float(scorer.score_candidates(question, c.steps[:-1], [c.steps[-1]])[0])]
+            whole = scorer.score_inputs([(question, c.steps[:-1], c.steps[-1]) for c in candidates])
+            for c, r in zip(candidates, whole, strict=True):
+                c.rewards[rm] = [float(r)]
         else:
-            rewards = score_many(scorer, [(question, c.steps) for c in candidates])
+            rewards = score_solutions(scorer, [(question, c.steps) for c in candidates])
             for c, r in zip(candidates, rewards, strict=True):
-                c.rewards[rm] = [float(x) for x in r]
+                c.rewards[rm] = r
 
 
 def choose(method: Method, candidates: list[Candidate], subset: list[int]) -> int | None:

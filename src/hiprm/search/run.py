@@ -211,16 +211,8 @@ class _CountingScorer:
             self.calls += 1
             self.inputs += n_inputs
 
-    def score(self, question: str, steps: list[str]) -> list[float]:
-        return self._timed(self.inner.score, len(steps), question, steps)
-
-    def score_batch(self, items: list[tuple[str, list[str]]]) -> list[list[float]]:
-        from hiprm.rm.scorer import score_many
-
-        return self._timed(lambda it: score_many(self.inner, it), sum(len(s) for _, s in items), items)
-
-    def score_candidates(self, question: str, prefix: list[str], candidates: list[str]) -> list[float]:
-        return self._timed(self.inner.score_candidates, len(candidates), question, prefix, candidates)
+    def score_inputs(self, inputs: Any) -> list[float]:
+        return self._timed(self.inner.score_inputs, len(inputs), inputs)
 
 
 class _CountingPolicy:

@@ -80,7 +80,7 @@ def step_search(
 ) -> SearchResult:
     """Run every (reward model, N, subsample) path for one problem, in lockstep by depth.
 
-    `scorers` maps a reward-model name ("prm", "hrm") to an object with `score_candidates`;
+    `scorers` maps a reward-model name ("prm", "hrm") to a `StepScorer` (`score_inputs`);
     `params` gives temperature/top_p/max_tokens (its `n`, `stop` and `seed` are set per call).
     """
     n_max = max(n_values)
@@ -124,19 +124,21 @@ def step_search(
                     tokens=policy.count_tokens(texts[0]),
                     final=is_final(texts[0], style) or not texts[0].strip(),
                 )
-        # 2. score the candidates each reward model needs, one call per (model, prefix)
-        need: dict[tuple[str, Prefix], set[int]] = {}
+        # 2. score the candidates each reward model needs: one call per model for every prefix
+        need: dict[str, dict[Prefix, set[int]]] = {}
         for p in active:
-            need.setdefault((p.rm, p.prefix), set()).update(
+            need.setdefault(p.rm, {}).setdefault(p.prefix, set()).update(
                 i for i in p.looked_at[-1] if (p.rm, p.prefix, i) not in rewards
             )
-        for (rm, prefix), slots in need.items():
-            if not slots:
+        for rm, by_prefix in need.items():
+            keys = [(prefix, i) for prefix, slots in by_prefix.items() for i in sorted(slots)]
+            if not keys:
                 continue
-            order = sorted(slots)
-            steps = [step_texts([*prefix, pools[prefix][i].text], style) for i in order]
-            scores = scorers[rm].score_candidates(question, steps[0][:-1], [s[-1] for s in steps])
-            for i, r in zip(order, scores, strict=True):
+            inputs = []
+            for prefix, i in keys:
+                steps = step_texts([*prefix, pools[prefix][i].text], style)
+                inputs.append((question, steps[:-1], steps[-1]))
+            for (prefix, i), r in zip(keys, scorers[rm].score_inputs(inputs), strict=True):
                 rewards[(rm, prefix, i)] = float(r)
         # 3. every path keeps its best candidate
         for p in active:

@@ -181,7 +181,7 @@ def scorer_failed(e: Exception) -> JSONResponse:
 
 def create_app(scorer: StepScorer, cfg: ServeConfig | None = None, model_name: str = "", served_name: str = "",
                max_model_len: int = 8192, id2label: dict[int, str] | None = None) -> FastAPI:
-    """The app around `scorer`. `/v1/score` needs only `score_batch`; the vLLM-style endpoints
+    """The app around `scorer`. `/v1/score` needs only `score_inputs`; the vLLM-style endpoints
     need the Scorer's `logits`, `solution_logits` and `encode_texts` (hiprm.rm.scorer.Scorer)."""
     cfg = cfg or ServeConfig()
     started = int(time.time())

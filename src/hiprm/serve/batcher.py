@@ -22,7 +22,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from hiprm.rm.scorer import StepScorer, score_many
+from hiprm.rm.scorer import StepScorer, score_solutions
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ Job = tuple[list[tuple[str, Any]], int, asyncio.Future]  # (tagged items, tokens
 
 def run_items(scorer: Any, flat: list[tuple[str, Any]]) -> list[Any]:
     """Score a batch of tagged items in as few scorer calls as there are tags:
-    ("rewards", (question, steps)) -> one reward per step (`score_batch`);
+    ("rewards", (question, steps)) -> one reward per step (`score_solutions`);
     ("steps", (question, steps)) -> (logits per step, tokens) (`solution_logits`);
     ("ids", token ids) -> one row of logits (`logits`)."""
     out: list[Any] = [None] * len(flat)
@@ -41,7 +41,7 @@ def run_items(scorer: Any, flat: list[tuple[str, Any]]) -> list[Any]:
             continue
         items = [flat[k][1] for k in where]
         if tag == "rewards":
-            results: list[Any] = [list(map(float, r)) for r in score_many(scorer, items)]
+            results: list[Any] = [list(map(float, r)) for r in score_solutions(scorer, items)]
         elif tag == "steps":
             rows, tokens = scorer.solution_logits(items)
             results = list(zip(rows, tokens, strict=True))

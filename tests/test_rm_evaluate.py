@@ -12,7 +12,8 @@ import pytest
 from hiprm.config import ConfigError
 from hiprm.records import Completion, LabeledStep, Solution
 from hiprm.rm import evaluate
-from hiprm.rm.evaluate import EvalConfig, RewardCache, eval_prm800k, eval_processbench, step_groups
+from hiprm.rm.eval_data import step_groups
+from hiprm.rm.evaluate import EvalConfig, RewardCache, eval_prm800k, eval_processbench
 from hiprm.rm.metrics import binary_metrics, bootstrap_ci, wilson_ci
 from tests.rm_fixtures import FakeScorer, shared_tiny_rm
 
@@ -229,7 +230,7 @@ def test_evaluation_items_are_the_training_data_definition(shared_data, neutral)
 
     from hiprm.data.labels import build_examples
     from hiprm.data.prm800k import read_prm800k
-    from hiprm.rm.evaluate import EvalConfig, classification_rows, step_groups
+    from hiprm.rm.evaluate import EvalConfig, classification_rows
 
     skip = EvalConfig().skip_finish_reasons
     sols = [s for s in read_prm800k(shared_data / "prm800k" / "phase1_test.jsonl") if s.finish_reason not in skip]

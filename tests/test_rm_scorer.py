@@ -11,12 +11,11 @@ import torch
 
 from hiprm.artifacts import DataError
 from hiprm.config import ConfigError
+from hiprm.rm.score_file import ScoreConfig, run
 from hiprm.rm.scorer import (
-    ScoreConfig,
     Scorer,
     StepScorer,
     budget_batches,
-    run,
     score_candidates,
     score_solutions,
 )

@@ -20,7 +20,8 @@ from fastapi.testclient import TestClient
 
 from hiprm.artifacts import DataError
 from hiprm.config import ConfigError
-from hiprm.rm.scorer import ScoreConfig, Scorer, score_solutions, solution_input_tokens
+from hiprm.rm.score_file import ScoreConfig
+from hiprm.rm.scorer import Scorer, score_solutions, solution_input_tokens
 from hiprm.serve.app import ServeConfig, create_app, utf8_lengths
 from hiprm.serve.protocol import Limits, RequestError, parse_request
 from tests.rm_fixtures import FakeScorer, shared_tiny_rm
@@ -301,7 +302,7 @@ def test_serve_refuses_a_causal_lm_checkpoint_before_listening(monkeypatch, tiny
 
 def test_rm_score_refuses_a_causal_lm_checkpoint_with_one_line_and_exit_2(tmp_path, tiny_lm_dir, capsys):
     from hiprm.cli import main
-    from hiprm.rm.scorer import run
+    from hiprm.rm.score_file import run
 
     src = tmp_path / "in.jsonl"
     src.write_text(json.dumps({"question": "q", "steps": ["a"]}) + "\n", encoding="utf-8")

@@ -32,7 +32,7 @@ COMMANDS: dict[str, tuple[str, str, str, str | None]] = {
     "data stats": ("hiprm.data.stats", "StatsConfig", "run", "path"),
     "data export-trl": ("hiprm.data.export", "ExportConfig", "run", "path"),
     "rm train": ("hiprm.rm.train", "TrainConfig", "run", None),
-    "rm score": ("hiprm.rm.scorer", "ScoreConfig", "run", None),
+    "rm score": ("hiprm.rm.score_file", "ScoreConfig", "run", None),
     "rm eval": ("hiprm.rm.evaluate", "EvalConfig", "run", None),
     "serve": ("hiprm.serve.app", "ServeConfig", "run", None),
     "eval": ("hiprm.search.run", "EvalConfig", "run", None),

@@ -16,6 +16,8 @@ interrupted run resumes where it stopped and a rerun with more data only scores 
   The threshold maximizes F1 on `threshold_split` (as in the ProcessBench paper, on GSM8K) and is
   applied to every split. F1 = harmonic mean of accuracy on erroneous samples (exact index) and
   on correct samples (predicted -1).
+
+The data come from `hiprm.rm.eval_data`, the markdown tables from `hiprm.rm.eval_report`.
 """
 
 from __future__ import annotations
@@ -32,8 +34,10 @@ import numpy as np
 
 from hiprm.artifacts import append_jsonl, atomic_write, prepare_out_dir, read_appended, write_json, write_meta
 from hiprm.config import ConfigError, Device, NonNegative, Positive, Probability, to_dict
-from hiprm.data.labels import Neutral, prm_examples, step_label
-from hiprm.records import Solution, StepVerdicts
+from hiprm.data.labels import Neutral, step_label
+from hiprm.records import StepVerdicts
+from hiprm.rm.eval_data import StepGroup, load_data
+from hiprm.rm.eval_report import markdown_report
 from hiprm.rm.metrics import (
     binary_metrics,
     bootstrap_ci,
@@ -46,40 +50,7 @@ from hiprm.rm.metrics import (
 log = logging.getLogger(__name__)
 
 
-
-
-# ---- pure parts: examples and metrics ---------------------------------------------------------
-
-
-@dataclass
-class StepGroup:
-    """The rated alternatives at one PRM800K step, sharing the question and previous steps."""
-
-    question: str
-    prefix: list[str]
-    texts: list[str]
-    ratings: list[int]
-    solution: int = 0  # index of the solution it belongs to (groups of one solution share their prefixes)
-
-
-def step_groups(solutions: Sequence[Solution]) -> list[StepGroup]:
-    """One group per step that has rated completions; prefix = chosen steps before it.
-
-    Built from `hiprm.data.labels.prm_examples`, the one definition of a PRM example (the
-    training data's conditioning), with `neutral="positive"` so that no rated completion is
-    dropped here; labels are applied per `neutral` by `classification_rows`, again with the
-    training data's `step_label`.
-    """
-    groups: list[StepGroup] = []
-    for n, sol in enumerate(solutions):
-        cur: StepGroup | None = None
-        for ex in prm_examples(sol, neutral="positive"):
-            if cur is None or len(ex.previous_steps) != len(cur.prefix):  # the next step
-                cur = StepGroup(sol.question, ex.previous_steps, [], [], n)
-                groups.append(cur)
-            cur.texts.append(ex.current_step)
-            cur.ratings.append(int(ex.ratings[0]))  # type: ignore[arg-type]
-    return groups
+# ---- pure parts: metrics ----------------------------------------------------------------------
 
 
 def classification_rows(groups: Sequence[StepGroup], rewards: Sequence[Sequence[float]],
@@ -291,81 +262,6 @@ def eval_processbench(scorer: Any, mkey: str, splits: dict[str, list[StepVerdict
     return out
 
 
-def _num(x: float | None) -> str:
-    return "n/a" if x is None or x != x else f"{x:.3f}"
-
-
-def _fmt(v: dict[str, Any]) -> str:
-    if v["value"] is None or v["value"] != v["value"]:
-        return "n/a"
-    lo, hi = v["ci95"]
-    return f"{_num(v['value'])} [{_num(lo)}, {_num(hi)}]"
-
-
-def markdown_report(report: dict[str, Any]) -> str:
-    """Tables of rm_eval.json: one row per model, values with [95% interval]."""
-    models = report["models"]
-    lines = ["# Reward-model evaluation", ""]
-    if any("prm800k" in r for r in models.values()):
-        first = next(r["prm800k"] for r in models.values() if "prm800k" in r)
-        c, s = first["classification"], first["selection"]
-        lines += [
-            f"## PRM800K step classification ({c['n']} rated completions, {c['n_positive']} positive, "
-            f"neutral = {c['neutral']}, threshold {c['threshold']})", "",
-            "| model | accuracy | F1 | AUROC |", "|---|---|---|---|",
-        ]
-        for name, r in models.items():
-            if "prm800k" in r:
-                c = r["prm800k"]["classification"]
-                lines.append(f"| {name} | {_fmt(c['accuracy'])} | {_fmt(c['f1'])} | {_fmt(c['auroc'])} |")
-        lines += [
-            "", f"## PRM800K step selection ({s['n_steps_2plus']} steps with >= 2 rated alternatives, "
-            f"{s['n_steps_mixed']} of them mixing +1 and non-+1)", "",
-            "Rate at which the RM's top-ranked alternative is rated +1, against picking at random.", "",
-            "| model | top-1 is +1 (mixed) | random (mixed) | top-1 is +1 (all >= 2) | random (all >= 2) |",
-            "|---|---|---|---|---|",
-        ]
-        for name, r in models.items():
-            if "prm800k" in r:
-                s = r["prm800k"]["selection"]
-                lines.append(f"| {name} | {_fmt(s['mixed']['top1_positive'])} | {_fmt(s['mixed']['random'])} | "
-                             f"{_fmt(s['all']['top1_positive'])} | {_fmt(s['all']['random'])} |")
-    if any("processbench" in r for r in models.values()):
-        lines += ["", "## ProcessBench (F1 of earliest-error identification)", ""]
-        split_names = list(next(r["processbench"] for r in models.values() if "processbench" in r)["splits"])
-        lines += ["| model | threshold | " + " | ".join(split_names) + " | average |",
-                  "|---|---|" + "---|" * len(split_names) + "---|"]
-        for name, r in models.items():
-            if "processbench" in r:
-                pb = r["processbench"]
-                tuned = f" (on {pb['threshold_split']})" if pb["threshold_split"] else " (fixed)"
-                cells = " | ".join(_fmt(pb["splits"][k]["f1"]) for k in split_names)
-                lines.append(f"| {name} | {pb['threshold']:.2f}{tuned} | {cells} | {_num(pb['average_f1'])} |")
-        lines += ["", "The threshold is tuned on one split (F1 there is optimistic) and applied unchanged to the others.",
-                  "", "Per split (accuracy on erroneous / correct samples):", ""]
-        for name, r in models.items():
-            for k, v in r.get("processbench", {}).get("splits", {}).items():
-                lines.append(f"- {name} / {k}: n={v['n']} ({v['n_erroneous']} erroneous, {v['n_correct']} correct); "
-                             f"erroneous {_fmt(v['acc_erroneous'])}, correct {_fmt(v['acc_correct'])}")
-    return "\n".join(lines) + "\n"
-
-
-def _data_path(cfg: EvalConfig, rel: str) -> Path:
-    p = Path(rel)
-    return p if p.is_absolute() else Path(cfg.data_dir) / p
-
-
-def sample(entries: list[StepVerdicts], limit: int | None, seed: int) -> list[StepVerdicts]:
-    """`limit` entries drawn at random (seeded, file order kept): ProcessBench files are sorted
-    so that the first entries are all erroneous, and a head would have no correct samples."""
-    if limit is None or limit >= len(entries):
-        return entries
-    import random
-
-    keep = sorted(random.Random(seed).sample(range(len(entries)), limit))
-    return [entries[i] for i in keep]
-
-
 def _no_nan(obj: Any) -> Any:
     """NaN (an undefined rate) -> None, so rm_eval.json is strict JSON."""
     if isinstance(obj, float) and obj != obj:
@@ -375,28 +271,6 @@ def _no_nan(obj: Any) -> Any:
     if isinstance(obj, list | tuple):
         return [_no_nan(v) for v in obj]
     return obj
-
-
-def load_data(cfg: EvalConfig) -> tuple[list[StepGroup], dict[str, list[StepVerdicts]], list[Path]]:
-    inputs: list[Path] = []
-    groups: list[StepGroup] = []
-    if cfg.prm800k:
-        from hiprm.data.prm800k import read_prm800k
-
-        path = _data_path(cfg, cfg.prm800k)
-        sols = [s for s in read_prm800k(path) if s.finish_reason not in cfg.skip_finish_reasons]
-        sols = sols[: cfg.prm800k_limit]
-        groups = step_groups(sols)
-        inputs.append(path)
-    splits: dict[str, list[StepVerdicts]] = {}
-    if cfg.processbench_splits:
-        from hiprm.data.processbench import read_processbench
-
-        for name in cfg.processbench_splits:
-            path = _data_path(cfg, f"{cfg.processbench_dir}/{name}.json")
-            splits[name] = sample(read_processbench(path), cfg.limit, cfg.seed)
-            inputs.append(path)
-    return groups, splits, inputs
 
 
 def run(cfg: EvalConfig) -> Path:

@@ -2,7 +2,7 @@
 
 Input: the per-problem records `hiprm eval` appends to `problems.jsonl`; each holds, per method
 and N, the 0/1 correctness of every subsample (`results[method][N] = {"correct": [...]}`) and
-the problem's cost counters. Output (pure functions plus two writers):
+the problem's cost counters. Output (pure functions plus writers):
 - `accuracy(records, methods, n_values)`: `{method: {N: {accuracy, ci95, problems, subsamples}}}`.
   A problem's accuracy at N is the mean over its subsamples; the reported accuracy is the mean
   over problems, and the CI is mean +- 1.96 * sd / sqrt(#problems) of those per-problem means,
@@ -10,16 +10,27 @@ the problem's cost counters. Output (pure functions plus two writers):
 - `markdown_table`: rows = methods, columns = N, like the paper's Tables 2-5;
 - `plot_accuracy`: accuracy vs N (log2 axis) with CI bands (clipped to 0-100%), one line per method;
 - `cost_summary`: tokens generated with the shared pools vs. one run per N, reward-model inputs
-  and calls, seconds per problem.
+  and calls, seconds per problem;
+- `write_report`: the files of a run folder from its `problems.jsonl` files (`read_done`;
+  `all_results`: the run's own and every shard's): samples.jsonl, metrics.json, table.md,
+  report.md, accuracy.png.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from hiprm.artifacts import atomic_write
+from hiprm.artifacts import atomic_write, read_appended, write_json, write_jsonl
+
+if TYPE_CHECKING:
+    from hiprm.records import Problem
+    from hiprm.search.best_of_n import Method
+    from hiprm.search.run import EvalConfig
+
+log = logging.getLogger(__name__)
 
 Z95 = 1.96
 
@@ -218,3 +229,65 @@ def cost_markdown(cost: dict[str, Any]) -> str:
         ("  policy / reward model seconds (total)", f"{cost['policy_seconds']:.1f} / {cost['rm_seconds']:.1f}"),
     ]
     return "| cost | value |\n|---|---:|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows) + "\n"
+
+
+def read_done(path: Path) -> list[dict[str, Any]]:
+    """Finished problem records (`artifacts.read_appended`: a torn last line is redone)."""
+    return read_appended(path)
+
+
+def all_results(out_dir: Path) -> list[Path]:
+    """The `problems.jsonl` files a run without `shard` reports: its own and every shard's."""
+    return [out_dir / "problems.jsonl", *sorted(out_dir.glob("shards/*/problems.jsonl"))]
+
+
+def write_report(
+    cfg: EvalConfig, methods: list[Method], problems: list[Problem], run_dir: Path, sources: list[Path]
+) -> None:
+    """samples.jsonl, metrics.json, table.md, report.md and accuracy.png for `problems`."""
+    by_id: dict[str, dict[str, Any]] = {}
+    for src in sources:
+        for rec in read_done(src):
+            by_id.setdefault(rec["problem_id"], rec)
+    records = [by_id[p.problem_id] for p in problems if p.problem_id in by_id]
+    names = [m.name for m in methods]
+    n_values = sorted(set(cfg.n_values))
+    acc = accuracy(records, names, n_values)
+    cost = cost_summary(records)
+    title = f"{cfg.dataset}: accuracy (%) vs N, {len(records)}/{len(problems)} problems, policy {cfg.policy.model}"
+    metrics = {
+        "dataset": cfg.dataset,
+        "problems": len(records),
+        "problems_planned": len(problems),
+        "n_values": n_values,
+        "subsamples": cfg.subsamples,
+        "accuracy": acc,
+        "cost": cost,
+        "ci": "mean over problems of per-problem accuracy (averaged over subsamples) +- 1.96 sd/sqrt(problems)",
+    }
+    write_json(run_dir / "metrics.json", metrics)
+    table = markdown_table(acc, n_values, title)
+    with atomic_write(run_dir / "table.md") as f:
+        f.write(table)
+    with atomic_write(run_dir / "report.md") as f:
+        f.write(
+            f"# hiprm eval: {cfg.dataset}\n\n{table}\n{cost_markdown(cost)}\n"
+            f"CI: {metrics['ci']}. Subsamples per N < N_max: {cfg.subsamples}.\n"
+        )
+    write_jsonl(run_dir / "samples.jsonl", _sample_rows(records))
+    if records:
+        plot_accuracy(
+            acc, n_values, run_dir / "accuracy.png", title=f"{cfg.dataset} ({len(records)} problems)"
+        )
+    log.info("report: %s (%d problems)", run_dir / "report.md", len(records))
+
+
+def _sample_rows(records: list[dict[str, Any]]):
+    for rec in records:
+        pid = rec["problem_id"]
+        for c in rec.get("candidates", []):
+            yield {"problem_id": pid, "kind": "solution", **c}
+        for s in rec.get("step_candidates", []):
+            yield {"problem_id": pid, "kind": "step", **s}
+        for p in rec.get("paths", []):
+            yield {"problem_id": pid, "kind": "path", **p}

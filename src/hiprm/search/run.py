@@ -31,14 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from hiprm.artifacts import (
-    DataError,
     append_jsonl,
-    atomic_write,
-    read_appended,
     start_or_resume,
     weights_fingerprint,
-    write_json,
-    write_jsonl,
 )
 from hiprm.config import ConfigError, Device, NonNegative, NonNegativeFloat, Positive, Probability, to_dict
 from hiprm.policy.build import (
@@ -51,7 +46,6 @@ from hiprm.policy.build import (
 from hiprm.policy.prompts import make_style
 from hiprm.policy.protocol import SamplingParams
 from hiprm.records import Problem
-from hiprm.search import report
 from hiprm.search.best_of_n import (
     Method,
     evaluate,
@@ -61,6 +55,8 @@ from hiprm.search.best_of_n import (
     sample_pool,
     score_pool,
 )
+from hiprm.search.problems import load_problems, parse_shard
+from hiprm.search.report import all_results, write_report
 from hiprm.search.stepwise import step_search, to_records
 
 log = logging.getLogger(__name__)
@@ -135,65 +131,6 @@ def resolve_methods(cfg: EvalConfig) -> list[Method]:
     if len({m.name for m in methods}) != len(methods):
         raise ConfigError(f"methods: listed twice in {names}")
     return methods
-
-
-def parse_shard(shard: str) -> tuple[int, int] | None:
-    """ "2/4" -> (2, 4); "" -> None."""
-    if not shard:
-        return None
-    try:
-        i, n = (int(x) for x in shard.split("/"))
-    except ValueError:
-        raise ConfigError(f"shard: expected 'i/n' (e.g. 0/4), got {shard!r}") from None
-    if not (n >= 1 and 0 <= i < n):
-        raise ConfigError(f"shard: need 0 <= i < n, got {shard!r}")
-    return i, n
-
-
-def _prm800k_problems(path: Path) -> list[Problem]:
-    """Distinct problems (with a reference answer) of a PRM800K file, in file order."""
-    from hiprm.data.prm800k import read_prm800k
-
-    out: dict[str, Problem] = {}
-    for sol in read_prm800k(path):
-        if sol.reference_answer and sol.problem_id not in out:
-            out[sol.problem_id] = Problem(
-                sol.problem_id, sol.question, sol.reference_answer, source=sol.source
-            )
-    return list(out.values())
-
-
-def load_problems(cfg: EvalConfig) -> tuple[list[Problem], Path]:
-    from hiprm.data.problems import read_gsm8k, read_math500, read_problems_jsonl
-
-    datasets = {
-        "gsm8k": ("gsm8k/test.jsonl", read_gsm8k),
-        "math500": ("math500/test.jsonl", read_math500),
-        "prm800k-test": ("prm800k/phase1_test.jsonl", _prm800k_problems),
-    }
-    if cfg.dataset in datasets:
-        rel, reader = datasets[cfg.dataset]
-        path = Path(cfg.data_dir) / rel
-        if not path.is_file():
-            raise ConfigError(f"dataset {cfg.dataset!r}: {path} not found (set data_dir=)")
-        problems = reader(path)
-    elif Path(cfg.dataset).is_file():
-        path = Path(cfg.dataset)
-        problems = read_problems_jsonl(path, cfg.question_field, cfg.answer_field)
-    else:
-        raise ConfigError(f"dataset: {cfg.dataset!r} is neither one of {sorted(datasets)} nor a JSONL file")
-    seen: set[str] = set()
-    unique = [p for p in problems if not (p.problem_id in seen or seen.add(p.problem_id))]
-    if len(unique) < len(problems):
-        log.info("%s: %d duplicate problems dropped", path, len(problems) - len(unique))
-    if cfg.limit > 0:
-        unique = unique[: cfg.limit]
-    shard = parse_shard(cfg.shard)
-    if shard:
-        unique = unique[shard[0] :: shard[1]]
-    if not unique:  # an empty report would read as a finished evaluation
-        raise DataError(path, f"no problems to evaluate (limit={cfg.limit}, shard={cfg.shard!r})")
-    return unique, path
 
 
 class _CountingScorer:
@@ -310,11 +247,6 @@ def solve_problem(
     return rec
 
 
-def read_done(path: Path) -> list[dict[str, Any]]:
-    """Finished problem records (`artifacts.read_appended`: a torn last line is redone)."""
-    return read_appended(path)
-
-
 def _build_scorers(cfg: EvalConfig, methods: list[Method]) -> dict[str, Any]:
     from hiprm.rm.scorer import Scorer
 
@@ -358,7 +290,7 @@ def run(cfg: EvalConfig, *, policy: Any = None, scorers: dict[str, Any] | None =
         todo = [p for p in problems if p.problem_id not in done]
         if todo:
             _solve_all(cfg, methods, todo, len(problems), results_path, policy, scorers)
-    write_report(cfg, methods, problems, run_dir, [results_path] if shard else _all_results(out_dir))
+    write_report(cfg, methods, problems, run_dir, [results_path] if shard else all_results(out_dir))
     return run_dir
 
 
@@ -442,59 +374,3 @@ def _solve_all(cfg, methods, todo, total, results_path, policy, scorers) -> None
     finally:
         if own_policy and hasattr(policy, "close"):
             policy.close()
-
-
-def _all_results(out_dir: Path) -> list[Path]:
-    return [out_dir / "problems.jsonl", *sorted(out_dir.glob("shards/*/problems.jsonl"))]
-
-
-def write_report(
-    cfg: EvalConfig, methods: list[Method], problems: list[Problem], run_dir: Path, sources: list[Path]
-) -> None:
-    """samples.jsonl, metrics.json, table.md, report.md and accuracy.png for `problems`."""
-    by_id: dict[str, dict[str, Any]] = {}
-    for src in sources:
-        for rec in read_done(src):
-            by_id.setdefault(rec["problem_id"], rec)
-    records = [by_id[p.problem_id] for p in problems if p.problem_id in by_id]
-    names = [m.name for m in methods]
-    n_values = sorted(set(cfg.n_values))
-    acc = report.accuracy(records, names, n_values)
-    cost = report.cost_summary(records)
-    title = f"{cfg.dataset}: accuracy (%) vs N, {len(records)}/{len(problems)} problems, policy {cfg.policy.model}"
-    metrics = {
-        "dataset": cfg.dataset,
-        "problems": len(records),
-        "problems_planned": len(problems),
-        "n_values": n_values,
-        "subsamples": cfg.subsamples,
-        "accuracy": acc,
-        "cost": cost,
-        "ci": "mean over problems of per-problem accuracy (averaged over subsamples) +- 1.96 sd/sqrt(problems)",
-    }
-    write_json(run_dir / "metrics.json", metrics)
-    table = report.markdown_table(acc, n_values, title)
-    with atomic_write(run_dir / "table.md") as f:
-        f.write(table)
-    with atomic_write(run_dir / "report.md") as f:
-        f.write(
-            f"# hiprm eval: {cfg.dataset}\n\n{table}\n{report.cost_markdown(cost)}\n"
-            f"CI: {metrics['ci']}. Subsamples per N < N_max: {cfg.subsamples}.\n"
-        )
-    write_jsonl(run_dir / "samples.jsonl", _sample_rows(records))
-    if records:
-        report.plot_accuracy(
-            acc, n_values, run_dir / "accuracy.png", title=f"{cfg.dataset} ({len(records)} problems)"
-        )
-    log.info("report: %s (%d problems)", run_dir / "report.md", len(records))
-
-
-def _sample_rows(records: list[dict[str, Any]]):
-    for rec in records:
-        pid = rec["problem_id"]
-        for c in rec.get("candidates", []):
-            yield {"problem_id": pid, "kind": "solution", **c}
-        for s in rec.get("step_candidates", []):
-            yield {"problem_id": pid, "kind": "step", **s}
-        for p in rec.get("paths", []):
-            yield {"problem_id": pid, "kind": "path", **p}

@@ -3,17 +3,26 @@
     python benchmarks/bench_score.py                                   # tiny random model
     python benchmarks/bench_score.py --model smollm2-135m-instruct     # the embedded backbone, untrained head
     python benchmarks/bench_score.py --model runs/rm/hrm/model         # a trained checkpoint
+    python benchmarks/bench_score.py --model runs/quickstart/rm/hrm/model --parts c --threads 1
+                                                                       # in-process vs vLLM, 1 thread each
 
-(a) Step scoring throughput (steps/s) of `Scorer.score_batch` on PRM800K phase-1-test solutions
-    against the HRM reference code's way: one step prefix per forward pass, padded to
+(a) Step scoring throughput (steps/s) of `score_solutions` (the Scorer) on PRM800K phase-1-test
+    solutions against the HRM reference code's way: one step prefix per forward pass, padded to
     max_length 4096, batch size 1. Target: >= 20x.
 (b) N = 8 candidate next steps sharing a prefix (prefix 400-800 tokens, candidates 30-60
-    tokens, like step-level search): `Scorer.score_candidates` (prefix run once, candidates
-    against its KV cache) against a plain batched HF forward with dynamic padding. Target: >= 2x.
+    tokens, like step-level search): `score_candidates` (the Scorer: prefix run once, candidates
+    against it) against a plain batched HF forward with dynamic padding. Target: >= 2x.
+(c) The in-process Scorer against vLLM's CPU build serving the same trained checkpoint
+    (`--runner pooling`, called through `hiprm.rm.remote.RemoteScorer`) on the first
+    `--prefixes` (112) PRM800K step prefixes, at equal threads: torch.set_num_threads(N) and this
+    process pinned to cores 0..N-1, against vLLM started by scripts/vllm_server.sh with
+    OMP_NUM_THREADS=N and VLLM_CPU_OMP_THREADS_BIND=0,..,N-1 (its engine bound to the same cores).
+    Needs `--model` a checkpoint from `hiprm rm train` and `.venv-vllm` (or `--vllm-url` of a
+    server already serving it, whose threads are then its own). Target: in-process <= vLLM.
 
-Both report the largest difference between our rewards and the baseline's. The baseline of (a)
-is slow by design, so it runs on the first `--paper-steps` step prefixes only and its throughput
-is extrapolated per step. Uses fp32 on CPU and the default torch thread count (`--threads N`).
+Each part reports the largest difference between our rewards and the baseline's. The baseline of
+(a) is slow by design, so it runs on the first `--paper-steps` step prefixes only and its
+throughput is extrapolated per step. Uses fp32 on CPU and the default torch thread count (`--threads N`).
 """
 
 from __future__ import annotations
@@ -79,13 +88,14 @@ def n_tokens(tok, text: str) -> int:
 
 
 def bench_steps(scorer, tok, items, paper_steps: int, paper_len: int, also_plain: bool) -> None:
+    from hiprm.rm.scorer import score_solutions
     from hiprm.rm.template import render
 
     triples = [(q, steps[:i], s) for q, steps in items for i, s in enumerate(steps)]
     lengths = [n_tokens(tok, render(*t, scorer.template)) for t in triples]
-    scorer.score_batch(items[:1])  # warm-up
+    score_solutions(scorer, items[:1])  # warm-up
     t = time.perf_counter()
-    ours = [r for rs in scorer.score_batch(items) for r in rs]
+    ours = [r for rs in score_solutions(scorer, items) for r in rs]
     ours_s = time.perf_counter() - t
 
     def paper(q, prev, cur):
@@ -102,14 +112,14 @@ def bench_steps(scorer, tok, items, paper_steps: int, paper_len: int, also_plain
     print(f"(a) {len(items)} solutions, {len(triples)} step prefixes, {sum(lengths) / len(lengths):.0f} tokens "
           f"on average (max {max(lengths)})")
     print(f"    paper's way (batch 1, padded to {paper_len}): {base_rate:8.3f} steps/s  ({paper_steps} steps timed)")
-    print(f"    Scorer.score_batch                    : {ours_rate:8.3f} steps/s")
+    print(f"    score_solutions (Scorer)              : {ours_rate:8.3f} steps/s")
     print(f"    speed-up {ours_rate / base_rate:6.1f}x (target >= 20x)   max |reward diff| {diff:.1e}")
     if also_plain:
         from hiprm.rm.scorer import Scorer
 
         plain = Scorer(scorer.model, tok, scorer.template, prefix_cache=False)
         t = time.perf_counter()
-        plain.score_batch(items)
+        score_solutions(plain, items)
         rate = len(triples) / (time.perf_counter() - t)
         print(f"    (reference: Scorer without prefix sharing, batching only: {rate:8.2f} steps/s, "
               f"{rate / base_rate:.1f}x)")
@@ -133,6 +143,7 @@ def candidate_sets(tok, template, items, n_sets: int, n: int):
 
 
 def bench_candidates(scorer, tok, sets, repeat: int) -> None:
+    from hiprm.rm.scorer import score_candidates
     from hiprm.rm.template import render
 
     def plain_hf(q, prefix, cands):
@@ -149,18 +160,101 @@ def bench_candidates(scorer, tok, sets, repeat: int) -> None:
             best = min(best, time.perf_counter() - t)
         return best, out
 
-    scorer.score_candidates(*sets[0])  # warm-up, and the one-time check of the cached path
+    score_candidates(scorer, *sets[0])  # warm-up, and the one-time check of the cached path
     plain_hf(*sets[0])
     base_s, base = timed(plain_hf)
-    ours_s, ours = timed(scorer.score_candidates)
+    ours_s, ours = timed(lambda q, prefix, cands: score_candidates(scorer, q, prefix, cands))
     diff = max(abs(a - b) for x, y in zip(ours, base, strict=True) for a, b in zip(x, y, strict=True))
     pre = [n_tokens(tok, render(q, p, "", scorer.template)) for q, p, _ in sets]
     cand = [n_tokens(tok, c) for _, _, cs in sets for c in cs]
     print(f"(b) {len(sets)} prefixes of {min(pre)}-{max(pre)} tokens x {len(sets[0][2])} candidates of "
           f"{min(cand)}-{max(cand)} tokens (cached prefix path used: {scorer._prefix_cache_ok})")
     print(f"    HF batched, dynamic padding: {len(sets) / base_s:8.3f} sets/s")
-    print(f"    Scorer.score_candidates    : {len(sets) / ours_s:8.3f} sets/s")
+    print(f"    score_candidates (Scorer)  : {len(sets) / ours_s:8.3f} sets/s")
     print(f"    speed-up {base_s / ours_s:6.1f}x (target >= 2x)   max |reward diff| {diff:.1e}")
+
+
+WARM_UP = [("What is $1+1$?", [], "$1+1=2$."), ("What is $1+1$?", ["$1+1=2$."], "# Answer\n\n2")]
+
+
+def bench_vllm(path: str, threads: int, n_prefixes: int, repeat: int, url: str, port: int) -> None:
+    """(c): the in-process Scorer against vLLM's CPU server on one checkpoint, at equal threads.
+    vLLM keeps the KV blocks of earlier requests (prefix caching), so it is timed on inputs it
+    has not seen: its cache is reset before each timed run (`/reset_prefix_cache`, which the
+    server started here offers), and without that only one run is timed."""
+    import os
+    import subprocess
+
+    import httpx
+
+    from hiprm.rm.remote import RemoteScorer
+    from hiprm.rm.scorer import Scorer, solution_inputs
+
+    threads = threads or torch.get_num_threads()
+    cores = list(range(threads))
+    inputs = solution_inputs(solutions(60))[:n_prefixes]
+    scorer = Scorer.from_pretrained(path, device="cpu", dtype="float32")
+    lengths = [len(ids) for ids in scorer.encode_inputs(inputs)]
+    max_len = max(2048, scorer.template.max_length)  # the server must hold what the template allows
+    print(f"(c) {len(inputs)} PRM800K step prefixes, {sum(lengths)} tokens ({max(lengths)} the longest), "
+          f"{threads} thread(s) on cores {cores}")
+
+    def best_of(fn, runs: int, before=lambda: None) -> tuple[float, list[float]]:
+        best, out = float("inf"), []
+        for _ in range(runs):
+            before()
+            t = time.perf_counter()
+            out = fn(inputs)
+            best = min(best, time.perf_counter() - t)
+        return best, out
+
+    old_affinity = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cores)  # the cores vLLM's engine is bound to below
+    try:
+        scorer.score_inputs(WARM_UP)  # warm-up, and the Scorer's one-time check of the trie path
+        ours_s, ours = best_of(scorer.score_inputs, repeat)
+    finally:
+        os.sched_setaffinity(0, old_affinity)
+    print(f"    in-process Scorer (torch threads {torch.get_num_threads()}): {ours_s:7.1f} s  "
+          f"(trie path: {scorer._prefix_cache_ok})")
+    del scorer
+
+    script = REPO / "scripts" / "vllm_server.sh"
+    started = False
+    if not url:
+        env = {**os.environ, "VLLM_NAME": "rm", "VLLM_SERVER_DEV_MODE": "1", "OMP_NUM_THREADS": str(threads),
+               "VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, cores)),
+               "VLLM_MAX_LEN": str(max_len)}  # fmt: skip
+        t = time.perf_counter()
+        start = subprocess.run(["bash", str(script), "start", path, str(port), "--runner", "pooling"], cwd=REPO,
+                               env=env, capture_output=True, text=True)  # fmt: skip
+        if start.returncode != 0:
+            raise SystemExit(f"vLLM did not start: {start.stdout[-500:]} {start.stderr[-1500:]}")
+        started, url = True, f"http://127.0.0.1:{port}"
+        print(f"    (vLLM CPU server started in {time.perf_counter() - t:.0f} s, engine bound to cores {cores})")
+    try:
+        remote = RemoteScorer(url, checkpoint=path, timeout=1800)
+        remote.score_inputs(WARM_UP)
+
+        def reset() -> None:
+            r = httpx.post(remote.base_url + "/reset_prefix_cache", timeout=60)
+            if r.status_code != 200 or not r.json().get("success"):
+                raise RuntimeError(r.text)
+
+        try:
+            reset()
+        except (httpx.HTTPError, RuntimeError, ValueError):
+            print("    (the server has no /reset_prefix_cache (VLLM_SERVER_DEV_MODE=1): one timed run)")
+            runs, before = 1, (lambda: None)
+        else:
+            runs, before = repeat, reset
+        theirs_s, theirs = best_of(remote.score_inputs, runs, before)
+    finally:
+        if started:
+            subprocess.run(["bash", str(script), "stop", str(port)], cwd=REPO, capture_output=True)
+    diff = max(abs(a - b) for a, b in zip(ours, theirs, strict=True))
+    print(f"    vLLM CPU server via RemoteScorer ({runs} run(s)): {theirs_s:7.1f} s")
+    print(f"    in-process / vLLM time {ours_s / theirs_s:5.2f} (target <= 1)   max |reward diff| {diff:.1e}")
 
 
 def main() -> int:
@@ -175,24 +269,35 @@ def main() -> int:
     ap.add_argument("--sets", type=int, default=6, help="candidate sets in (b)")
     ap.add_argument("--candidates", type=int, default=8)
     ap.add_argument("--repeat", type=int, default=2)
-    ap.add_argument("--parts", default="ab", help="which measurements to run: a, b or ab")
+    ap.add_argument("--parts", default="ab", help="which measurements to run: any of a, b, c")
+    ap.add_argument("--prefixes", type=int, default=112, help="PRM800K step prefixes scored in (c)")
+    ap.add_argument("--vllm-url", default="", help="(c): a vLLM server already serving --model (--runner pooling); "
+                    "default: start one from .venv-vllm")
+    ap.add_argument("--vllm-port", type=int, default=8016, help="(c): port of the vLLM server started here")
     ap.add_argument("--also-plain", action="store_true", help="(a): also time the Scorer with prefix sharing off")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default); on a busy "
                     "machine 1 thread gives steadier timings")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if "c" in args.parts and not args.model:
+        ap.error("--parts c needs --model: a checkpoint from `hiprm rm train`")
 
-    model, tok, name = build_from(args.model) if args.model else build_tiny()
-    # The same long budget for both ways, so neither truncates.
-    scorer = Scorer(model, tok, TemplateConfig(max_length=args.paper_length))
-    print(f"model: {name}; torch threads: {torch.get_num_threads()}")
-    items = solutions(max(args.solutions, 60))
-    if "a" in args.parts:
-        bench_steps(scorer, tok, items[: args.solutions], args.paper_steps, args.paper_length, args.also_plain)
-    if "b" in args.parts:
-        sets = candidate_sets(tok, scorer.template, items, args.sets, args.candidates)
-        bench_candidates(scorer, tok, sets, args.repeat)
+    if "a" in args.parts or "b" in args.parts:
+        model, tok, name = build_from(args.model) if args.model else build_tiny()
+        # The same long budget for both ways, so neither truncates.
+        scorer = Scorer(model, tok, TemplateConfig(max_length=args.paper_length))
+        print(f"model: {name}; torch threads: {torch.get_num_threads()}")
+        items = solutions(max(args.solutions, 60))
+        if "a" in args.parts:
+            bench_steps(scorer, tok, items[: args.solutions], args.paper_steps, args.paper_length, args.also_plain)
+        if "b" in args.parts:
+            sets = candidate_sets(tok, scorer.template, items, args.sets, args.candidates)
+            bench_candidates(scorer, tok, sets, args.repeat)
+        del model, scorer
+    if "c" in args.parts:
+        print(f"model: {args.model} (its own template); torch threads: {args.threads or torch.get_num_threads()}")
+        bench_vllm(args.model, args.threads, args.prefixes, args.repeat, args.vllm_url, args.vllm_port)
     return 0
 
 

@@ -183,3 +183,41 @@ def test_vllm_classify_matches_hiprm_rewards(vllm_rm):
         mh = client.get("/v1/models").json()
     assert set(mh) == set(models_v) and set(mh["data"][0]) == set(models_v["data"][0])
     assert mh["data"][0]["id"] == models_v["data"][0]["id"] == "rm"
+
+
+def test_remote_scorer_matches_the_in_process_scorer(vllm_rm, shared_data, caplog):
+    """`RemoteScorer` through vLLM's `/classify` gives the in-process Scorer's rewards and token
+    counts (issue 12 §4): a first step, later steps, inputs over the checkpoint's max_length (256;
+    fitted before they are sent) and whole PRM800K solutions through `score_solutions`."""
+    from hiprm.data.prm800k import read_prm800k
+    from hiprm.rm.remote import RemoteScorer, load_scorer
+    from hiprm.rm.scorer import Scorer
+
+    model, base = vllm_rm
+    scorer = Scorer.from_pretrained(str(model), device="cpu")
+    q, first, second = "What is $2+3$?", "We add the two numbers.", "$2+3=5$."
+    long_step = " ".join(f"Then ${k} \\times 3 = {3 * k}$." for k in range(60))  # ~700 tokens
+    inputs = [
+        (q, [], first),  # no previous-reasoning block
+        (q, [first], second),
+        (q, [first, second], "# Answer\n\n5"),
+        ("Compute $3 \\times 59$.", [long_step, "So the last product is 177."], "# Answer\n\n177"),  # oldest dropped
+        ("Compute $3 \\times 59$.", [], long_step),  # the current step's tail cut
+    ]
+    with caplog.at_level(logging.WARNING):
+        want = scorer.score_inputs(inputs)
+    assert "1 old steps dropped, 1 inputs with cut text" in caplog.text
+    remote = load_scorer(f"{base}#{model}", batch_size=2)
+    assert isinstance(remote, RemoteScorer) and remote.model == "rm"
+    got = remote.score_inputs(inputs)
+    assert got == pytest.approx(want, abs=1e-5)
+    assert max(want) - min(want) > 1e-4  # rewards that differ, so equal lists say something
+    # vLLM tokenized each text into exactly the ids the in-process Scorer ran.
+    assert remote.prompt_tokens == sum(len(ids) for ids in scorer.encode_inputs(inputs))
+    assert remote.requests == 3
+
+    sols = [(s.question, s.trajectory()) for s in read_prm800k(shared_data / "prm800k" / "phase1_test.jsonl")][:3]
+    ours, theirs = score_solutions(scorer, sols), score_solutions(remote, sols)
+    assert [len(r) for r in theirs] == [len(s) for _, s in sols]
+    for a, b in zip(theirs, ours, strict=True):
+        assert a == pytest.approx(b, abs=1e-5)

@@ -1,0 +1,308 @@
+"""Rewards from a reward model served elsewhere, through vLLM's pooling API (`POST /classify`).
+
+    vllm serve runs/rm/hrm/model --runner pooling --served-model-name rm --max-model-len 4096
+    scorer = RemoteScorer("http://gpu1:8000", checkpoint="runs/rm/hrm/model")
+    scorer.score_inputs([(question, previous_steps, current_step), ...])   # one reward each
+
+    load_scorer("http://gpu1:8000#runs/rm/hrm/model")   # the same, from one config string
+    load_scorer("runs/rm/hrm/model", device="cuda")     # the in-process hiprm.rm.scorer.Scorer
+
+Input: (question, previous steps, current step) inputs, as for every `StepScorer`. Output: one
+reward in [0, 1] per input, equal to the in-process Scorer's within 1e-5 (tests/test_vllm.py
+checks it against the real vLLM CPU server).
+
+Each input becomes the text the in-process Scorer scores: `render_fitted` with the checkpoint's
+tokenizer and its `hiprm_template` (a long input is fitted here, before it is sent, exactly as in
+training), and the server tokenizes it with special tokens, as the Scorer does. So the client
+reads the checkpoint folder, but only `config.json` and the tokenizer files: the weights may live
+on the GPU machine alone. A copy of those small files is enough when the server's disk is not
+shared. Texts go in requests of `batch_size` inputs with `use_activation: true`, `concurrency`
+requests in flight; the reward is `data[i].probs[1]`, the softmax's P(positive), as
+`reward_from_logits` computes it. `hiprm serve` answers the same requests.
+
+The server is asked once, when the scorer is built, for its models (`GET /v1/models`): the
+served name when `model` is not given, and its `max_model_len`, which must hold the template's
+`max_length`. A server that cuts inputs shorter would fail or change rewards mid-run.
+
+Failures: connection errors, timeouts, 408 / 429 / 5xx are retried with exponential backoff
+(honouring `Retry-After`); other statuses (a 404 for a wrong model name, a 400 for a malformed
+request) fail at once. Either way a `RewardServerError`, a StageError (one line from the CLI,
+exit 2), names the server, the status and the body.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from hiprm.artifacts import StageError, read_json
+from hiprm.config import ConfigError
+from hiprm.policy.openai_http import RETRY_STATUS
+from hiprm.rm.scorer import ScoreInput, Scorer, StepScorer, check_reward_checkpoint
+from hiprm.rm.template import TemplateConfig, render_fitted
+
+log = logging.getLogger(__name__)
+
+
+class RewardServerError(StageError):
+    """A request to the reward-model server failed for good (the message names the server)."""
+
+
+class RemoteScorer:
+    """A `StepScorer` whose model runs behind a vLLM-style `/classify` endpoint.
+
+    `base_url`: the server's root (`http://host:8000`; a trailing `/v1` is dropped, since vLLM
+    serves `/classify` at the root). `model`: the served model name, default the one model the
+    server lists. `checkpoint`: the local checkpoint folder for the tokenizer and template,
+    default the folder the server reports in `/v1/models` (`root`) when it exists here.
+    `batch_size`: inputs per request; `concurrency`: requests in flight; `timeout`: seconds per
+    request; `max_retries`: retries per request after the first attempt; `api_key_env`: the
+    environment variable holding a bearer token (vLLM's `--api-key`), none by default.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str | None = None,
+        checkpoint: str | os.PathLike[str] | None = None,
+        timeout: float = 300.0,
+        batch_size: int = 32,
+        concurrency: int = 4,
+        max_retries: int = 3,
+        backoff: float = 1.0,
+        max_backoff: float = 30.0,
+        api_key_env: str = "",
+    ):
+        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"base_url: expected http://host:port, got {base_url!r}")
+        for key, value in (("batch_size", batch_size), ("concurrency", concurrency)):
+            if value < 1:
+                raise ConfigError(f"{key}: must be >= 1, got {value}")
+        base = base_url.rstrip("/")
+        self.base_url = base[: -len("/v1")] if base.endswith("/v1") else base
+        self.batch_size, self.concurrency = batch_size, concurrency
+        self.max_retries, self.backoff, self.max_backoff = max_retries, backoff, max_backoff
+        headers = {"Content-Type": "application/json"}
+        key = os.environ.get(api_key_env, "") if api_key_env else ""
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        self.client = httpx.Client(headers=headers, timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+                                   limits=httpx.Limits(max_connections=concurrency))  # fmt: skip
+        self._lock = threading.Lock()
+        self.requests = self.retries = self.prompt_tokens = 0  # prompt_tokens: the server's `usage`
+
+        card = self._served_model(model)
+        self.model: str = card["id"]
+        folder = checkpoint if checkpoint else _local_root(card)
+        if not folder:
+            raise ConfigError(f"checkpoint: {self.base_url} serves {self.model!r} from {card.get('root')!r}, which is "
+                              "not a folder here; give the checkpoint folder (its config.json and tokenizer files; "
+                              "weights not needed) as checkpoint=FOLDER or in the spec as URL#FOLDER")  # fmt: skip
+        self.checkpoint = check_reward_checkpoint(folder)
+        self.template = _checkpoint_template(self.checkpoint)
+        max_len = card.get("max_model_len")
+        if isinstance(max_len, int) and max_len < self.template.max_length:
+            raise ConfigError(f"model: {self.base_url} serves {self.model!r} with max_model_len {max_len}, but "
+                              f"{self.checkpoint} fits inputs to max_length {self.template.max_length} tokens; "
+                              f"start the server with --max-model-len {self.template.max_length} or more")  # fmt: skip
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(str(self.checkpoint))
+        self.dropped_steps = self.truncated = 0  # fitting cuts since the last warning
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __repr__(self) -> str:
+        return f"RemoteScorer({self.base_url!r}, model={self.model!r}, checkpoint={str(self.checkpoint)!r})"
+
+    # ---- the StepScorer protocol ------------------------------------------------------------
+
+    def score_inputs(self, inputs: Sequence[ScoreInput]) -> list[float]:
+        """P(positive) of each (question, previous, current) input, `batch_size` per request."""
+        texts = self.texts(inputs)
+        batches = [texts[i : i + self.batch_size] for i in range(0, len(texts), self.batch_size)]
+        if len(batches) <= 1 or self.concurrency == 1:
+            parts = [self._classify(b) for b in batches]
+        else:
+            with ThreadPoolExecutor(max_workers=min(self.concurrency, len(batches))) as pool:
+                parts = list(pool.map(self._classify, batches))
+        return [p for part in parts for p in part]
+
+    def texts(self, inputs: Sequence[ScoreInput]) -> list[str]:
+        """The reward-model text of each input, fitted to the template's max_length as the
+        in-process Scorer fits it (each distinct previous step tokenized once per call)."""
+        sep = self.template.step_separator
+        distinct = list(dict.fromkeys(s for _, prev, _ in inputs for s in prev))
+        counts = (
+            self.tokenizer([s + sep for s in distinct], add_special_tokens=False)["input_ids"]
+            if distinct
+            else []
+        )
+        cost = {s: len(ids) for s, ids in zip(distinct, counts, strict=True)}
+        out = []
+        dropped = truncated = 0
+        for q, prev, cur in inputs:
+            text, report = render_fitted(self.tokenizer, q, list(prev), cur, self.template,
+                                         step_costs=[cost[s] for s in prev])  # fmt: skip
+            dropped += report.dropped_steps
+            truncated += int(report.truncated)
+            out.append(text)
+        if dropped or truncated:
+            log.warning("inputs over max_length=%d: %d old steps dropped, %d inputs with cut text (of %d just scored)",
+                        self.template.max_length, dropped, truncated, len(inputs))  # fmt: skip
+        return out
+
+    # ---- HTTP -------------------------------------------------------------------------------
+
+    def _served_model(self, model: str | None) -> dict[str, Any]:
+        """The `/v1/models` card of `model`, or of the only model served when it is None."""
+        listing = self._request("GET", "/v1/models")
+        cards = listing.get("data") if isinstance(listing, dict) else None
+        if not isinstance(cards, list) or not all(
+            isinstance(c, dict) and isinstance(c.get("id"), str) for c in cards
+        ):
+            raise RewardServerError(f"{self.base_url}/v1/models: expected {{'data': [{{'id': ...}}]}}, "
+                                    f"got {str(listing)[:200]}")  # fmt: skip
+        names = [c["id"] for c in cards]
+        if model is None and len(cards) == 1:
+            return cards[0]
+        if model is None:
+            raise ConfigError(f"model: {self.base_url} serves {len(names)} models ({', '.join(names) or 'none'}); "
+                              "name one")  # fmt: skip
+        for c in cards:
+            if c["id"] == model:
+                return c
+        raise ConfigError(
+            f"model: {self.base_url} does not serve {model!r}; it serves {', '.join(names) or 'nothing'}"
+        )
+
+    def _classify(self, texts: list[str]) -> list[float]:
+        """P(positive) of each text, from one `/classify` request."""
+        if not texts:
+            return []
+        body = self._request(
+            "POST", "/classify", {"model": self.model, "input": texts, "use_activation": True}
+        )
+        where = f"{self.base_url}/classify"
+        data = body.get("data") if isinstance(body, dict) else None
+        if not isinstance(data, list) or len(data) != len(texts):
+            raise RewardServerError(
+                f"{where}: expected 'data' with {len(texts)} entries, got {str(body)[:200]}"
+            )
+        rows: list[Any] = [None] * len(texts)
+        for k, d in enumerate(data):
+            index = d.get("index", k) if isinstance(d, dict) else None
+            probs = d.get("probs") if isinstance(d, dict) else None
+            if not isinstance(index, int) or not 0 <= index < len(texts) or not isinstance(probs, list):
+                raise RewardServerError(f"{where}: entry {k} is not {{'index', 'probs'}}: {str(d)[:200]}")
+            if len(probs) != 2 or not all(isinstance(p, (int, float)) for p in probs):
+                raise RewardServerError(f"{where}: {self.model!r} returns {str(probs)[:80]} as class probabilities; a "
+                                        "reward model has 2 (a checkpoint from `hiprm rm train`, served with --runner pooling)")  # fmt: skip
+            rows[index] = float(probs[1])
+        if any(r is None for r in rows):
+            raise RewardServerError(f"{where}: the response repeats an index and misses another")
+        usage = body.get("usage")
+        with self._lock:
+            self.requests += 1
+            if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
+                self.prompt_tokens += usage["prompt_tokens"]
+        return rows
+
+    def _request(self, method: str, path: str, payload: dict[str, Any] | None = None) -> Any:
+        """The JSON body of a 200 answer, retrying what a busy or restarting server answers."""
+        url = self.base_url + path
+        last = ""
+        for attempt in range(self.max_retries + 1):
+            retry_after: float | None = None
+            try:
+                r = self.client.request(method, url, json=payload)
+            except httpx.TimeoutException as e:
+                last = f"timed out ({type(e).__name__})"
+            except httpx.TransportError as e:
+                last = f"connection failed ({type(e).__name__}: {e})"
+            else:
+                if r.status_code == 200:
+                    try:
+                        return r.json()
+                    except ValueError:
+                        raise RewardServerError(
+                            f"{url}: HTTP 200 but the body is not JSON: {r.text[:200]!r}"
+                        ) from None
+                last = f"HTTP {r.status_code}: {r.text[:300]}"
+                if r.status_code not in RETRY_STATUS:
+                    raise RewardServerError(f"reward server {url}: {last}")
+                try:
+                    retry_after = float(r.headers["retry-after"]) if "retry-after" in r.headers else None
+                except ValueError:
+                    retry_after = None
+            if attempt == self.max_retries:
+                break
+            with self._lock:
+                self.retries += 1
+            delay = min(self.max_backoff, self.backoff * 2**attempt) * (0.5 + random.random() / 2)
+            if retry_after is not None:
+                delay = min(self.max_backoff, max(delay, retry_after))
+            log.debug("%s: %s; retry %d in %.2fs", url, last, attempt + 1, delay)
+            time.sleep(delay)
+        raise RewardServerError(
+            f"reward server {url}: {last} (gave up after {self.max_retries + 1} attempts)"
+        )
+
+
+def _local_root(card: dict[str, Any]) -> str | None:
+    """The folder the server loaded its model from (vLLM's `root`), when it is one here too."""
+    root = card.get("root")
+    return root if isinstance(root, str) and (Path(root) / "config.json").is_file() else None
+
+
+def _checkpoint_template(folder: Path) -> TemplateConfig:
+    """The formatter settings saved with the checkpoint, as `Scorer.from_pretrained` reads them."""
+    raw = read_json(folder / "config.json").get("hiprm_template")
+    if raw is None:
+        log.warning("%s: no hiprm_template in config.json; using the default template settings", folder)
+    return TemplateConfig.from_dict(raw)
+
+
+def load_scorer(
+    spec: str,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    batch_size: int = 32,
+    max_tokens_per_batch: int = 16384,
+    prefix_cache: bool = True,
+    checkpoint: str | None = None,
+    served_model: str | None = None,
+    timeout: float = 300.0,
+    concurrency: int = 4,
+    max_retries: int = 3,
+) -> StepScorer:
+    """The scorer a config string names: a checkpoint folder, or a server.
+
+    - `runs/rm/hrm/model`: `Scorer.from_pretrained` with `device`, `dtype`, `batch_size`,
+      `max_tokens_per_batch` and `prefix_cache`;
+    - `http://host:8000#runs/rm/hrm/model`: a `RemoteScorer` on the server, with the checkpoint
+      folder after `#` (a URL fragment never reaches the server) or given as `checkpoint`, or
+      neither when the server's own model folder exists here; `served_model`, `timeout`,
+      `concurrency`, `max_retries`, and `batch_size` as inputs per request.
+    Settings of the other kind are ignored, so one config block serves both.
+    """
+    if spec.startswith(("http://", "https://")):
+        url, _, fragment = spec.partition("#")
+        if fragment and checkpoint and Path(fragment) != Path(checkpoint):
+            raise ConfigError(f"checkpoint: {spec!r} names {fragment!r} after '#' and checkpoint={checkpoint!r}; "
+                              "give one")  # fmt: skip
+        return RemoteScorer(url, model=served_model, checkpoint=fragment or checkpoint, timeout=timeout,
+                            batch_size=batch_size, concurrency=concurrency, max_retries=max_retries)  # fmt: skip
+    return Scorer.from_pretrained(spec, device=device, dtype=dtype, batch_size=batch_size,
+                                  max_tokens_per_batch=max_tokens_per_batch, prefix_cache=prefix_cache)  # fmt: skip

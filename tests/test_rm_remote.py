@@ -212,3 +212,24 @@ def test_same_rewards_as_the_in_process_scorer_through_hiprm_serve(tiny_rm_dir):
     with _ServerThread(create_app(scorer, served_name="rm", max_model_len=512)) as base:
         got = RemoteScorer(base, checkpoint=tiny_rm_dir, batch_size=3).score_inputs(INPUTS)
     assert got == pytest.approx(want, abs=1e-5)
+
+
+def test_rm_eval_and_eval_score_through_a_server_named_by_url(tiny_rm_dir, tmp_path, shared_data):
+    """`models=[http://HOST:PORT#CKPT]` (rm eval) and `prm=...` (eval) go to the server: every
+    reward in rm eval's cache is the fake server's P(positive) of the fitted text."""
+    from hiprm.rm import evaluate
+    from hiprm.search.run import EvalConfig as SearchConfig
+    from hiprm.search.run import _build_scorers, resolve_methods
+
+    with FakeVLLM() as fake:
+        spec = f"{fake.url}#{tiny_rm_dir}"
+        cfg = evaluate.EvalConfig(models=[spec], out=str(tmp_path / "out"), data_dir=str(shared_data),
+                                  prm800k_limit=1, processbench_splits=[], bootstrap=10)  # fmt: skip
+        evaluate.run(cfg)
+        assert fake.bodies, "rm eval never called the server"
+        sent = [t for b in fake.bodies for t in b["input"]]
+        cached = [r for line in (tmp_path / "out" / "rewards.jsonl").read_text().splitlines()
+                  for r in json.loads(line)["rewards"]]  # fmt: skip
+        assert sorted(cached) == pytest.approx(sorted(fake_prob(t) for t in sent))
+        search = SearchConfig(prm=spec, methods=["prm-step"])
+        assert isinstance(_build_scorers(search, resolve_methods(search))["prm"], RemoteScorer)

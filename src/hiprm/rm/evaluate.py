@@ -106,7 +106,7 @@ def selection_stats(groups: Sequence[StepGroup], rewards: Sequence[Sequence[floa
 class EvalConfig:
     """`hiprm rm eval [configs/rm_eval.yaml] models=[CKPT, ...] out=DIR`; paths relative to data_dir."""
 
-    models: list[str] = field(default_factory=list)
+    models: list[str] = field(default_factory=list)  # checkpoint folders, or vLLM /classify servers as http://HOST:PORT#CHECKPOINT
     out: str = "runs/rm_eval"
     data_dir: str = "../shared/data"
     prm800k: str = "prm800k/phase1_test.jsonl"  # empty = skip classification and selection
@@ -274,7 +274,7 @@ def _no_nan(obj: Any) -> Any:
 
 
 def run(cfg: EvalConfig) -> Path:
-    from hiprm.rm.scorer import Scorer
+    from hiprm.rm.remote import load_scorer
 
     if not cfg.models:
         raise ConfigError("models: give at least one checkpoint (models=[PATH] or --models PATH)")
@@ -287,7 +287,8 @@ def run(cfg: EvalConfig) -> Path:
     results: dict[str, Any] = {}
     for path in cfg.models:
         log.info("evaluating %s", path)
-        scorer = Scorer.from_pretrained(path, cfg.device, cfg.dtype, cfg.batch_size, cfg.max_tokens_per_batch)
+        scorer = load_scorer(path, device=cfg.device, dtype=cfg.dtype, batch_size=cfg.batch_size,
+                             max_tokens_per_batch=cfg.max_tokens_per_batch)  # fmt: skip
         mkey = model_key(path)
         res: dict[str, Any] = {"path": str(path), "cache_key": mkey}
         if groups:

@@ -48,7 +48,7 @@ from hiprm.artifacts import StageError, read_json
 from hiprm.config import ConfigError
 from hiprm.policy.openai_http import RETRY_STATUS
 from hiprm.rm.scorer import ScoreInput, Scorer, StepScorer, check_reward_checkpoint
-from hiprm.rm.template import TemplateConfig, render_fitted
+from hiprm.rm.template import TemplateConfig, fitted_texts
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,8 @@ class RemoteScorer:
                               "not a folder here; give the checkpoint folder (its config.json and tokenizer files; "
                               "weights not needed) as checkpoint=FOLDER or in the spec as URL#FOLDER")  # fmt: skip
         self.checkpoint = check_reward_checkpoint(folder)
-        self.template = _checkpoint_template(self.checkpoint)
+        self.template = TemplateConfig.from_saved(read_json(self.checkpoint / "config.json").get("hiprm_template"),
+                                                  self.checkpoint)  # fmt: skip
         max_len = card.get("max_model_len")
         if isinstance(max_len, int) and max_len < self.template.max_length:
             raise ConfigError(f"model: {self.base_url} serves {self.model!r} with max_model_len {max_len}, but "
@@ -139,24 +140,10 @@ class RemoteScorer:
         return [p for part in parts for p in part]
 
     def texts(self, inputs: Sequence[ScoreInput]) -> list[str]:
-        """The reward-model text of each input, fitted to the template's max_length as the
-        in-process Scorer fits it (each distinct previous step tokenized once per call)."""
-        sep = self.template.step_separator
-        distinct = list(dict.fromkeys(s for _, prev, _ in inputs for s in prev))
-        counts = (
-            self.tokenizer([s + sep for s in distinct], add_special_tokens=False)["input_ids"]
-            if distinct
-            else []
-        )
-        cost = {s: len(ids) for s, ids in zip(distinct, counts, strict=True)}
-        out = []
-        dropped = truncated = 0
-        for q, prev, cur in inputs:
-            text, report = render_fitted(self.tokenizer, q, list(prev), cur, self.template,
-                                         step_costs=[cost[s] for s in prev])  # fmt: skip
-            dropped += report.dropped_steps
-            truncated += int(report.truncated)
-            out.append(text)
+        """The reward-model text of each input, fitted as the in-process Scorer fits it."""
+        out, reports = fitted_texts(self.tokenizer, inputs, self.template)
+        dropped = sum(r.dropped_steps for r in reports)
+        truncated = sum(int(r.truncated) for r in reports)
         if dropped or truncated:
             log.warning("inputs over max_length=%d: %d old steps dropped, %d inputs with cut text (of %d just scored)",
                         self.template.max_length, dropped, truncated, len(inputs))  # fmt: skip
@@ -263,14 +250,6 @@ def _local_root(card: dict[str, Any]) -> str | None:
     """The folder the server loaded its model from (vLLM's `root`), when it is one here too."""
     root = card.get("root")
     return root if isinstance(root, str) and (Path(root) / "config.json").is_file() else None
-
-
-def _checkpoint_template(folder: Path) -> TemplateConfig:
-    """The formatter settings saved with the checkpoint, as `Scorer.from_pretrained` reads them."""
-    raw = read_json(folder / "config.json").get("hiprm_template")
-    if raw is None:
-        log.warning("%s: no hiprm_template in config.json; using the default template settings", folder)
-    return TemplateConfig.from_dict(raw)
 
 
 def load_scorer(

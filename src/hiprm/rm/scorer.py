@@ -42,7 +42,7 @@ from typing import Any, Protocol, runtime_checkable
 from hiprm.artifacts import DataError, read_json
 from hiprm.config import ConfigError
 from hiprm.rm import trie
-from hiprm.rm.template import PREVIOUS_HEADER, TemplateConfig, render, render_fitted
+from hiprm.rm.template import PREVIOUS_HEADER, FitReport, TemplateConfig, fitted_texts, render
 
 log = logging.getLogger(__name__)
 
@@ -216,10 +216,8 @@ class Scorer:
         if model.config.num_labels != 2:
             raise ConfigError(f"model: {p} has {model.config.num_labels} labels; a reward model has 2")
         tokenizer = AutoTokenizer.from_pretrained(str(p))
-        raw = getattr(model.config, "hiprm_template", None)
-        if raw is None:
-            log.warning("%s: no hiprm_template in config.json; using the default template settings", p)
-        return cls(model.to(device), tokenizer, TemplateConfig.from_dict(raw), batch_size, max_tokens_per_batch,
+        template = TemplateConfig.from_saved(getattr(model.config, "hiprm_template", None), p)
+        return cls(model.to(device), tokenizer, template, batch_size, max_tokens_per_batch,
                    prefix_cache)
 
     # ---- public API -------------------------------------------------------------------------
@@ -246,10 +244,10 @@ class Scorer:
         """Token ids of each input's fitted text, as in training. Each distinct step is counted
         once per call (render_fitted's step_costs), so fitting the N steps of a long solution
         does not re-count steps[:i] for every i: linear in N, not quadratic."""
-        sep = self.template.step_separator
-        distinct = list(dict.fromkeys(s for _, prev, _ in inputs for s in prev))
-        cost = dict(zip(distinct, self.count_tokens([s + sep for s in distinct]), strict=True)) if distinct else {}
-        seqs = [self._encode(q, list(prev), cur, [cost[s] for s in prev]) for q, prev, cur in inputs]
+        texts, reports = fitted_texts(self.tokenizer, inputs, self.template)
+        seqs = self.encode_texts(texts) if texts else []
+        for report, ids in zip(reports, seqs, strict=True):
+            self._count(report, ids)
         self._warn_cuts(len(inputs))
         return seqs
 
@@ -285,15 +283,15 @@ class Scorer:
 
     # ---- encoding ---------------------------------------------------------------------------
 
-    def _encode(self, question: str, previous: list[str], current: str, step_costs: list[int] | None = None) -> list[int]:
-        """Token ids of the fitted text, as in training."""
-        text, report = render_fitted(self.tokenizer, question, previous, current, self.template, step_costs=step_costs)
+    def _encode(self, question: str, previous: list[str], current: str) -> list[int]:
+        """Token ids of one input's fitted text, as in training."""
+        return self.encode_inputs([(question, previous, current)])[0]
+
+    def _count(self, report: FitReport, ids: list[int]) -> None:
         self.stats.inputs += 1
         self.stats.dropped_steps += report.dropped_steps
         self.stats.truncated += int(report.truncated)
-        ids = self.encode_text(text)
         self.stats.input_tokens += len(ids)
-        return ids
 
     def _warn_cuts(self, n: int) -> None:
         s = self.stats

@@ -25,6 +25,7 @@ in the model's `config.json` under `hiprm_template`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Protocol
 
@@ -53,6 +54,13 @@ class TemplateConfig:
     def from_dict(cls, d: dict[str, Any] | None) -> TemplateConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in (d or {}).items() if k in known})
+
+    @classmethod
+    def from_saved(cls, raw: dict[str, Any] | None, where: Any) -> TemplateConfig:
+        """The settings a checkpoint saved (`config.json`'s `hiprm_template`), defaults if none."""
+        if raw is None:
+            log.warning("%s: no hiprm_template in config.json; using the default template settings", where)
+        return cls.from_dict(raw)
 
 
 class TokenCounter(Protocol):
@@ -189,3 +197,21 @@ def render_fitted(
         current_step = _cut_tail(tokenizer, current_step, keep_c)
     text = render(question, prev, current_step, cfg)
     return text, report
+
+
+def fitted_texts(
+    tokenizer: Any, inputs: Sequence[tuple[str, list[str], str]], cfg: TemplateConfig
+) -> tuple[list[str], list[FitReport]]:
+    """`render_fitted` of each (question, previous steps, current step) input, with each distinct
+    step counted once for the whole call (its `step_costs`): fitting the N steps of a long
+    solution is then linear in N, not quadratic. What the in-process and the remote scorer send."""
+    sep = cfg.step_separator
+    distinct = list(dict.fromkeys(s for _, prev, _ in inputs for s in prev))
+    counts = tokenizer([s + sep for s in distinct], add_special_tokens=False)["input_ids"] if distinct else []
+    cost = {s: len(ids) for s, ids in zip(distinct, counts, strict=True)}
+    texts, reports = [], []
+    for q, prev, cur in inputs:
+        text, report = render_fitted(tokenizer, q, list(prev), cur, cfg, step_costs=[cost[s] for s in prev])
+        texts.append(text)
+        reports.append(report)
+    return texts, reports

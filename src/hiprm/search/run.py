@@ -75,7 +75,7 @@ class EvalConfig:
     n_values: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
     subsamples: Positive = 4  # seeded subsets of the pool per N < N_max
     seed: int = 0
-    orm: str = ""  # reward-model checkpoint folders (any subset)
+    orm: str = ""  # reward models (any subset): checkpoint folders, or a vLLM /classify server as http://HOST:PORT#CHECKPOINT
     prm: str = ""
     hrm: str = ""
     rm_device: Device = "auto"
@@ -248,13 +248,10 @@ def solve_problem(
 
 
 def _build_scorers(cfg: EvalConfig, methods: list[Method]) -> dict[str, Any]:
-    from hiprm.rm.scorer import Scorer
+    from hiprm.rm.remote import load_scorer
 
     names = sorted({m.rm for m in methods if m.rm})
-    return {
-        rm: Scorer.from_pretrained(getattr(cfg, rm), device=cfg.rm_device, batch_size=cfg.rm_batch_size)
-        for rm in names
-    }
+    return {rm: load_scorer(getattr(cfg, rm), device=cfg.rm_device, batch_size=cfg.rm_batch_size) for rm in names}
 
 
 def run(cfg: EvalConfig, *, policy: Any = None, scorers: dict[str, Any] | None = None) -> Path:

@@ -1,18 +1,23 @@
 """Annotation benchmark: label quality per generated token (BFS vs MCTS), and throughput.
 
-    python benchmarks/bench_annotate.py quality [--problems 40] [--png runs/bench_annotate.png]
+    python benchmarks/bench_annotate.py quality [--problems 40] [--seeds 0 1 2] [--score child_mean]
     python benchmarks/bench_annotate.py throughput [--problems 4] [--model smollm2-135m-instruct]
     python benchmarks/bench_annotate.py throughput --base-url http://127.0.0.1:8011/v1 --problems 16
 
 1. quality: a simulated policy whose steps have known probabilities, so every node's true
-   MC-score (its probability of reaching a correct answer) is computed exactly. Each problem is
-   a random world: a state is the list of moves so far; it offers K moves with Dirichlet(1)
-   probabilities; a move ends the solution with a probability that grows with depth (always at
-   depth 6), and an ending move's answer is right or wrong (fixed per move). `bfs` runs at the
-   paper's settings (5 children, depth 7) and `mcts` at a range of rollout budgets; for each run
-   it prints generated tokens and the RMSE of the inner nodes' MC-scores against the truth, over
-   the nodes each tree labelled and over the nodes both trees share, then the token ratio at
-   which mcts first matches BFS's error (goal: <= 1/3). Writes a PNG of RMSE vs tokens.
+   MC-score (the probability that a completion from its state is correct, `World.value`) is
+   computed exactly. Each problem is a random world: a state is the list of moves so far; it
+   offers K moves with Dirichlet(1) probabilities; a move ends the solution with a probability
+   that grows with depth (always at depth 6), and an ending move's answer is right or wrong
+   (fixed per move). `bfs` runs at the paper's settings (5 children, depth 7) and `mcts` at a
+   range of rollout budgets, both with `--score`; tokens are everything the policy generated.
+   For each run it prints the RMSE of the inner nodes' MC-scores against the truth (not the
+   root, which makes no training example, nor the leaves, whose score is their exact graded
+   outcome) on the nodes each tree labels (with how many), and on the nodes both trees hold,
+   for both; then the token ratio at which mcts first matches BFS's error on each (interpolated
+   in log tokens between budgets), and against BFS with the paper's leaf fraction. A seed s
+   takes worlds 10000*s ... and request seed s; the summary averages the ratios over seeds
+   (goal: <= 1/3). Writes a PNG of RMSE vs tokens.
 2. throughput: the same annotate run on a real model (hf backend, or `--base-url` of a vLLM
    server: `bash scripts/vllm_server.sh start`) with cross-problem batching
    and prefix sharing (many problems per generate call, n samples per prompt) against one
@@ -143,14 +148,16 @@ def node_states(tree: Tree) -> dict[str, tuple[int, ...]]:
 
 
 def errors(trees: list[Tree], policy: SimPolicy) -> dict[tuple[str, str], float]:
-    """(problem, node id) -> squared error of the node's MC-score, inner nodes only."""
+    """(problem, node id) -> squared error of the node's MC-score against its exact value, over
+    the inner nodes a tree labels: not the root (no training example is made of it) and not the
+    leaves (a leaf's score is its graded outcome, exact in every method)."""
     out = {}
     for t in trees:
         world = policy.worlds[re.search(r"world (\d+)", t.question).group(0)]
         kids = t.children()
         for nid, state in node_states(t).items():
             n = t.node(nid)
-            if n.mc is None or nid not in kids:  # leaves are exact in every method
+            if n.mc is None or nid not in kids:
                 continue
             out[(t.problem_id, nid)] = (n.mc - world.value(state)) ** 2
     return out
@@ -161,50 +168,91 @@ def rmse(sq: dict, keys=None) -> float:
     return math.sqrt(sum(vals) / len(vals)) if vals else float("nan")
 
 
-def quality(args: argparse.Namespace) -> None:
-    problems = [Problem(f"w{i}", f"Solve world {i}.", "1") for i in range(args.problems)]
+def crossing(points: list[tuple[int, float]], target: float) -> float:
+    """Tokens at which a curve of (tokens, error) first gets down to `target`, interpolated
+    linearly in log(tokens) between the two budgets around it (nan if it never does).
+
+    >>> round(crossing([(100, 0.3), (400, 0.1)], 0.2))
+    200
+    """
+    prev = None
+    for tokens, err in points:
+        if err <= target:
+            if prev is None:
+                return float(tokens)
+            t0, e0 = prev
+            f = (e0 - target) / (e0 - err)
+            return math.exp(math.log(t0) + f * (math.log(tokens) - math.log(t0)))
+        prev = (tokens, err)
+    return float("nan")
+
+
+def quality_seed(args: argparse.Namespace, seed: int) -> dict:
+    """One set of worlds (seed s: worlds 10000*s ...) and request seeds: bfs, then mcts per budget."""
+    problems = [
+        Problem(f"w{i}", f"Solve world {i}.", "1") for i in range(10000 * seed, 10000 * seed + args.problems)
+    ]
     style = STYLES["step"]
 
-    def grow(settings: GrowSettings) -> tuple[list[Tree], int, SimPolicy]:
+    def grow(**kw) -> tuple[dict, int]:
         pol = SimPolicy()
-        trees = list(grow_trees(problems, pol, style, settings))
-        return trees, sum(t.cost["generated_tokens"] for t in trees), pol
+        trees = list(grow_trees(problems, pol, style, GrowSettings(children=5, max_depth=7, batch_problems=64,
+                                                                   seed=seed, **kw)))  # fmt: skip
+        return errors(trees, pol), sum(t.cost["generated_tokens"] for t in trees)
 
-    bfs_trees, bfs_tokens, pol = grow(
-        GrowSettings(mode="bfs", children=5, max_depth=7, batch_problems=64, score=args.score)
-    )
-    bfs_sq = errors(bfs_trees, pol)
-    bfs_err = rmse(bfs_sq)
-    rows = [("bfs (paper: 5 children, depth 7)", bfs_tokens, bfs_err, float("nan"), len(bfs_sq))]
-    points = []
-    first_match = None
+    bfs_sq, bfs_tokens = grow(mode="bfs", score=args.score)
+    paper_sq, paper_tokens = grow(mode="bfs", score="leaf_fraction")
+    runs = []
     for budget in args.budgets:
-        trees, tokens, pol = grow(GrowSettings(mode="mcts", children=5, max_depth=7, budget=budget, batch_problems=64,
-                                               rollouts_per_round=4, score=args.score))  # fmt: skip
-        sq = errors(trees, pol)
+        sq, tokens = grow(mode="mcts", budget=budget, rollouts_per_round=4, score=args.score)
         common = [k for k in sq if k in bfs_sq]
-        err = rmse(sq)
-        rows.append(
-            (
-                f"mcts budget={budget} rollouts",
-                tokens,
-                err,
-                rmse(sq, common) if common else float("nan"),
-                len(sq),
-            )
-        )
-        points.append((tokens, err))
-        if first_match is None and err <= bfs_err:
-            first_match = (budget, tokens)
-    print(f"{args.problems} simulated problems; RMSE of inner-node MC-scores against the exact values")
-    print(f"{'method':<36} {'tokens':>10} {'RMSE':>8} {'RMSE on BFS nodes':>18} {'nodes':>7}")
-    for name, tokens, err, common, n in rows:
-        print(f"{name:<36} {tokens:>10} {err:>8.4f} {common:>18.4f} {n:>7}")
-    if first_match:
-        print(f"mcts reaches BFS's RMSE ({bfs_err:.4f}) at budget {first_match[0]} with {first_match[1]} tokens: "
-              f"{first_match[1] / bfs_tokens:.3f} x BFS's tokens (goal <= 0.333)")  # fmt: skip
-    else:
-        print(f"mcts did not reach BFS's RMSE ({bfs_err:.4f}) within the budgets tried")
+        runs.append(dict(budget=budget, tokens=tokens, nodes=len(sq), rmse=rmse(sq), common=len(common),
+                         mcts_common=rmse(sq, common), bfs_common=rmse(bfs_sq, common)))  # fmt: skip
+    bfs_err = rmse(bfs_sq)
+    return dict(
+        seed=seed, bfs_tokens=bfs_tokens, bfs_nodes=len(bfs_sq), bfs_rmse=bfs_err, paper_rmse=rmse(paper_sq),
+        runs=runs,
+        # own labels: mcts's RMSE over the nodes it labels against bfs's over the nodes bfs labels
+        own=crossing([(r["tokens"], r["rmse"]) for r in runs], bfs_err) / bfs_tokens,
+        # the same nodes: both RMSEs over the nodes both trees hold
+        common=crossing([(r["tokens"], r["mcts_common"] - r["bfs_common"]) for r in runs], 0.0) / bfs_tokens,
+        paper=crossing([(r["tokens"], r["rmse"]) for r in runs], rmse(paper_sq)) / paper_tokens,
+    )  # fmt: skip
+
+
+def quality(args: argparse.Namespace) -> None:
+    print(f"{args.problems} simulated problems per seed, score={args.score}; RMSE of inner-node MC-scores "
+          "against the exact values (tokens: everything the policy generated)")  # fmt: skip
+    results = []
+    for seed in args.seeds:
+        res = quality_seed(args, seed)
+        results.append(res)
+        print(f"\nseed {seed}")
+        print(f"{'method':<34} {'tokens':>9} {'x bfs':>6} {'labelled':>8} {'RMSE':>7}   "
+              f"{'common nodes':>12} {'mcts':>7} {'bfs':>7}")  # fmt: skip
+        print(f"{'bfs (paper: 5 children, depth 7)':<34} {res['bfs_tokens']:>9} {1:>6.2f} {res['bfs_nodes']:>8} "
+              f"{res['bfs_rmse']:>7.4f}   (leaf_fraction: {res['paper_rmse']:.4f})")  # fmt: skip
+        for r in res["runs"]:
+            print(f"{'mcts budget=' + str(r['budget']) + ' rollouts':<34} {r['tokens']:>9} "
+                  f"{r['tokens'] / res['bfs_tokens']:>6.2f} {r['nodes']:>8} {r['rmse']:>7.4f}   "
+                  f"{r['common']:>12} {r['mcts_common']:>7.4f} {r['bfs_common']:>7.4f}")  # fmt: skip
+        print(f"mcts matches bfs at {res['own']:.2f}x bfs's tokens on the nodes each labels, "
+              f"{res['common']:.2f}x on the nodes both hold; "
+              f"{res['paper']:.2f}x against bfs with the paper's leaf fraction (goal <= 0.33)")  # fmt: skip
+
+    def summary(key: str) -> str:
+        vals = [r[key] for r in results]
+        ok = [v for v in vals if v == v]
+        mean = sum(ok) / len(ok) if ok else float("nan")
+        never = f", never within the budgets for {len(vals) - len(ok)}" if len(ok) < len(vals) else ""
+        return f"{mean:.2f}x (seeds: {' '.join(f'{v:.2f}' for v in vals)}{never})"
+
+    print(
+        f"\ntokens mcts needs for bfs's RMSE, as a multiple of bfs's (goal <= 0.33), over {len(results)} seeds:"
+    )
+    print(f"  on the nodes each labels:       {summary('own')}")
+    print(f"  on the nodes both trees hold:   {summary('common')}")
+    print(f"  vs bfs with the leaf fraction:  {summary('paper')}")
     if args.png:
         import matplotlib
 
@@ -212,11 +260,14 @@ def quality(args: argparse.Namespace) -> None:
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(5.5, 3.5))
-        ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label="mcts (budgets)")
-        ax.plot([bfs_tokens], [bfs_err], "s", color="red", label="bfs (paper settings)")
+        for i, res in enumerate(results):
+            ax.plot([r["tokens"] for r in res["runs"]], [r["rmse"] for r in res["runs"]], "o-", color="C0",
+                    alpha=0.6, label="mcts (budgets)" if i == 0 else None)  # fmt: skip
+            ax.plot([res["bfs_tokens"]], [res["bfs_rmse"]], "s", color="red",
+                    label="bfs (paper settings)" if i == 0 else None)  # fmt: skip
         ax.set_xscale("log")
         ax.set_xlabel("generated tokens (simulated)")
-        ax.set_ylabel("RMSE of MC-scores vs truth")
+        ax.set_ylabel(f"RMSE of MC-scores vs truth ({args.score})")
         ax.legend()
         fig.tight_layout()
         Path(args.png).parent.mkdir(parents=True, exist_ok=True)
@@ -254,7 +305,12 @@ def throughput(args: argparse.Namespace) -> None:
     if args.base_url:
         from hiprm.policy.openai_http import OpenAIPolicy
 
-        hf = OpenAIPolicy(base_url=args.base_url, model=args.served_model, concurrency=args.concurrency, tokenizer=args.model)
+        hf = OpenAIPolicy(
+            base_url=args.base_url,
+            model=args.served_model,
+            concurrency=args.concurrency,
+            tokenizer=args.model,
+        )
     else:
         hf = HFPolicy(args.model, batch_size=64)
     print(f"backend: {args.base_url or 'hf (in process)'}; {len(problems)} problems, bfs children={args.children} "
@@ -283,16 +339,19 @@ def main() -> None:
     sub = ap.add_subparsers(dest="what", required=True)
     q = sub.add_parser("quality", help="RMSE of MC-scores vs generated tokens on a simulated policy")
     q.add_argument("--problems", type=int, default=40)
-    q.add_argument("--budgets", type=int, nargs="+", default=[8, 16, 32, 64, 128, 256, 512])
+    q.add_argument("--budgets", type=int, nargs="+", default=[8, 12, 16, 24, 32, 48, 64, 96, 128, 256, 512])
+    q.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="world sets and request seeds")
     q.add_argument("--png", default="runs/bench_annotate_quality.png")
-    q.add_argument("--score", choices=["leaf_fraction", "child_mean"], default="leaf_fraction")
+    q.add_argument("--score", choices=["leaf_fraction", "child_mean"], default="child_mean")
     t = sub.add_parser("throughput", help="batched vs one prompt at a time on a real model (hf backend)")
     t.add_argument("--problems", type=int, default=4)
     t.add_argument("--children", type=int, default=3)
     t.add_argument("--depth", type=int, default=2)
     t.add_argument("--step-tokens", type=int, default=32)
     t.add_argument("--model", default="smollm2-135m-instruct")
-    t.add_argument("--base-url", default="", help="an OpenAI-compatible server (vLLM) instead of the hf backend")
+    t.add_argument(
+        "--base-url", default="", help="an OpenAI-compatible server (vLLM) instead of the hf backend"
+    )
     t.add_argument("--served-model", default="policy")
     t.add_argument("--concurrency", type=int, default=32)
     args = ap.parse_args()

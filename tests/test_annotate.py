@@ -4,6 +4,7 @@ real kill -9, bad input, a failing server, and the OpenAI backend's greedy / sto
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import httpx
@@ -11,7 +12,16 @@ import pytest
 
 from hiprm.annotate.grow import GrowSettings, classify_step, grow_trees, split_rollout
 from hiprm.annotate.run import AnnotateConfig, load_problems, run
-from hiprm.annotate.tree import Tree, iter_paths, read_trees, recompute, tree_from_json, validate, wilson
+from hiprm.annotate.tree import (
+    Tree,
+    iter_paths,
+    path_to,
+    read_trees,
+    recompute,
+    tree_from_json,
+    validate,
+    wilson,
+)
 from hiprm.artifacts import DataError, StageError, read_appended
 from hiprm.cli import main
 from hiprm.config import ConfigError
@@ -356,3 +366,102 @@ def test_child_mean_score_and_repeats_count_in_mcts():
     # with only two distinct first steps for 9-2 and 20 rollouts, repeats are counted on them
     p2 = next(t for t in trees if t.problem_id == "p2")
     assert sum(c.count for c in p2.children()[p2.root.id]) > len(p2.children()[p2.root.id])
+
+
+# --- MC estimates against the truth -------------------------------------------------------------------
+
+
+def _true_value(question: str, steps: list[str]) -> float:
+    """The exact MC-score of the node reached by `steps`: the scripted policy continues a prefix
+    with a uniformly chosen text among those that start with it, so the value is the share of
+    those texts that end in the reference answer."""
+    key = next(k for k in TEXTS if k in question)
+    ref = dict(QUESTIONS)[question]
+    norm = [" ".join(s.split()) for s in steps]
+    matching = [
+        t
+        for t in TEXTS[key]
+        if [" ".join(p.split()) for p in split_rollout(t, STYLES["step"])][: len(norm)] == norm
+    ]
+    return sum(f"# Answer\n\n{ref}\n" in t for t in matching) / len(matching)
+
+
+def test_mcts_child_mean_is_unbiased_and_the_leaf_fraction_is_not():
+    """Over 200 seeds, the mean MC-score of every inner node seen at least 30 times is within 3
+    standard errors of its exact value with child_mean; the leaf fraction is far off at the
+    roots, whose leaves come mostly from rollouts started below them."""
+    z = {}
+    for score in ("child_mean", "leaf_fraction"):
+        seen: dict[tuple[str, tuple[str, ...]], list[float]] = {}
+        for seed in range(200):
+            settings = GrowSettings(mode="mcts", children=5, budget=12, score=score, seed=seed)
+            for t in grow_trees(_problems(), ScriptedPolicy(TEXTS), STYLES["step"], settings):
+                kids = t.children()
+                for n in t.nodes:
+                    if n.id in kids:
+                        steps = tuple(x.step for x in path_to(t, n.id)[1:])
+                        seen.setdefault((t.question, steps), []).append(n.mc)
+        z[score] = {}
+        for (question, steps), mcs in seen.items():
+            if len(mcs) >= 30:
+                mean = sum(mcs) / len(mcs)
+                sd = math.sqrt(sum((m - mean) ** 2 for m in mcs) / (len(mcs) - 1))
+                truth = _true_value(question, list(steps))
+                z[score][(question, steps)] = (mean - truth) / max(sd / math.sqrt(len(mcs)), 1e-9)
+    assert len(z["child_mean"]) >= 6
+    assert all(abs(v) < 3 for v in z["child_mean"].values()), z["child_mean"]
+    roots = [v for (q, steps), v in z["leaf_fraction"].items() if not steps]
+    assert len(roots) == 3 and all(abs(v) > 5 for v in roots), roots
+
+
+def test_mcts_child_mean_keeps_sampling_shallow_nodes():
+    """With child_mean a node's uncertainty is that of its own sampled next steps, so the root
+    keeps getting rollouts as the budget grows (counting every rollout through it, as the leaf
+    fraction does, would call it certain after the first round and leave it at 4 samples)."""
+
+    def root_samples(budget: int) -> list[int]:
+        settings = GrowSettings(mode="mcts", children=5, budget=budget, score="child_mean")
+        trees = sorted(
+            grow_trees(_problems(), ScriptedPolicy(TEXTS), STYLES["step"], settings),
+            key=lambda t: t.problem_id,
+        )
+        return [sum(c.count for c in t.children()[t.root.id]) for t in trees]
+
+    small, large = root_samples(12), root_samples(100)
+    assert all(b >= 2 * a for a, b in zip(small, large, strict=True)) and min(large) >= 20, (small, large)
+
+
+def test_child_mean_interval_is_centred_on_the_score_and_the_ci_stop_reads_it():
+    pol = ScriptedPolicy(TEXTS)
+    settings = GrowSettings(mode="mcts", children=5, budget=300, score="child_mean", ci_width=0.6)
+    trees = list(grow_trees(_problems(), pol, STYLES["step"], settings))
+    stopped = 0
+    for t in trees:
+        d = t.to_dict()
+        kids = t.children()
+        for n, nd in zip(t.nodes, d["nodes"], strict=True):
+            if n.id in kids:
+                lo, hi = nd["ci"]
+                n_next = sum(c.count for c in kids[n.id])
+                assert lo <= n.mc <= hi and (lo, hi) == tuple(
+                    round(x, 4) for x in wilson(n.mc * n_next, n_next)
+                )
+        if t.cost["rollouts"] < 300:  # stopped by the interval rule: every inner interval is narrow
+            stopped += 1
+            assert all(
+                nd["ci"][1] - nd["ci"][0] <= 0.6
+                for n, nd in zip(t.nodes, d["nodes"], strict=True)
+                if n.id in kids
+            )
+    assert stopped == 3
+
+
+@pytest.mark.parametrize("mode", ["bfs", "mcts"])
+def test_cost_counts_every_generated_token(mode):
+    """Stop strings (BFS's next-step header, the end marker) are generated, so they are cost,
+    though no step holds them: the cost equals what the policy returned."""
+    pol = ScriptedPolicy(TEXTS)
+    settings = GrowSettings(mode=mode, children=3, max_depth=4, budget=20 if mode == "mcts" else 0)
+    trees = list(grow_trees(_problems(), pol, STYLES["step"], settings))
+    assert sum(t.cost["generated_tokens"] for t in trees) == pol.tokens_generated
+    assert sum(n.tokens for t in trees for n in t.nodes) < pol.tokens_generated

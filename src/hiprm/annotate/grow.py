@@ -3,8 +3,9 @@
     trees = grow_trees(problems, policy, style, GrowSettings(mode="mcts", budget=64))
 
 Both modes return one `Tree` per problem (`hiprm.annotate.tree`): every node is a step, every
-leaf a finished (graded), answerless or depth-limited solution, and every node's MC-score is the
-fraction of correct leaves below it.
+leaf a finished (graded), answerless or depth-limited solution, and every node carries an
+MC-score (an estimate of the probability that a completion from it is correct, by `score`)
+with a 95% interval (`tree.intervals`).
 
 - `bfs` (the paper's procedure and its reference code): every non-terminal node gets `children`
   samples of its next step (paper: 5-6), down to `max_depth` (paper: 7). A node at `max_depth`
@@ -13,29 +14,41 @@ fraction of correct leaves below it.
   uncertain. The rule: Monte-Carlo tree search without a value model, as in ReST-MCTS* and
   AlphaMath's value-free variant, with selection made for annotation rather than for finding a
   best path (OmegaPRM's motivation, without its binary search for the first error): each round
-  picks, over the whole tree, the growable nodes whose MC-score is least certain, by the
-  standard error of the node's Beta(1, 1) posterior, sqrt(p(1-p)/(n+2)) with
-  p = (correct+1)/(n+2), plus a UCT exploration bonus c_explore * sqrt(ln(N_root+1)/(n+1)).
-  A node grows at most `children` children.
+  picks, over the whole tree, the growable nodes where one more rollout shrinks the variance of
+  the MC-score's Beta(1, 1) posterior most per generated token (`Engine._priority`; the UCT
+  bonus `c_explore` enters in the same units). The posterior counts the rollouts the score
+  rests on: for `child_mean` the node's sampled completions (rollouts that passed through it
+  having started at it or above it; one started below it says nothing about its next step),
+  for `leaf_fraction` every rollout through it. A node grows at most `children` children.
   Expansion and rollout are one generate call: from the selected node the policy completes the
   solution to `# END!`; the text is split into steps by `policy.steps.split_solution` (the
   splitter step search uses), the first step is the new child, the rest are stored as a chain
-  below it, the last is graded, and the leaf counts propagate to the root. A problem stops when
-  its budget is spent, when every node's 95% Wilson interval is narrower than `ci_width`
-  (`ci_width=0`: off), or when nothing is left to grow.
+  below it, the last is graded, and the counts propagate to the root. A problem stops when its
+  budget is spent, when every inner node's interval (as the record writes it) is narrower than
+  `ci_width` (`ci_width=0`: off), or when nothing is left to grow.
 - Identical sibling steps (white space normalised) are stored once. A repeated sample raises
   the node's `count`, which weighs its one grown subtree in the parent's estimate as if each
   copy had grown its own (unbiased; see `tree.py`), so low-temperature sampling does not pay for
-  duplicate subtrees. In `mcts` with `score=leaf_fraction` a rollout whose first step repeats
-  an existing child is instead one more visit through it (count stays 1), since the child's
-  leaves already hold that rollout.
+  duplicate subtrees. In `mcts` with `score=child_mean` the count of a node is then exactly the
+  number of its parent's sampled completions that took its step. With `score=leaf_fraction` a
+  rollout whose first step repeats an existing child is instead one more visit through it
+  (count stays 1), since the child's leaves already hold that rollout.
 - `score`: `leaf_fraction` (the paper: correct leaves / leaves below) or `child_mean` (the
   count-weighted mean of the children's scores). With BFS's uneven subtrees, and with MCTS
   rollouts that start below a node, the leaf fraction over-weights the large or often-chosen
   subtrees; the child mean is an unbiased estimate of the node's success probability in both
-  modes (each child is a fresh sample of the node's next step). Measured on a simulated policy
-  (benchmarks/bench_annotate.py): RMSE against the true values 0.196 (leaf fraction) vs 0.162
-  (child mean) for BFS at the paper's settings.
+  modes (each child is a fresh sample of the node's next step, and its score is unbiased in
+  turn). For `mcts` use `child_mean`: its leaf fraction is biased by the rollouts started below
+  a node and levels off whatever the budget (tests/test_annotate.py checks both against exact
+  values). Measured on a simulated policy (benchmarks/bench_annotate.py, 200 problems x 3
+  seeds): BFS at the paper's settings has RMSE 0.155-0.16 with child_mean, 0.21 with the leaf
+  fraction; MCTS with child_mean needs 1.45x BFS's tokens to match BFS with child_mean (1.34x
+  on the nodes both trees hold), 0.56x to match BFS with the leaf fraction, and goes on to
+  0.09 at 512 rollouts. At a third of BFS's tokens it is at 0.25: each generated step is one
+  sample of one node's next step in both modes, and BFS already gives every node 5.
+- Cost: `generated_tokens` counts every text the policy returned, stop strings included (BFS's
+  next-step header, the end marker): the policy generated them. A node's `tokens` are those of
+  its own step.
 
 Batching: every round, the requests of all problems in flight (`batch_problems` of them) go into
 one `generate` call per distinct `n`, with `n` samples per prompt so a server (vLLM, SGLang with
@@ -54,7 +67,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from hiprm.annotate.tree import Tree, TreeNode, path_to, recompute, wilson
+from hiprm.annotate.tree import Tree, TreeNode, intervals, path_to, recompute
 from hiprm.artifacts import StageError
 from hiprm.grading import GradingMode, extract_answer, is_equivalent
 from hiprm.policy.prompts import PromptStyle
@@ -99,6 +112,12 @@ class _Growth:
     raw: dict[str, str] = field(default_factory=dict)  # node id -> model text of the path so far
     visits: dict[str, int] = field(default_factory=dict)  # mcts: rollouts through each node
     wins: dict[str, int] = field(default_factory=dict)
+    # mcts: the rollouts that passed through a node having started at it or above it, i.e. the
+    # sampled completions of the node (rollouts started below it are not), their wins, and the
+    # tokens they generated after it (what a rollout from the node costs).
+    passes: dict[str, int] = field(default_factory=dict)
+    pass_wins: dict[str, int] = field(default_factory=dict)
+    pass_tokens: dict[str, int] = field(default_factory=dict)
     expansions: dict[str, int] = field(default_factory=dict)  # requests made from each node
     frontier: list[str] = field(default_factory=list)  # bfs: nodes to expand this round
     cost: dict[str, float] = field(
@@ -192,6 +211,7 @@ class Engine:
     # --- per-problem state ---------------------------------------------------------------------
     def start(self, problem: Problem) -> _Growth:
         g = _Growth(problem, Tree.new(problem.problem_id, problem.question, problem.answer, problem.source))
+        g.tree.mc_from = "child_mean" if self.s.score == "child_mean" else "leaves"
         g.raw[g.tree.root.id] = ""
         g.frontier = [g.tree.root.id]
         return g
@@ -226,7 +246,6 @@ class Engine:
         elif depth >= self.s.max_depth:
             outcome = "truncated"
         tokens = self.policy.count_tokens(raw)
-        g.cost["generated_tokens"] += tokens
         node = t.add(
             parent, step, outcome=outcome, answer=answer, tokens=tokens, count_duplicate=count_duplicate
         )
@@ -235,7 +254,6 @@ class Engine:
         return node
 
     def finish(self, g: _Growth) -> Tree:
-        g.tree.mc_from = "child_mean" if self.s.score == "child_mean" else "leaves"
         recompute(g.tree, truncated_counts=self.s.truncated_as == "wrong")
         g.cost["seconds"] = round(time.perf_counter() - g.started, 3)
         g.tree.cost = {k: (round(v, 3) if isinstance(v, float) else int(v)) for k, v in g.cost.items()}
@@ -259,6 +277,9 @@ class Engine:
     def absorb(self, g: _Growth, nid: str, texts: list[str]) -> None:
         """Put the samples generated from node `nid` into the tree."""
         g.cost["calls"] += 1
+        # Cost is every token the policy returned, stop strings included (a step's next-step
+        # header, the end marker): it generated them, though they are not part of any step.
+        g.cost["generated_tokens"] += sum(self.policy.count_tokens(t) for t in texts)
         if self.s.mode == "bfs":
             for text in texts:
                 node = self._add(g, nid, raw_step(text, self.style), classify_step(text, self.style), True)
@@ -276,9 +297,12 @@ class Engine:
     # --- mcts ------------------------------------------------------------------------------------
     def _mcts_rollout(self, g: _Growth, start: str, text: str) -> None:
         g.cost["rollouts"] += 1
+        total = self.policy.count_tokens(text)
         pieces = split_rollout(text, self.style) or [text]
         at = start
         leaf: TreeNode | None = None
+        chain = [(start, 0)]  # (node, tokens of this text up to the end of its step), start down
+        spent = 0
         for k, piece in enumerate(pieces):
             last = k == len(pieces) - 1
             # Only the last piece can end the solution; ending on a step delimiter is a cut.
@@ -288,6 +312,8 @@ class Engine:
             # child_mean weighs a child by how often its step was sampled, so a repeat counts;
             # with leaf_fraction a count would weigh the child's whole subtree twice.
             node = self._add(g, at, piece, kind, count_duplicate=self.s.score == "child_mean")
+            spent += self.policy.count_tokens(piece)
+            chain.append((node.id, spent))
             at = node.id
             if node.outcome is not None:
                 leaf = node
@@ -296,26 +322,37 @@ class Engine:
             leaf = g.tree.node(at)
             if leaf.outcome is None and not g.tree.children().get(leaf.id):
                 leaf.outcome = "no_answer"
+        if leaf.outcome == "truncated" and self.s.truncated_as == "drop":
+            return
         win = 1 if leaf.outcome == "correct" else 0
-        counts = leaf.outcome != "truncated" or self.s.truncated_as == "wrong"
         for n in path_to(g.tree, leaf.id):
-            if counts:
-                g.visits[n.id] = g.visits.get(n.id, 0) + 1
-                g.wins[n.id] = g.wins.get(n.id, 0) + win
+            g.visits[n.id] = g.visits.get(n.id, 0) + 1
+            g.wins[n.id] = g.wins.get(n.id, 0) + win
+        for nid, before in chain:
+            g.passes[nid] = g.passes.get(nid, 0) + 1
+            g.pass_wins[nid] = g.pass_wins.get(nid, 0) + win
+            g.pass_tokens[nid] = g.pass_tokens.get(nid, 0) + max(total - before, 0)
 
     def _growable(self, g: _Growth, n: TreeNode) -> bool:
         return n.outcome is None and n.depth < self.s.max_depth
 
+    def _samples(self, g: _Growth, nid: str) -> tuple[int, int]:
+        """(rollouts, correct) that the node's MC-score rests on. child_mean: the node's sampled
+        completions (its `passes`; their count is the sum of its children's counts). leaf_fraction:
+        every rollout through it, since each leaves a leaf in its subtree."""
+        if self.s.score == "child_mean":
+            return g.passes.get(nid, 0), g.pass_wins.get(nid, 0)
+        return g.visits.get(nid, 0), g.wins.get(nid, 0)
+
     def _mcts_select(self, g: _Growth) -> list[tuple[str, int]]:
         """Up to `rollouts_per_round` start nodes for this round's rollouts (with repeats).
 
-        Each pick is the growable node (not a leaf, above `max_depth`) whose MC-score is least
-        certain: the largest se + c_explore * sqrt(ln(N_root + 1) / (N + 1)), se being the
-        standard error of its Beta(1, 1) posterior; picks made this round count as visits
-        (virtual loss) so one round spreads over several nodes. Choosing over the whole tree,
-        rather than descending by UCT from the root, sends rollouts straight to the nodes that
-        one rollout left with a single sample (measured in benchmarks/bench_annotate.py: about
-        half the RMSE at the same budget).
+        Each pick is the growable node (not a leaf, above `max_depth`) where one more rollout
+        is worth most (`_priority`: for child_mean, the shrink of its score's uncertainty per
+        generated token); picks made this round count as samples (virtual loss) so one round
+        spreads over several nodes. Choosing over the whole tree, rather than descending by UCT
+        from the root, sends rollouts straight to the nodes that one rollout left with a single
+        sample.
         """
         if self._over_budget(g):
             return []
@@ -334,29 +371,60 @@ class Engine:
         ]
         picks: dict[str, int] = {}
         virtual: dict[str, int] = {}
-        n_root = g.visits.get(g.tree.root.id, 0)
         for _ in range(int(min(self.s.rollouts_per_round, left))):
             if not cands:
                 break
-            best = max(cands, key=lambda n: self._priority(g, n, n_root, virtual))
+            best = max(cands, key=lambda n: self._priority(g, n, virtual))
             picks[best.id] = picks.get(best.id, 0) + 1
-            for n in path_to(g.tree, best.id):
+            # The rollout will be a sample of the nodes whose `_samples` it joins: the pick's
+            # (and, for the leaf fraction, its ancestors').
+            for n in [best] if self.s.score == "child_mean" else path_to(g.tree, best.id):
                 virtual[n.id] = virtual.get(n.id, 0) + 1
         return sorted(picks.items())
 
-    def _priority(self, g: _Growth, n: TreeNode, n_root: int, virtual: dict[str, int]) -> float:
-        v = g.visits.get(n.id, 0) + virtual.get(n.id, 0)
-        p = (g.wins.get(n.id, 0) + 1) / (v + 2)
-        se = math.sqrt(p * (1 - p) / (v + 2))
-        return se + self.s.c_explore * math.sqrt(math.log(n_root + 1) / (v + 1))
+    def _priority(self, g: _Growth, n: TreeNode, virtual: dict[str, int]) -> float:
+        """How much one more rollout from `n` is worth.
+
+        child_mean: how much it shrinks the variance of the node's score, per token. With r
+        sampled completions, w correct, the Beta(1, 1) posterior has mean p = (w+1)/(r+2) and
+        variance p(1-p)/(r+3); one more shrinks it by p(1-p)/((r+3)(r+4)). The UCT bonus
+        enters in the same units, c_explore^2 * ln(N+1) / ((r+3)(r+4)) for N rollouts so far.
+        Divided by the mean tokens the node's past completions generated after it (a deep
+        node's rollout is short).
+
+        leaf_fraction: the standard error of the Beta(1, 1) posterior over the v rollouts through
+        the node, sqrt(p(1-p)/(v+2)), plus c_explore * sqrt(ln(V+1)/(v+1)), V the root's. Not per
+        token: a rollout started below a node adds a leaf to its subtree, so cheap deep starts
+        add to the bias of every ancestor's leaf fraction (measured in
+        benchmarks/bench_annotate.py: dividing by tokens raised its RMSE from 0.20 to 0.25).
+        """
+        r, w = self._samples(g, n.id)
+        r += virtual.get(n.id, 0)
+        p = (w + 1) / (r + 2)
+        if self.s.score != "child_mean":
+            n_root = g.visits.get(g.tree.root.id, 0)
+            return math.sqrt(p * (1 - p) / (r + 2)) + self.s.c_explore * math.sqrt(
+                math.log(n_root + 1) / (r + 1)
+            )
+        bonus = self.s.c_explore**2 * math.log(g.cost["rollouts"] + 1)
+        return (p * (1 - p) + bonus) / ((r + 3) * (r + 4)) / self._rollout_tokens(g, n.id)
+
+    def _rollout_tokens(self, g: _Growth, nid: str) -> float:
+        """Expected generated tokens of a rollout from the node: the mean over its sampled
+        completions, else over all of the problem's rollouts so far."""
+        if g.passes.get(nid):
+            return max(g.pass_tokens[nid] / g.passes[nid], 1.0)
+        if g.cost["rollouts"]:
+            return max(g.cost["generated_tokens"] / g.cost["rollouts"], 1.0)
+        return 1.0
 
     def _all_certain(self, g: _Growth) -> bool:
-        for n in g.tree.nodes:
-            v = g.visits.get(n.id, 0)
-            if v == 0:
-                continue
-            lo, hi = wilson(g.wins.get(n.id, 0), v)
-            if hi - lo > self.s.ci_width:
+        """Whether every inner node's interval, as the tree record will write it, is narrower
+        than `ci_width` (leaves are graded outcomes, not estimates)."""
+        recompute(g.tree, truncated_counts=self.s.truncated_as == "wrong")
+        kids = g.tree.children()
+        for n, ci in zip(g.tree.nodes, intervals(g.tree), strict=True):
+            if n.id in kids and ci is not None and ci[1] - ci[0] > self.s.ci_width:
                 return False
         return True
 

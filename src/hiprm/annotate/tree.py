@@ -37,7 +37,9 @@ A line (`Tree.to_dict`):
 - `mc_from == "given"`: the MC-scores came from elsewhere (OpenR's MCTS trees carry an
   `mc_value` estimated from rollouts that are not all in the file) and `recompute` keeps them;
   `leaves` / `correct` are still counted from the stored leaves.
-- `ci`: the 95% Wilson interval of `mc` (derived from `correct` / `leaves`; ignored on reading).
+- `ci`: the 95% Wilson interval of `mc` (derived by `intervals`, ignored on reading): from
+  `correct` / `leaves`, or for `child_mean` from the node's sampled next steps (the sum of its
+  children's counts), centred on `mc`.
 - `tokens`: generated tokens spent on this node's step (0 for nodes read from OpenR).
 - `merged_from`: for a node made by HNC, the ids of the two nodes whose steps it joins.
 
@@ -131,14 +133,15 @@ class TreeNode:
     tokens: int = 0
     merged_from: list[str] | None = None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, ci: tuple[float, float] | None) -> dict[str, Any]:
         d = {
             "id": self.id, "parent": self.parent, "depth": self.depth, "step": self.step,
             "outcome": self.outcome, "answer": self.answer, "count": self.count,
             "leaves": self.leaves, "correct": self.correct, "mc": self.mc, "tokens": self.tokens,
         }  # fmt: skip
-        # The interval is derived, written for readers of the file, and ignored when read back.
-        d["ci"] = [round(x, 4) for x in wilson(self.correct, self.leaves)] if self.leaves else None
+        # The interval is derived (`intervals`), written for readers of the file, and ignored
+        # when read back.
+        d["ci"] = [round(x, 4) for x in ci] if ci is not None else None
         if self.merged_from is not None:
             d["merged_from"] = self.merged_from
         return d
@@ -214,7 +217,7 @@ class Tree:
         return {
             "format": TREE_FORMAT, "problem_id": self.problem_id, "question": self.question,
             "answer": self.answer, "source": self.source, "mc_from": self.mc_from,
-            "nodes": [n.to_dict() for n in self.nodes], "cost": self.cost,
+            "nodes": [n.to_dict(ci) for n, ci in zip(self.nodes, intervals(self), strict=True)], "cost": self.cost,
         }  # fmt: skip
 
     @classmethod
@@ -346,6 +349,44 @@ def child_mean_scores(tree: Tree, truncated_counts: bool = True) -> list[float |
             p = idx[n.parent]  # type: ignore[index]
             total[p] += n.count * out[i]  # type: ignore[operator]
             weight[p] += n.count
+    return out
+
+
+def intervals(tree: Tree) -> list[tuple[float, float] | None]:
+    """Each node's 95% Wilson interval of its MC-score, as `Tree.to_dict` writes it (`ci`).
+
+    `mc_from` leaves / given, and every leaf: `wilson(correct, leaves)` (None without leaves).
+    `child_mean`: an inner node's score averages its children over its n sampled next steps
+    (n = the sum of its scored children's counts; in an MCTS tree, the rollouts that passed
+    through it having started at it or above it), so its interval is `wilson(mc * n, n)`,
+    centred on `mc`. When each sampled step continues on its own (every count 1, or an MCTS
+    tree, where each rollout through a repeated step completes it afresh), each child's score
+    is at least as precise as one completion, so the score's variance is at most that of n
+    single completions, mc(1-mc)/n, and the interval is conservative; with BFS's merged
+    duplicates, whose copies share one subtree, it can be too narrow (as `wilson` says).
+    (`correct / leaves` would count the leaves that rollouts started below the node added, and
+    centre the interval on the leaf fraction instead of `mc`.)
+
+    >>> t = Tree.new("p", "q", "a")
+    >>> a = t.add(t.root.id, "a")
+    >>> _ = [t.add(a.id, s, outcome=o) for s, o in [("b", "correct"), ("c", "wrong"), ("d", "wrong")]]
+    >>> _ = t.add(t.root.id, "e", outcome="correct")
+    >>> t.mc_from = "child_mean"; recompute(t)
+    >>> [round(t.root.mc, 3), [round(x, 3) for x in intervals(t)[0]]]  # n = 2 next steps, not 4 leaves
+    [0.667, [0.159, 0.955]]
+    """
+    if tree.mc_from != "child_mean":
+        return [wilson(n.correct, n.leaves) if n.leaves else None for n in tree.nodes]
+    n_next = [0] * len(tree.nodes)
+    for n in tree.nodes[1:]:
+        if n.mc is not None:
+            n_next[tree._index[n.parent]] += n.count  # type: ignore[index]
+    out: list[tuple[float, float] | None] = []
+    for i, n in enumerate(tree.nodes):
+        if n_next[i] and n.mc is not None:
+            out.append(wilson(n.mc * n_next[i], n_next[i]))
+        else:
+            out.append(wilson(n.correct, n.leaves) if n.leaves else None)
     return out
 
 

@@ -234,10 +234,10 @@ def test_bad_input_is_named(trees_file, tiny_lm_dir, tmp_path):
         run(make_cfg(trees_file, tiny_lm_dir, tmp_path / "a", "min_mc=1.0", "rule=mean"))
     with pytest.raises(DataError, match="no such file"):
         run(make_cfg(tmp_path / "missing.jsonl", tiny_lm_dir, tmp_path / "b"))
-    with pytest.raises(ConfigError, match="lam must be >= 0"):
-        run(make_cfg(trees_file, tiny_lm_dir, tmp_path / "c", "lam=-1"))
-    with pytest.raises(ConfigError, match="min_mc must be in"):
-        run(make_cfg(trees_file, tiny_lm_dir, tmp_path / "d", "min_mc=2"))
+    with pytest.raises(ConfigError, match="lam: -1.0 is out of range; expected >= 0"):
+        make_cfg(trees_file, tiny_lm_dir, tmp_path / "c", "lam=-1")
+    with pytest.raises(ConfigError, match="min_mc: 2.0 is out of range; expected >= 0 and <= 1"):
+        make_cfg(trees_file, tiny_lm_dir, tmp_path / "d", "min_mc=2")
     with pytest.raises(ConfigError, match="transform"):
         make_cfg(trees_file, tiny_lm_dir, tmp_path / "e", "transform=sqrt")
     with pytest.raises(DataError, match="longer than max_length=64 tokens"):

@@ -74,7 +74,7 @@ CASES = [
     ("eval out_dir={tmp}/e subsamples=-2", "subsamples"),
     ("eval out_dir={tmp}/e max_solution_tokens=0", "max_solution_tokens"),
     ("eval out_dir={tmp}/e max_steps=-1", "max_steps"),
-    ("eval out_dir={tmp}/e rm_device=tpu", "rm_device"),
+    ("eval out_dir={tmp}/e rm.device=tpu", "rm.device"),
     ("eval out_dir={tmp}/e top_p=1.5", "top_p"),
     ("eval out_dir={tmp}/e n_values=[0]", "n_values"),
     ("eval out_dir={tmp}/e dataset={tmp}/problems_empty.jsonl policy.backend=scripted", "no problems"),

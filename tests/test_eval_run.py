@@ -157,7 +157,7 @@ def test_resume_with_another_config_is_refused(data, tmp_path):
     run(_cfg(data, out, "limit=1"), policy=ScriptedPolicy(RULES), scorers=SCORERS)
     with pytest.raises(ConfigError, match=r"n_values: \[1, 2, 4\] -> \[1, 2\]"):
         run(_cfg(data, out, "n_values=[1,2]"), policy=ScriptedPolicy(RULES), scorers=SCORERS)
-    run(_cfg(data, out, "limit=2", "rm_batch_size=4"), policy=ScriptedPolicy(RULES), scorers=SCORERS)
+    run(_cfg(data, out, "limit=2", "rm.batch_size=4"), policy=ScriptedPolicy(RULES), scorers=SCORERS)
     assert len(read_done(out / "problems.jsonl")) == 2
 
 
@@ -237,7 +237,7 @@ def test_hf_policy_and_real_scorer_end_to_end(tmp_path, tiny_lm_dir, tiny_tokeni
     cfg = load_config(EvalConfig, None, [
         f"dataset={data}", "question_field=q", "answer_field=a", f"out_dir={out}", "limit=2",
         "methods=[majority,orm,prm-step,prm-min]", "n_values=[1,2]", "subsamples=2", f"orm={rm}",
-        f"prm={rm}", "rm_device=cpu", f"policy.model={tiny_lm_dir}", "max_solution_tokens=24",
+        f"prm={rm}", "rm.device=cpu", f"policy.model={tiny_lm_dir}", "max_solution_tokens=24",
         "max_step_tokens=8", "max_steps=2", "progress=false", "prompt.style=paragraph",
     ])
     run(cfg)

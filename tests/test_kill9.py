@@ -186,7 +186,7 @@ def test_eval_killed_mid_run_ends_with_the_uninterrupted_problems(tmp_path, tiny
     script = tmp_path / "script.json"
     script.write_text(json.dumps({"rules": {q: _texts(q.split()[-1][:-1], a) for q, a in problems}}))
     args = [f"dataset={data}", "question_field=q", "answer_field=a", "methods=[majority,orm,prm-min,prm-step]",
-            "n_values=[1,2,4]", "subsamples=2", f"orm={tiny_rm_dir}", f"prm={tiny_rm_dir}", "rm_device=cpu",
+            "n_values=[1,2,4]", "subsamples=2", f"orm={tiny_rm_dir}", f"prm={tiny_rm_dir}", "rm.device=cpu",
             "policy.backend=scripted", f"policy.script={script}", "progress=false"]  # fmt: skip
     ref, out = tmp_path / "ref", tmp_path / "killed"
     run_to_end(hiprm_cmd("eval", *args, f"out_dir={ref}"))

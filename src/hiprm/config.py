@@ -342,7 +342,10 @@ def describe_config(cls: type, prefix: str = "") -> list[tuple[str, str, str, st
     [('n', 'int', '3', 'how many'), ('mode', 'str', "'a'", 'a or b')]
     """
     types_ = _field_types(cls)
-    comments = {**_doc_mentions(cls), **_field_comments(cls)}
+    comments: dict[str, str] = {}
+    for base in reversed(cls.__mro__):  # inherited fields (e.g. ScorerSettings) keep their help
+        if dataclasses.is_dataclass(base):
+            comments.update({**_doc_mentions(base), **_field_comments(base)})
     rows = []
     for f in dataclasses.fields(cls):
         tp = types_[f.name]

@@ -38,6 +38,7 @@ from hiprm.data import build as data_build
 from hiprm.data.stats import format_stats
 from hiprm.rm import evaluate as rm_evaluate
 from hiprm.rm import train as rm_train
+from hiprm.rm.scorer import ScorerSettings
 from hiprm.search import run as search_run
 from hiprm.selftrain import train as selftrain
 
@@ -155,7 +156,7 @@ def _eval_config(
         subsamples=cfg.subsamples,
         prm=str(models["prm"]) if models else "",
         hrm=str(models["hrm"]) if models else "",
-        rm_device=cfg.device,
+        rm=ScorerSettings(device=cfg.device),
         max_steps=cfg.max_steps,
         max_step_tokens=cfg.max_step_tokens,
         max_solution_tokens=cfg.max_solution_tokens,

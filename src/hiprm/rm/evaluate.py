@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from hiprm.artifacts import append_jsonl, atomic_write, prepare_out_dir, read_appended, write_json, write_meta
-from hiprm.config import ConfigError, Device, NonNegative, Positive, Probability, to_dict
+from hiprm.config import ConfigError, NonNegative, Positive, Probability, to_dict
 from hiprm.data.labels import Neutral, step_label
 from hiprm.records import StepVerdicts
 from hiprm.rm.eval_data import StepGroup, load_data
@@ -46,6 +46,7 @@ from hiprm.rm.metrics import (
     processbench_scores,
     wilson_ci,
 )
+from hiprm.rm.scorer import ScorerSettings
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ def selection_stats(groups: Sequence[StepGroup], rewards: Sequence[Sequence[floa
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(ScorerSettings):
     """`hiprm rm eval [configs/rm_eval.yaml] models=[CKPT, ...] out=DIR`; paths relative to data_dir."""
 
     models: list[str] = field(default_factory=list)  # checkpoint folders, or vLLM /classify servers as http://HOST:PORT#CHECKPOINT
@@ -123,10 +124,6 @@ class EvalConfig:
     threshold_grid: Positive = 99  # search thresholds 1/(g+1) .. g/(g+1)
     bootstrap: NonNegative = 1000
     seed: int = 0
-    device: Device = "auto"
-    dtype: str = "auto"
-    batch_size: Positive = 32
-    max_tokens_per_batch: Positive = 16384
 
 
 def _key(*parts: Any) -> str:
@@ -287,8 +284,7 @@ def run(cfg: EvalConfig) -> Path:
     results: dict[str, Any] = {}
     for path in cfg.models:
         log.info("evaluating %s", path)
-        scorer = load_scorer(path, device=cfg.device, dtype=cfg.dtype, batch_size=cfg.batch_size,
-                             max_tokens_per_batch=cfg.max_tokens_per_batch)  # fmt: skip
+        scorer = load_scorer(path, **cfg.scorer_kwargs())
         mkey = model_key(path)
         res: dict[str, Any] = {"path": str(path), "cache_key": mkey}
         if groups:

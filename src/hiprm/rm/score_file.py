@@ -26,23 +26,19 @@ from hiprm.artifacts import (
     weights_fingerprint,
     write_json,
 )
-from hiprm.config import ConfigError, Device, Positive, to_dict
-from hiprm.rm.scorer import Scorer, check_reward_checkpoint, score_solutions
+from hiprm.config import ConfigError, Positive, to_dict
+from hiprm.rm.scorer import Scorer, ScorerSettings, check_reward_checkpoint, score_solutions
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class ScoreConfig:
+class ScoreConfig(ScorerSettings):
     """`hiprm rm score model=CKPT input=IN.jsonl output=OUT.jsonl` (each line {question, steps})."""
 
     model: str = ""
     input: str = ""
     output: str = ""
-    device: Device = "auto"
-    dtype: str = "auto"
-    batch_size: Positive = 32
-    max_tokens_per_batch: Positive = 16384
     chunk_size: Positive = 64  # solutions scored and appended per write (the resume granularity)
     overwrite: bool = False  # start over when the output was made by another model or config
 
@@ -139,8 +135,7 @@ def run(cfg: ScoreConfig) -> Path:
         log.info("resuming: %d of %d solutions already scored in %s", len(done), len(rows), partial)
     write_json(meta_path, {"config": identity, "status": "running", "inputs": {str(src): sha256_file(src)}})
     todo = rows[len(done) :]
-    scorer = Scorer.from_pretrained(cfg.model, cfg.device, cfg.dtype, cfg.batch_size,
-                                    cfg.max_tokens_per_batch) if todo else None
+    scorer = Scorer.from_pretrained(cfg.model, **cfg.scorer_kwargs()) if todo else None
     with tqdm(total=len(rows), initial=len(done), desc="scoring", unit="sol") as bar, \
             partial.open("a", encoding="utf-8") as f:
         for start in range(0, len(todo), cfg.chunk_size):

@@ -37,10 +37,10 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from hiprm.artifacts import DataError, read_json
-from hiprm.config import ConfigError
+from hiprm.config import ConfigError, Device, Positive
 from hiprm.rm import trie
 from hiprm.rm.template import PREVIOUS_HEADER, FitReport, TemplateConfig, fitted_texts, render
 
@@ -75,6 +75,22 @@ def score_solutions(scorer: StepScorer, items: Sequence[tuple[str, list[str]]]) 
 def score_candidates(scorer: StepScorer, question: str, prefix_steps: list[str], candidates: list[str]) -> list[float]:
     """Rewards of candidate next steps after a shared prefix (step-level search)."""
     return [float(x) for x in scorer.score_inputs([(question, list(prefix_steps), c) for c in candidates])]
+
+
+@dataclass
+class ScorerSettings:
+    """How a reward model is loaded and batched: the one set of these keys, shared by `rm score`,
+    `rm eval` and `serve` (flat keys: `device=cpu`) and `eval` (`rm.device=cpu`)."""
+
+    device: Device = "auto"  # auto | cpu | cuda | cuda:N | mps
+    dtype: Literal["auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"] = "auto"  # auto: fp32 on CPU, bf16 (else fp16) on CUDA
+    batch_size: Positive = 32  # inputs per forward pass on the plain (padded) path
+    max_tokens_per_batch: Positive = 16384  # tokens per forward pass (trie rows, padded batches)
+
+    def scorer_kwargs(self) -> dict[str, Any]:
+        """`Scorer.from_pretrained` / `hiprm.rm.remote.load_scorer` keyword arguments."""
+        return {"device": self.device, "dtype": self.dtype, "batch_size": self.batch_size,
+                "max_tokens_per_batch": self.max_tokens_per_batch}  # fmt: skip
 
 
 def reward_from_logits(row: Sequence[float]) -> float:

@@ -35,7 +35,7 @@ from hiprm.artifacts import (
     start_or_resume,
     weights_fingerprint,
 )
-from hiprm.config import ConfigError, Device, NonNegative, NonNegativeFloat, Positive, Probability, to_dict
+from hiprm.config import ConfigError, NonNegative, NonNegativeFloat, Positive, Probability, to_dict
 from hiprm.policy.build import (
     OPERATIONAL_POLICY_KEYS,
     PolicyConfig,
@@ -46,6 +46,7 @@ from hiprm.policy.build import (
 from hiprm.policy.prompts import make_style
 from hiprm.policy.protocol import SamplingParams
 from hiprm.records import Problem
+from hiprm.rm.scorer import ScorerSettings
 from hiprm.search.best_of_n import (
     Method,
     evaluate,
@@ -78,8 +79,7 @@ class EvalConfig:
     orm: str = ""  # reward models (any subset): checkpoint folders, or a vLLM /classify server as http://HOST:PORT#CHECKPOINT
     prm: str = ""
     hrm: str = ""
-    rm_device: Device = "auto"
-    rm_batch_size: Positive = 32
+    rm: ScorerSettings = field(default_factory=ScorerSettings)  # how orm/prm/hrm load: rm.device=cuda ...
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     temperature: NonNegativeFloat = 0.7
@@ -105,8 +105,10 @@ OPERATIONAL_KEYS = {
     "limit",
     "progress",
     "report_only",
-    "rm_batch_size",
-    "rm_device",
+    "rm.batch_size",
+    "rm.device",
+    "rm.dtype",
+    "rm.max_tokens_per_batch",
     *OPERATIONAL_POLICY_KEYS,
 }
 
@@ -251,7 +253,7 @@ def _build_scorers(cfg: EvalConfig, methods: list[Method]) -> dict[str, Any]:
     from hiprm.rm.remote import load_scorer
 
     names = sorted({m.rm for m in methods if m.rm})
-    return {rm: load_scorer(getattr(cfg, rm), device=cfg.rm_device, batch_size=cfg.rm_batch_size) for rm in names}
+    return {rm: load_scorer(getattr(cfg, rm), **cfg.rm.scorer_kwargs()) for rm in names}
 
 
 def run(cfg: EvalConfig, *, policy: Any = None, scorers: dict[str, Any] | None = None) -> Path:

@@ -31,8 +31,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.requests import ClientDisconnect
 
-from hiprm.config import Device, Positive
-from hiprm.rm.scorer import Scorer, StepScorer, reward_from_logits, solution_input_tokens
+from hiprm.rm.scorer import Scorer, ScorerSettings, StepScorer, reward_from_logits, solution_input_tokens
 from hiprm.serve.batcher import Batcher
 from hiprm.serve.protocol import (
     ClassificationData,
@@ -62,7 +61,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class ServeConfig:
+class ServeConfig(ScorerSettings):
     """`hiprm serve --model CKPT`: where to listen, how to batch, what a request may hold."""
 
     model: str = ""
@@ -82,10 +81,6 @@ class ServeConfig:
     health_busy_after_s: float = 60.0  # /health says 503 "busy" while one scorer call runs longer
     keep_alive_s: int = 5  # uvicorn's timeout_keep_alive: an idle connection closes after it
     max_connections: int = 0  # uvicorn's limit_concurrency (503 beyond it); 0 = no limit
-    device: Device = "auto"
-    dtype: str = "auto"
-    batch_size: Positive = 32
-    max_tokens_per_batch: Positive = 16384  # rows x longest row per forward pass (the scorer's)
     log_level: str = "info"
 
     def limits(self) -> Limits:
@@ -321,7 +316,7 @@ def run(cfg: ServeConfig) -> None:
     for key in ("max_batch", "max_tokens_per_call", "max_tokens_per_request", "read_timeout_s", "health_busy_after_s"):
         if getattr(cfg, key) <= 0:
             raise ConfigError(f"{key}: must be > 0, got {getattr(cfg, key)}")
-    scorer = Scorer.from_pretrained(cfg.model, cfg.device, cfg.dtype, cfg.batch_size, cfg.max_tokens_per_batch)
+    scorer = Scorer.from_pretrained(cfg.model, **cfg.scorer_kwargs())
     mc = scorer.model.config
     app = create_app(scorer, cfg, model_name=cfg.model, served_name=cfg.served_model_name or cfg.model,
                      max_model_len=int(getattr(mc, "max_position_embeddings", 8192) or 8192),

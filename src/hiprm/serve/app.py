@@ -23,7 +23,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import partial
 from typing import Any
 
@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class ServeConfig(ScorerSettings):
+class ServeConfig(ScorerSettings, Limits):
     """`hiprm serve --model CKPT`: where to listen, how to batch, what a request may hold."""
 
     model: str = ""
@@ -71,12 +71,6 @@ class ServeConfig(ScorerSettings):
     batch_window_ms: float = 5.0
     max_batch: int = 64  # solutions per scorer call
     max_tokens_per_call: int = 131_072  # tokens (as max_tokens_per_request counts them) per scorer call
-    max_items_per_request: int = 64
-    max_steps_per_item: int = 128
-    max_chars_per_step: int = 8_000
-    max_chars_per_question: int = 8_000
-    max_tokens_per_request: int = 32_768  # tokens of all its inputs, each scored alone (usage.prompt_tokens)
-    max_body_bytes: int = 4_000_000
     read_timeout_s: float = 30.0  # to receive a whole body; a stalled upload gets 408
     health_busy_after_s: float = 60.0  # /health says 503 "busy" while one scorer call runs longer
     keep_alive_s: int = 5  # uvicorn's timeout_keep_alive: an idle connection closes after it
@@ -84,8 +78,7 @@ class ServeConfig(ScorerSettings):
     log_level: str = "info"
 
     def limits(self) -> Limits:
-        return Limits(self.max_body_bytes, self.max_items_per_request, self.max_steps_per_item,
-                      self.max_chars_per_step, self.max_chars_per_question, self.max_tokens_per_request)
+        return Limits(**{f.name: getattr(self, f.name) for f in fields(Limits)})
 
 
 def utf8_lengths(texts: list[str]) -> list[int]:

@@ -242,14 +242,15 @@ class HealthResponse(BaseModel):
 
 @dataclass
 class Limits:
-    """What one request may contain; anything over a limit is a 413 (body) or 422 (content)."""
+    """What one request may contain; anything over a limit is a 413 (body) or 422 (content).
+    The one home of these keys: `hiprm serve`'s config inherits them."""
 
     max_body_bytes: int = 4_000_000
     max_items_per_request: int = 64
     max_steps_per_item: int = 128
     max_chars_per_step: int = 8_000
     max_chars_per_question: int = 8_000
-    max_tokens_per_request: int = 32_768
+    max_tokens_per_request: int = 32_768  # tokens of all its inputs, each scored alone (usage.prompt_tokens)
 
 
 def safe_text(message: str) -> str:

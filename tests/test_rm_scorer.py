@@ -165,7 +165,7 @@ def test_long_inputs_are_fitted_and_counted(tiny_rm_dir, caplog):
     assert len(rewards) == 6 and len(cands) == 2
     assert "old steps dropped" in caplog.text and "max_length=48" in caplog.text
     # Every input was cut down to the budget, and sharing the trunk still gives the plain numbers.
-    assert len(s._encode(Q, long_steps, "the answer is 5 " * 20)) <= 48
+    assert len(s.encode_inputs([(Q, long_steps, "the answer is 5 " * 20)])[0]) <= 48
     plain = Scorer.from_pretrained(tiny_rm_dir, device="cpu", prefix_cache=False)
     plain.template = s.template
     assert rewards == pytest.approx(score_solutions(plain, [(Q, long_steps)])[0], abs=1e-5)

@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 from hiprm.artifacts import DataError
 from hiprm.config import ConfigError
 from hiprm.rm.score_file import ScoreConfig
-from hiprm.rm.scorer import Scorer, score_solutions, solution_input_tokens
+from hiprm.rm.scorer import Scorer, score_solutions, solution_input_tokens, solution_inputs
 from hiprm.serve.app import ServeConfig, create_app, utf8_lengths
 from hiprm.serve.protocol import Limits, RequestError, parse_request
 from tests.rm_fixtures import FakeScorer, shared_tiny_rm
@@ -126,7 +126,7 @@ def test_input_tokens_are_counted_with_the_tokenizer_close_to_what_is_scored(sco
                                                            "The answer is 5. # Answer 5"]),
              ("x" * 3000, ["y" * 2000, "z"])]  # fmt: skip
     est = scorer.input_tokens(items)
-    exact = [[len(scorer._encode(q, steps[:i], s)) for i, s in enumerate(steps)] for q, steps in items]
+    exact = [[len(ids) for ids in scorer.encode_inputs(solution_inputs([(q, steps)]))] for q, steps in items]
     for e_row, x_row in zip(est, exact, strict=True):
         assert e_row == pytest.approx(x_row, abs=5)
     assert est[1] == [scorer.template.max_length] * 2  # fitted inputs never pass max_length

@@ -299,10 +299,6 @@ class Scorer:
 
     # ---- encoding ---------------------------------------------------------------------------
 
-    def _encode(self, question: str, previous: list[str], current: str) -> list[int]:
-        """Token ids of one input's fitted text, as in training."""
-        return self.encode_inputs([(question, previous, current)])[0]
-
     def _count(self, report: FitReport, ids: list[int]) -> None:
         self.stats.inputs += 1
         self.stats.dropped_steps += report.dropped_steps

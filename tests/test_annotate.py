@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -191,6 +193,69 @@ def test_trees_do_not_depend_on_the_batch():
     for d in (*together.values(), *alone.values()):
         d["cost"].pop("seconds")
     assert together == alone
+
+
+class _ServerLike(ScriptedPolicy):
+    """A scripted policy that behaves like a server: callable from many threads at once, each
+    call taking `delay[problem]` seconds, recording when calls start and end."""
+
+    concurrent = True
+    _lock = threading.Lock()  # the scripted policy's call log is not thread-safe
+
+    def __init__(self, delays: dict[str, float] | None = None):
+        super().__init__(TEXTS)
+        self.delays = delays or {}
+        self.spans: list[tuple[str, float, float]] = []
+
+    def generate(self, prompts, params):
+        key = next((k for k in self.delays if k in prompts[0]), "")
+        t0 = time.perf_counter()
+        time.sleep(self.delays.get(key, 0.0))
+        with self._lock:
+            out = super().generate(prompts, params)
+            self.spans.append((key, t0, time.perf_counter()))
+        return out
+
+
+@pytest.mark.parametrize("mode", ["bfs", "mcts"])
+def test_overlapped_rounds_give_the_lockstep_trees(mode):
+    settings = GrowSettings(mode=mode, children=3, max_depth=4, budget=12 if mode == "mcts" else 0,
+                            rollouts_per_round=2, batch_problems=3)  # fmt: skip
+
+    def grown(policy):
+        out = {t.problem_id: t.to_dict() for t in grow_trees(_problems(), policy, STYLES["step"], settings)}
+        for d in out.values():
+            d["cost"].pop("seconds")
+        return out
+
+    lockstep = grown(ScriptedPolicy(TEXTS))
+    overlapped = grown(_ServerLike({"4+5": 0.02, "9-2": 0.001}))
+    assert overlapped == lockstep
+
+
+def test_overlapped_rounds_do_not_wait_for_the_slowest_problem():
+    # Problem p0's calls take 0.3 s each; in lockstep the others would wait for every one of
+    # them. Overlapped, the fast problems finish while p0's first call is still running.
+    policy = _ServerLike({"4+5": 0.3})
+    settings = GrowSettings(mode="mcts", children=3, budget=8, rollouts_per_round=2, batch_problems=3)
+    order = [t.problem_id for t in grow_trees(_problems(), policy, STYLES["step"], settings)]
+    assert order[-1] == "p0"
+    first_slow_end = min(end for key, _, end in policy.spans if key == "4+5")
+    fast = [(start, end) for key, start, end in policy.spans if key != "4+5"]
+    assert len(fast) >= 4  # several rounds each for p1 and p2
+    assert sum(end < first_slow_end for _, end in fast) >= 4
+
+
+def test_overlapped_rounds_raise_the_failing_problem():
+    class Failing(_ServerLike):
+        def generate(self, prompts, params):
+            if "7*6" in prompts[0]:
+                raise StageError("http://x/v1/completions: HTTP 500")
+            return super().generate(prompts, params)
+
+    settings = GrowSettings(mode="mcts", children=3, budget=8, batch_problems=3)
+    with pytest.raises(StageError, match=r"HTTP 500 -- while growing problems p1 "):
+        list(grow_trees(_problems(), Failing(), STYLES["step"], settings))
 
 
 def test_mcts_spends_less_than_bfs_on_the_same_problems():

@@ -50,9 +50,12 @@ with a 95% interval (`tree.intervals`).
   next-step header, the end marker): the policy generated them. A node's `tokens` are those of
   its own step.
 
-Batching: every round, the requests of all problems in flight (`batch_problems` of them) go into
-one `generate` call per distinct `n`, with `n` samples per prompt so a server (vLLM, SGLang with
-prefix caching) or the hf backend (one prefill per distinct prompt) shares each prefix. Each
+Batching: `batch_problems` problems are in flight, with `n` samples per prompt so a server (vLLM,
+SGLang with prefix caching) or the hf backend (one prefill per distinct prompt) shares each
+prefix. In-process backends run in lockstep rounds: every round, the requests of all problems in
+flight go into one `generate` call per distinct `n`. A server backend (`concurrent = True`) runs
+overlapped instead: each problem sends its next round the moment its last one returns, so the
+server's batch is refilled continuously rather than draining to the slowest request of a round. Each
 request carries its own seed (a hash of the run seed, the problem and the node), so a problem's
 tree does not depend on which problems share its batch: a resumed run gives the same trees with
 the scripted or OpenAI-compatible backends (hf samples a batch from one generator).
@@ -64,6 +67,7 @@ import hashlib
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -294,6 +298,51 @@ class Engine:
             nxt = [c.id for nid in g.frontier for c in kids.get(nid, []) if c.outcome is None]
             g.frontier = list(dict.fromkeys(nxt))
 
+    def generate(self, jobs: list[tuple[_Growth, str, int]]) -> tuple[list[str], list[list[str]]]:
+        """Generate the samples of (problem, node, n) requests: one call per (n, stop set), each
+        request with its own seed. Returns the prompts and each request's texts. Touches only
+        the jobs' own problems (the overlapped schedule runs one problem's round per thread)."""
+        prompts = [self._prompt(g, nid) for g, nid, _ in jobs]
+        seeds = []
+        for g, nid, _ in jobs:
+            k = g.expansions.get(nid, 0)
+            g.expansions[nid] = k + 1
+            seeds.append(request_seed(self.s.seed, g.problem.problem_id, nid, k))
+        bfs = self.s.mode == "bfs"
+        outs: list[list[str]] = [[] for _ in jobs]
+        groups: dict[tuple[int, tuple[str, ...]], list[int]] = {}
+        for i, (g, nid, n) in enumerate(jobs):
+            # bfs stops at the next step's delimiter, which for header styles depends on the depth
+            stops = tuple(self.style.stops_at(g.tree.node(nid).depth)) if bfs else (self.style.end_stop,)
+            groups.setdefault((n, stops), []).append(i)
+        # by n, keeping first-seen order within (the hf backend seeds one generator per call)
+        for (n, stops), idx in sorted(groups.items(), key=lambda kv: kv[0][0]):
+            params = SamplingParams(
+                n=n, temperature=self.s.temperature, top_p=self.s.top_p,
+                max_tokens=self.s.max_step_tokens if bfs else self.s.max_solution_tokens,
+                stop=list(stops), seed=self.s.seed, include_stop=True, seeds=[seeds[i] for i in idx],
+            )  # fmt: skip
+            try:
+                got = self.policy.generate([prompts[i] for i in idx], params)
+            except StageError as e:
+                ids = sorted({jobs[i][0].problem.problem_id for i in idx})
+                raise StageError(f"{e} -- while growing problems {', '.join(ids)} (nothing written for "
+                                 "them; finished problems are kept: rerun to resume)") from None  # fmt: skip
+            for i, texts in zip(idx, got, strict=True):
+                outs[i] = texts
+        return prompts, outs
+
+    def absorb_all(self, jobs: list[tuple[_Growth, str, int]], generated: tuple[list[str], list[list[str]]]) -> int:
+        """Put generated samples into their trees; returns the tokens generated."""
+        prompts, outs = generated
+        tokens = 0
+        for (g, nid, _), prompt, texts in zip(jobs, prompts, outs, strict=True):
+            before = g.cost["generated_tokens"]
+            g.cost["prompt_tokens"] += self.policy.count_tokens(prompt)
+            self.absorb(g, nid, texts)
+            tokens += g.cost["generated_tokens"] - before
+        return tokens
+
     # --- mcts ------------------------------------------------------------------------------------
     def _mcts_rollout(self, g: _Growth, start: str, text: str) -> None:
         g.cost["rollouts"] += 1
@@ -437,13 +486,27 @@ def grow_trees(
     on_round: Callable[[dict[str, Any]], None] | None = None,
 ) -> Iterator[Tree]:
     """Yield each problem's finished tree (in the order they finish), `batch_problems` at a time
-    in flight, every round's requests of all of them in one generate call per distinct n."""
+    in flight.
+
+    Two schedules, same trees (every request's seed depends only on its problem and node):
+    - lockstep (in-process policies): every round's requests of all problems in flight go into
+      one generate call per distinct n, so the hf backend batches across problems;
+    - overlapped (a policy that says `concurrent = True`, i.e. a server): each problem sends its
+      round as soon as its previous one came back, from its own thread, so the server is never
+      left waiting on the slowest request of a round (the client's bounded concurrency still
+      caps what is in flight)."""
     engine = Engine(policy, style, settings)
-    queue = iter(problems)
+    if getattr(policy, "concurrent", False) and settings.batch_problems > 1:
+        yield from _grow_overlapped(engine, iter(problems), on_round)
+    else:
+        yield from _grow_lockstep(engine, iter(problems), on_round)
+
+
+def _grow_lockstep(engine: Engine, queue: Iterator[Problem], on_round: Callable | None) -> Iterator[Tree]:
     active: list[_Growth] = []
     round_no = 0
     while True:
-        while len(active) < max(1, settings.batch_problems):
+        while len(active) < max(1, engine.s.batch_problems):
             p = next(queue, None)
             if p is None:
                 break
@@ -461,51 +524,52 @@ def grow_trees(
         active = [g for g in active if not g.done]
         if not jobs:
             continue
-        by_n: dict[int, list[tuple[_Growth, str, int]]] = {}
-        for job in jobs:
-            by_n.setdefault(job[2], []).append(job)
-        stats = {"round": round_no, "requests": len(jobs), "tokens": 0}
-        for n, group in sorted(by_n.items()):
-            prompts = [engine._prompt(g, nid) for g, nid, _ in group]
-            seeds = []
-            for g, nid, _ in group:
-                k = g.expansions.get(nid, 0)
-                g.expansions[nid] = k + 1
-                seeds.append(request_seed(settings.seed, g.problem.problem_id, nid, k))
-            bfs = settings.mode == "bfs"
-            depth_of = [g.tree.node(nid).depth for g, nid, _ in group]
-            # One call per (n, stop set): bfs stops at the next step's delimiter, which for
-            # header styles depends on the depth.
-            for stops, idx in _by_stops(group, depth_of, style, bfs).items():
-                params = SamplingParams(
-                    n=n, temperature=settings.temperature, top_p=settings.top_p,
-                    max_tokens=settings.max_step_tokens if bfs else settings.max_solution_tokens,
-                    stop=list(stops), seed=settings.seed, include_stop=True, seeds=[seeds[i] for i in idx],
-                )  # fmt: skip
-                try:
-                    outs = policy.generate([prompts[i] for i in idx], params)
-                except StageError as e:
-                    ids = sorted({group[i][0].problem.problem_id for i in idx})
-                    raise StageError(f"{e} -- while growing problems {', '.join(ids)} (nothing written for "
-                                     "them; finished problems are kept: rerun to resume)") from None  # fmt: skip
-                for i, texts in zip(idx, outs, strict=True):
-                    g, nid, _ = group[i]
-                    before = g.cost["generated_tokens"]
-                    g.cost["prompt_tokens"] += policy.count_tokens(prompts[i])
-                    engine.absorb(g, nid, texts)
-                    stats["tokens"] += g.cost["generated_tokens"] - before
+        tokens = engine.absorb_all(jobs, engine.generate(jobs))
         for g in active:
             engine.after_round(g)
-        round_no += 1
         if on_round is not None:
-            on_round(stats)
+            on_round({"round": round_no, "requests": len(jobs), "tokens": tokens})
+        round_no += 1
 
 
-def _by_stops(
-    group: list, depth_of: list[int], style: PromptStyle, bfs: bool
-) -> dict[tuple[str, ...], list[int]]:
-    out: dict[tuple[str, ...], list[int]] = {}
-    for i, depth in enumerate(depth_of):
-        stops = tuple(style.stops_at(depth)) if bfs else (style.end_stop,)
-        out.setdefault(stops, []).append(i)
-    return out
+def _grow_overlapped(engine: Engine, queue: Iterator[Problem], on_round: Callable | None) -> Iterator[Tree]:
+    width = engine.s.batch_problems
+    pool = ThreadPoolExecutor(max_workers=width, thread_name_prefix="grow")
+    pending: dict[Future, tuple[_Growth, list]] = {}
+
+    def advance(g: _Growth) -> Tree | None:
+        """Send the problem's next round (one problem has at most one round in flight, so its
+        state is touched by one thread at a time), or finish it and return its tree."""
+        reqs = engine.requests(g)
+        if not reqs:
+            return engine.finish(g)
+        jobs = [(g, nid, n) for nid, n in reqs]
+        pending[pool.submit(engine.generate, jobs)] = (g, jobs)
+        return None
+
+    rounds = 0
+    exhausted = False
+    try:
+        while True:
+            while not exhausted and len(pending) < width:
+                p = next(queue, None)
+                if p is None:
+                    exhausted = True
+                elif (tree := advance(engine.start(p))) is not None:
+                    yield tree
+            if not pending:
+                return
+            done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+            for fut in done:
+                g, jobs = pending.pop(fut)
+                tokens = engine.absorb_all(jobs, fut.result())
+                engine.after_round(g)
+                if on_round is not None:
+                    on_round({"round": rounds, "requests": len(jobs), "tokens": tokens})
+                rounds += 1
+                if (tree := advance(g)) is not None:
+                    yield tree
+    finally:
+        # On an error, or when the consumer stops, do not wait for other problems' requests:
+        # those problems are not written, and a rerun resumes them.
+        pool.shutdown(wait=False, cancel_futures=True)

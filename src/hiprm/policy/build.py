@@ -35,7 +35,7 @@ class PolicyConfig:
     base_url: str | list[str] = "http://127.0.0.1:8000/v1"  # or a list: requests spread over the servers
     api_key_env: str = "OPENAI_API_KEY"
     concurrency: Positive = 8
-    timeout: PositiveFloat = 120.0
+    timeout: PositiveFloat = 600.0  # a busy server queues requests: a short timeout retries them into a livelock
     max_retries: NonNegative = 5
     tokenizer: str = ""
     server_stops: bool = True

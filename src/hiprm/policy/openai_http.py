@@ -57,6 +57,10 @@ class OpenAIPolicy:
     per token. `transport` is for tests (`httpx.MockTransport`).
     """
 
+    # generate() may be called from several threads at once (the in-flight bound is per server,
+    # shared by all calls), and overlapping calls keep a server busy: see `Policy`.
+    concurrent = True
+
     def __init__(
         self,
         base_url: str | list[str] = "http://127.0.0.1:8000/v1",

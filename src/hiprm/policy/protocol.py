@@ -3,7 +3,10 @@
     policy.generate(["Question: 1+1?\\n"], SamplingParams(n=4, stop=["# END!"])) -> [[c1, c2, c3, c4]]
 
 Every backend (`hf`, `openai`, `scripted`) is a plain class with these three methods; nothing
-inherits from anything. `cut_at_stop` is the one place stop strings are applied to a text, so
+inherits from anything. A backend may also set `concurrent = True`: its `generate` can be called
+from several threads at once and gains from it (a server, which batches whatever is in flight),
+so callers overlap their calls instead of waiting for each (`hiprm.annotate.grow`). In-process
+backends leave it unset: they batch within one call. `cut_at_stop` is the one place stop strings are applied to a text, so
 all backends agree on what "keep the stop string" means.
 """
 

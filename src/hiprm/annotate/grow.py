@@ -55,8 +55,8 @@ SGLang with prefix caching) or the hf backend (one prefill per distinct prompt) 
 prefix. In-process backends run in lockstep rounds: every round, the requests of all problems in
 flight go into one `generate` call per distinct `n`. A server backend (`concurrent = True`) runs
 overlapped instead: each problem sends its next round the moment its last one returns, so the
-server's batch is refilled continuously rather than draining to the slowest request of a round. Each
-request carries its own seed (a hash of the run seed, the problem and the node), so a problem's
+server's batch is refilled continuously rather than draining to the slowest request of a round.
+Each request carries its own seed (a hash of the run seed, the problem and the node), so a problem's
 tree does not depend on which problems share its batch: a resumed run gives the same trees with
 the scripted or OpenAI-compatible backends (hf samples a batch from one generator).
 """
@@ -332,7 +332,9 @@ class Engine:
                 outs[i] = texts
         return prompts, outs
 
-    def absorb_all(self, jobs: list[tuple[_Growth, str, int]], generated: tuple[list[str], list[list[str]]]) -> int:
+    def absorb_all(
+        self, jobs: list[tuple[_Growth, str, int]], generated: tuple[list[str], list[list[str]]]
+    ) -> int:
         """Put generated samples into their trees; returns the tokens generated."""
         prompts, outs = generated
         tokens = 0

@@ -6,8 +6,8 @@ Every backend (`hf`, `openai`, `scripted`) is a plain class with these three met
 inherits from anything. A backend may also set `concurrent = True`: its `generate` can be called
 from several threads at once and gains from it (a server, which batches whatever is in flight),
 so callers overlap their calls instead of waiting for each (`hiprm.annotate.grow`). In-process
-backends leave it unset: they batch within one call. `cut_at_stop` is the one place stop strings are applied to a text, so
-all backends agree on what "keep the stop string" means.
+backends leave it unset: they batch within one call. `cut_at_stop` is the one place stop strings
+are applied to a text, so all backends agree on what "keep the stop string" means.
 """
 
 from __future__ import annotations

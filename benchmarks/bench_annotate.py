@@ -1,6 +1,7 @@
 """Annotation benchmark: label quality per generated token (BFS vs MCTS), and throughput.
 
     python benchmarks/bench_annotate.py quality [--problems 40] [--seeds 0 1 2] [--score child_mean]
+        [--world uniform|first-error]
     python benchmarks/bench_annotate.py throughput [--problems 4] [--model smollm2-135m-instruct]
     python benchmarks/bench_annotate.py throughput --base-url http://127.0.0.1:8011/v1 --problems 16
 
@@ -8,16 +9,20 @@
    MC-score (the probability that a completion from its state is correct, `World.value`) is
    computed exactly. Each problem is a random world: a state is the list of moves so far; it
    offers K moves with Dirichlet(1) probabilities; a move ends the solution with a probability
-   that grows with depth (always at depth 6), and an ending move's answer is right or wrong
-   (fixed per move). `bfs` runs at the paper's settings (5 children, depth 7) and `mcts` at a
-   range of rollout budgets, both with `--score`; tokens are everything the policy generated.
+   that grows with depth (always at depth 6), and an ending move's answer is right or wrong:
+   `--world uniform`, independently per move with a per-world rate, so values spread over
+   (0, 1); `--world first-error`, wrong exactly when the path made an error move, so most
+   values are exactly 0 or 1 as in real annotation data (see `World`). `bfs` runs at the
+   paper's settings (5 children, depth 7) and `mcts` at a range of rollout budgets, both with
+   `--score`; tokens are everything the policy generated.
    For each run it prints the RMSE of the inner nodes' MC-scores against the truth (not the
    root, which makes no training example, nor the leaves, whose score is their exact graded
    outcome) on the nodes each tree labels (with how many), and on the nodes both trees hold,
    for both; then the token ratio at which mcts first matches BFS's error on each (interpolated
    in log tokens between budgets), and against BFS with the paper's leaf fraction. A seed s
    takes worlds 10000*s ... and request seed s; the summary averages the ratios over seeds
-   (goal: <= 1/3). Writes a PNG of RMSE vs tokens.
+   (goal: <= 1/3). It also prints the share of bfs's labelled inner nodes whose exact value is
+   strictly between 0 and 1. Writes a PNG of RMSE vs tokens.
 2. throughput: the same annotate run on a real model (hf backend, or `--base-url` of a vLLM
    server: `bash scripts/vllm_server.sh start`) with cross-problem batching
    and prefix sharing (many problems per generate call, n samples per prompt) against one
@@ -56,10 +61,18 @@ def _u(*key: object) -> float:
 
 
 class World:
-    """The simulated problem: move probabilities, endings and exact values per state."""
+    """The simulated problem: move probabilities, endings and exact values per state.
 
-    def __init__(self, name: str):
-        self.name = name
+    kind "uniform": an ending move's answer is right with a probability fixed per world in
+    [0.25, 0.75], independently per move, so values spread over (0, 1) at every depth.
+    kind "first-error": the shape of real step annotation (OmegaPRM, Math-Shepherd): a move is
+    an error with a rate e fixed per world (e = 0.4 u^2, u uniform: most problems are easy); a
+    solution with no error ends right, one with an error ends wrong. A state after an error has
+    value exactly 0 and one whose every continuation is error-free exactly 1, so most nodes sit
+    at 0 or 1 and the uncertain ones are those before a possible error."""
+
+    def __init__(self, name: str, kind: str = "uniform"):
+        self.name, self.kind = name, kind
 
     @cache  # noqa: B019 - one World per problem, lives for the benchmark
     def probs(self, state: tuple[int, ...]) -> tuple[float, ...]:
@@ -71,7 +84,15 @@ class World:
         d = len(state) + 1
         return d >= WORLD_DEPTH or _u(self.name, state, k, "end") < 0.15 + 0.12 * d
 
+    def error(self, state: tuple[int, ...], k: int) -> bool:
+        return _u(self.name, state, k, "error") < 0.4 * _u(self.name, "difficulty") ** 2
+
+    def erred(self, state: tuple[int, ...]) -> bool:
+        return any(self.error(state[:i], state[i]) for i in range(len(state)))
+
     def right(self, state: tuple[int, ...], k: int) -> bool:
+        if self.kind == "first-error":
+            return not (self.erred(state) or self.error(state, k))
         # Worlds differ in difficulty so that values spread over (0, 1).
         return _u(self.name, state, k, "right") < 0.25 + 0.5 * _u(self.name, "difficulty")
 
@@ -99,7 +120,8 @@ class World:
 class SimPolicy:
     """A Policy over Worlds: continues a prompt's moves by the world's probabilities."""
 
-    def __init__(self) -> None:
+    def __init__(self, kind: str = "uniform") -> None:
+        self.kind = kind
         self.worlds: dict[str, World] = {}
 
     def render_chat(self, user_text: str) -> str:
@@ -110,7 +132,7 @@ class SimPolicy:
 
     def _state(self, prompt: str) -> tuple[World, tuple[int, ...]]:
         name = re.search(r"world (\d+)", prompt).group(0)
-        world = self.worlds.setdefault(name, World(name))
+        world = self.worlds.setdefault(name, World(name, self.kind))
         body = prompt.split("-----------------\n")[-1]
         return world, tuple(int(m.group(1)) for m in _MOVE.finditer(body))
 
@@ -147,10 +169,10 @@ def node_states(tree: Tree) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def errors(trees: list[Tree], policy: SimPolicy) -> dict[tuple[str, str], float]:
-    """(problem, node id) -> squared error of the node's MC-score against its exact value, over
-    the inner nodes a tree labels: not the root (no training example is made of it) and not the
-    leaves (a leaf's score is its graded outcome, exact in every method)."""
+def exact(trees: list[Tree], policy: SimPolicy) -> dict[tuple[str, str], tuple[float, float]]:
+    """(problem, node id) -> (the node's MC-score, its exact value), over the inner nodes a tree
+    labels: not the root (no training example is made of it) and not the leaves (a leaf's score
+    is its graded outcome, exact in every method)."""
     out = {}
     for t in trees:
         world = policy.worlds[re.search(r"world (\d+)", t.question).group(0)]
@@ -159,8 +181,19 @@ def errors(trees: list[Tree], policy: SimPolicy) -> dict[tuple[str, str], float]
             n = t.node(nid)
             if n.mc is None or nid not in kids:
                 continue
-            out[(t.problem_id, nid)] = (n.mc - world.value(state)) ** 2
+            out[(t.problem_id, nid)] = (n.mc, world.value(state))
     return out
+
+
+def errors(trees: list[Tree], policy: SimPolicy) -> dict[tuple[str, str], float]:
+    """(problem, node id) -> squared error of the node's MC-score against its exact value."""
+    return {k: (mc - v) ** 2 for k, (mc, v) in exact(trees, policy).items()}
+
+
+def mid_share(trees: list[Tree], policy: SimPolicy) -> float:
+    """Share of the labelled inner nodes whose exact value is strictly between 0 and 1."""
+    vals = [v for _, v in exact(trees, policy).values()]
+    return sum(1e-9 < v < 1 - 1e-9 for v in vals) / max(len(vals), 1)
 
 
 def rmse(sq: dict, keys=None) -> float:
@@ -195,11 +228,13 @@ def quality_seed(args: argparse.Namespace, seed: int) -> dict:
     style = STYLES["step"]
 
     def grow(**kw) -> tuple[dict, int]:
-        pol = SimPolicy()
+        pol = SimPolicy(args.world)
         trees = list(grow_trees(problems, pol, style, GrowSettings(children=5, max_depth=7, batch_problems=64,
                                                                    seed=seed, **kw)))  # fmt: skip
+        mids.append(mid_share(trees, pol))
         return errors(trees, pol), sum(t.cost["generated_tokens"] for t in trees)
 
+    mids: list[float] = []
     bfs_sq, bfs_tokens = grow(mode="bfs", score=args.score)
     paper_sq, paper_tokens = grow(mode="bfs", score="leaf_fraction")
     runs = []
@@ -211,6 +246,7 @@ def quality_seed(args: argparse.Namespace, seed: int) -> dict:
     bfs_err = rmse(bfs_sq)
     return dict(
         seed=seed, bfs_tokens=bfs_tokens, bfs_nodes=len(bfs_sq), bfs_rmse=bfs_err, paper_rmse=rmse(paper_sq),
+        mid=mids[0],
         runs=runs,
         # own labels: mcts's RMSE over the nodes it labels against bfs's over the nodes bfs labels
         own=crossing([(r["tokens"], r["rmse"]) for r in runs], bfs_err) / bfs_tokens,
@@ -227,7 +263,8 @@ def quality(args: argparse.Namespace) -> None:
     for seed in args.seeds:
         res = quality_seed(args, seed)
         results.append(res)
-        print(f"\nseed {seed}")
+        print(f"\nseed {seed}: {res['mid']:.0%} of bfs's labelled inner nodes have an exact value strictly "
+              "between 0 and 1")  # fmt: skip
         print(f"{'method':<34} {'tokens':>9} {'x bfs':>6} {'labelled':>8} {'RMSE':>7}   "
               f"{'common nodes':>12} {'mcts':>7} {'bfs':>7}")  # fmt: skip
         print(f"{'bfs (paper: 5 children, depth 7)':<34} {res['bfs_tokens']:>9} {1:>6.2f} {res['bfs_nodes']:>8} "
@@ -343,6 +380,7 @@ def main() -> None:
     q.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="world sets and request seeds")
     q.add_argument("--png", default="runs/bench_annotate_quality.png")
     q.add_argument("--score", choices=["leaf_fraction", "child_mean"], default="child_mean")
+    q.add_argument("--world", choices=["uniform", "first-error"], default="uniform", help="see World")
     t = sub.add_parser("throughput", help="batched vs one prompt at a time on a real model (hf backend)")
     t.add_argument("--problems", type=int, default=4)
     t.add_argument("--children", type=int, default=3)

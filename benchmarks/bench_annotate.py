@@ -185,15 +185,14 @@ def exact(trees: list[Tree], policy: SimPolicy) -> dict[tuple[str, str], tuple[f
     return out
 
 
-def errors(trees: list[Tree], policy: SimPolicy) -> dict[tuple[str, str], float]:
-    """(problem, node id) -> squared error of the node's MC-score against its exact value."""
-    return {k: (mc - v) ** 2 for k, (mc, v) in exact(trees, policy).items()}
+def errors(ex: dict[tuple[str, str], tuple[float, float]]) -> dict[tuple[str, str], float]:
+    """`exact`'s output -> squared error of each node's MC-score against its exact value."""
+    return {k: (mc - v) ** 2 for k, (mc, v) in ex.items()}
 
 
-def mid_share(trees: list[Tree], policy: SimPolicy) -> float:
-    """Share of the labelled inner nodes whose exact value is strictly between 0 and 1."""
-    vals = [v for _, v in exact(trees, policy).values()]
-    return sum(1e-9 < v < 1 - 1e-9 for v in vals) / max(len(vals), 1)
+def mid_share(ex: dict[tuple[str, str], tuple[float, float]]) -> float:
+    """Share of `exact`'s nodes whose exact value is strictly between 0 and 1."""
+    return sum(1e-9 < v < 1 - 1e-9 for _, v in ex.values()) / max(len(ex), 1)
 
 
 def rmse(sq: dict, keys=None) -> float:
@@ -231,22 +230,23 @@ def quality_seed(args: argparse.Namespace, seed: int) -> dict:
         pol = SimPolicy(args.world)
         trees = list(grow_trees(problems, pol, style, GrowSettings(children=5, max_depth=7, batch_problems=64,
                                                                    seed=seed, **kw)))  # fmt: skip
-        mids.append(mid_share(trees, pol))
-        return errors(trees, pol), sum(t.cost["generated_tokens"] for t in trees)
+        return exact(trees, pol), sum(t.cost["generated_tokens"] for t in trees)
 
-    mids: list[float] = []
-    bfs_sq, bfs_tokens = grow(mode="bfs", score=args.score)
-    paper_sq, paper_tokens = grow(mode="bfs", score="leaf_fraction")
+    bfs_ex, bfs_tokens = grow(mode="bfs", score=args.score)
+    bfs_sq = errors(bfs_ex)
+    paper_ex, paper_tokens = grow(mode="bfs", score="leaf_fraction")
+    paper_sq = errors(paper_ex)
     runs = []
     for budget in args.budgets:
-        sq, tokens = grow(mode="mcts", budget=budget, rollouts_per_round=4, score=args.score)
+        ex, tokens = grow(mode="mcts", budget=budget, rollouts_per_round=4, score=args.score)
+        sq = errors(ex)
         common = [k for k in sq if k in bfs_sq]
         runs.append(dict(budget=budget, tokens=tokens, nodes=len(sq), rmse=rmse(sq), common=len(common),
                          mcts_common=rmse(sq, common), bfs_common=rmse(bfs_sq, common)))  # fmt: skip
     bfs_err = rmse(bfs_sq)
     return dict(
         seed=seed, bfs_tokens=bfs_tokens, bfs_nodes=len(bfs_sq), bfs_rmse=bfs_err, paper_rmse=rmse(paper_sq),
-        mid=mids[0],
+        mid=mid_share(bfs_ex),
         runs=runs,
         # own labels: mcts's RMSE over the nodes it labels against bfs's over the nodes bfs labels
         own=crossing([(r["tokens"], r["rmse"]) for r in runs], bfs_err) / bfs_tokens,

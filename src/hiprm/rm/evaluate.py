@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +46,7 @@ from hiprm.rm.metrics import (
     processbench_scores,
     wilson_ci,
 )
-from hiprm.rm.scorer import ScorerSettings
+from hiprm.rm.scorer import ScoreInput, ScorerSettings
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,10 @@ class EvalConfig(ScorerSettings):
     threshold_grid: Positive = 99  # search thresholds 1/(g+1) .. g/(g+1)
     bootstrap: NonNegative = 1000
     seed: int = 0
+    # Local models whose bottom layers are the same (fine-tuned from one backbone with
+    # train_top_layers) are loaded together and those layers run once for all of them
+    # (`hiprm.rm.shared_trunk`; same rewards). false: one model at a time (less memory).
+    share_trunk: bool = True
 
 
 def _key(*parts: Any) -> str:
@@ -160,24 +164,49 @@ def _value(v: float, ci: tuple[float, float]) -> dict[str, Any]:
     return {"value": v, "ci95": [ci[0], ci[1]]}
 
 
-def eval_prm800k(scorer: Any, mkey: str, groups: list[StepGroup], cache: RewardCache, cfg: EvalConfig) -> dict[str, Any]:
+# Scores inputs for several models at once: one list of rewards per model (a `SharedTrunk`'s
+# `score_inputs`, or one scorer's wrapped by `_alone`).
+ScoreAll = Callable[[list[ScoreInput]], list[list[float]]]
+
+
+def _alone(scorer: Any) -> ScoreAll:
+    return lambda inputs: [scorer.score_inputs(inputs)]
+
+
+def score_prm800k(score: ScoreAll, mkeys: list[str], groups: list[StepGroup], cache: RewardCache) -> None:
+    """Put the rewards of every rated completion into the cache for each model of `mkeys`: one
+    `score` call per solution (the rated completions of all its steps), for the solutions some
+    model lacks."""
     from tqdm import tqdm
 
     by_solution: dict[int, list[int]] = {}
     for i, g in enumerate(groups):
         by_solution.setdefault(g.solution, []).append(i)
-    rewards: list[list[float]] = [[] for _ in groups]
-    for members in tqdm(by_solution.values(), desc="prm800k solutions", unit="sol"):
+    desc = "prm800k solutions" + (f" ({len(mkeys)} models)" if len(mkeys) > 1 else "")
+    for members in tqdm(by_solution.values(), desc=desc, unit="sol"):
         q = groups[members[0]].question
         pairs = [(groups[i].prefix, t) for i in members for t in groups[i].texts]
         key = _key("prm800k", q, pairs)
-        flat = cache.get(mkey, key)
-        if flat is None:
-            flat = [float(x) for x in scorer.score_inputs([(q, list(prev), cur) for prev, cur in pairs])]
-            cache.put(mkey, key, "prm800k", flat)
+        if all(cache.get(m, key) is not None for m in mkeys):
+            continue
+        flats = score([(q, list(prev), cur) for prev, cur in pairs])
+        for m, flat in zip(mkeys, flats, strict=True):
+            if cache.get(m, key) is None:
+                cache.put(m, key, "prm800k", [float(x) for x in flat])
+
+
+def eval_prm800k(scorer: Any, mkey: str, groups: list[StepGroup], cache: RewardCache, cfg: EvalConfig) -> dict[str, Any]:
+    score_prm800k(_alone(scorer), [mkey], groups, cache)
+    by_solution: dict[int, list[int]] = {}
+    for i, g in enumerate(groups):
+        by_solution.setdefault(g.solution, []).append(i)
+    rewards: list[list[float]] = [[] for _ in groups]
+    for members in by_solution.values():
+        pairs = [(groups[i].prefix, t) for i in members for t in groups[i].texts]
+        flat = cache.get(mkey, _key("prm800k", groups[members[0]].question, pairs))
         k = 0
         for i in members:
-            rewards[i] = flat[k : k + len(groups[i].texts)]
+            rewards[i] = flat[k : k + len(groups[i].texts)]  # type: ignore[index]
             k += len(groups[i].texts)
     labels, scores = classification_rows(groups, rewards, cfg.neutral)
     t = cfg.classification_threshold
@@ -205,16 +234,16 @@ def eval_prm800k(scorer: Any, mkey: str, groups: list[StepGroup], cache: RewardC
     return {"classification": cls, "selection": selection}
 
 
-def eval_processbench(scorer: Any, mkey: str, splits: dict[str, list[StepVerdicts]], cache: RewardCache,
-                      cfg: EvalConfig) -> dict[str, Any]:
+def score_processbench(score: ScoreAll, mkeys: list[str], splits: dict[str, list[StepVerdicts]],
+                       cache: RewardCache) -> None:
+    """Put the step rewards of every ProcessBench entry into the cache for each model of `mkeys`."""
     from tqdm import tqdm
 
-    from hiprm.rm.scorer import score_solutions
+    from hiprm.rm.scorer import solution_inputs
 
-    rewards: dict[str, list[list[float]]] = {}
     for name, entries in splits.items():
         keys = [_key("processbench", e.question, e.steps) for e in entries]
-        todo = [i for i, k in enumerate(keys) if cache.get(mkey, k) is None]
+        todo = [i for i, k in enumerate(keys) if any(cache.get(m, k) is None for m in mkeys)]
         with tqdm(total=len(entries), initial=len(entries) - len(todo), desc=f"processbench {name}",
                   unit="sol") as bar:
             # Batches of 8 entries counted from the first, not from the first missing one, and a
@@ -222,15 +251,27 @@ def eval_processbench(scorer: Any, mkey: str, splits: dict[str, list[StepVerdict
             # a reward's last float bits depend on its batch, and these are an uninterrupted run's.
             for start in range(0, len(entries), 8):
                 chunk = list(range(start, min(start + 8, len(entries))))
-                missing = [i for i in chunk if cache.get(mkey, keys[i]) is None]
+                missing = [i for i in chunk if any(cache.get(m, keys[i]) is None for m in mkeys)]
                 if not missing:
                     continue
-                for i, r in zip(chunk, score_solutions(scorer, [(entries[i].question, entries[i].steps) for i in chunk]),
-                                strict=True):
-                    if i in missing:
-                        cache.put(mkey, keys[i], f"processbench/{name}", list(r))
+                items = [(entries[i].question, entries[i].steps) for i in chunk]
+                for m, flat in zip(mkeys, score(solution_inputs(items)), strict=True):
+                    at = 0
+                    for i in chunk:
+                        r = [float(x) for x in flat[at : at + len(entries[i].steps)]]
+                        at += len(entries[i].steps)
+                        if cache.get(m, keys[i]) is None:
+                            cache.put(m, keys[i], f"processbench/{name}", r)
                 bar.update(len(missing))
-        rewards[name] = [cache.get(mkey, k) for k in keys]  # type: ignore[misc]
+
+
+def eval_processbench(scorer: Any, mkey: str, splits: dict[str, list[StepVerdicts]], cache: RewardCache,
+                      cfg: EvalConfig) -> dict[str, Any]:
+    score_processbench(_alone(scorer), [mkey], splits, cache)
+    rewards: dict[str, list[list[float]]] = {
+        name: [cache.get(mkey, _key("processbench", e.question, e.steps)) for e in entries]  # type: ignore[misc]
+        for name, entries in splits.items()
+    }
     labels = {name: [e.first_error for e in entries] for name, entries in splits.items()}
     if cfg.threshold is not None:
         threshold, tuned_f1 = cfg.threshold, None
@@ -281,10 +322,28 @@ def run(cfg: EvalConfig) -> Path:
     out = prepare_out_dir(cfg.out)
     groups, splits, inputs = load_data(cfg)
     cache = RewardCache(out / "rewards.jsonl")
+    loaded: dict[str, Any] = {}
+    local = list(dict.fromkeys(p for p in cfg.models if not p.startswith(("http://", "https://"))))
+    if cfg.share_trunk and len(local) > 1:
+        from hiprm.rm.shared_trunk import SharedTrunk
+
+        from hiprm.rm.scorer import Scorer
+
+        loaded = {p: load_scorer(p, **cfg.scorer_kwargs()) for p in local}
+        if all(isinstance(s, Scorer) for s in loaded.values()):
+            group = SharedTrunk(list(loaded.values()))
+            log.info("%d models share %d bottom layers, run once for all of them", len(local), group.depth)
+            mkeys = [model_key(p) for p in local]
+            if groups:
+                score_prm800k(group.score_inputs, mkeys, groups, cache)
+            if splits:
+                score_processbench(group.score_inputs, mkeys, splits, cache)
+            del group
     results: dict[str, Any] = {}
     for path in cfg.models:
         log.info("evaluating %s", path)
-        scorer = load_scorer(path, **cfg.scorer_kwargs())
+        # What the shared pass scored is in the cache now; a model it loaded is reused for anything left.
+        scorer = loaded.pop(path, None) or load_scorer(path, **cfg.scorer_kwargs())
         mkey = model_key(path)
         res: dict[str, Any] = {"path": str(path), "cache_key": mkey}
         if groups:

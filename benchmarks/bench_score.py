@@ -5,6 +5,8 @@
     python benchmarks/bench_score.py --model runs/rm/hrm/model         # a trained checkpoint
     python benchmarks/bench_score.py --model runs/quickstart/rm/hrm/model --parts c --threads 1
                                                                        # in-process vs vLLM, 1 thread each
+    python benchmarks/bench_score.py --model runs/quickstart/rm/prm/model --parts d \
+        --also-model runs/quickstart/rm/hrm/model                      # two RMs, one shared trunk
 
 (a) Step scoring throughput (steps/s) of `score_solutions` (the Scorer) on PRM800K phase-1-test
     solutions against the HRM reference code's way: one step prefix per forward pass, padded to
@@ -19,6 +21,10 @@
     OMP_NUM_THREADS=N and VLLM_CPU_OMP_THREADS_BIND=0,..,N-1 (its engine bound to the same cores).
     Needs `--model` a checkpoint from `hiprm rm train` and `.venv-vllm` (or `--vllm-url` of a
     server already serving it, whose threads are then its own). Target: in-process <= vLLM.
+(d) Two trained checkpoints that share bottom layers (`--model` and `--also-model`, e.g. the
+    quickstart's PRM and HRM, top 4 of 30 layers trained) scoring the same `--solutions` PRM800K
+    solutions: `hiprm.rm.shared_trunk.SharedTrunk` (the shared layers once) against each model's
+    own Scorer one after the other (what `rm eval share_trunk=false` does). Rewards must be equal.
 
 Each part reports the largest difference between our rewards and the baseline's. The baseline of
 (a) is slow by design, so it runs on the first `--paper-steps` step prefixes only and its
@@ -257,6 +263,33 @@ def bench_vllm(path: str, threads: int, n_prefixes: int, repeat: int, url: str, 
     print(f"    in-process / vLLM time {ours_s / theirs_s:5.2f} (target <= 1)   max |reward diff| {diff:.1e}")
 
 
+def bench_shared_trunk(paths: list[str], n_solutions: int, repeat: int) -> None:
+    from hiprm.rm.scorer import Scorer, solution_inputs
+    from hiprm.rm.shared_trunk import SharedTrunk
+
+    scorers = [Scorer.from_pretrained(p, device="cpu") for p in paths]
+    group = SharedTrunk(scorers)
+    inputs = solution_inputs(solutions(n_solutions))
+    group.score_inputs(inputs[:8])  # warm-up and the shared path's one-time check against the models alone
+
+    ways = {"alone": lambda: [s.score_inputs(inputs) for s in scorers], "shared": lambda: group.score_inputs(inputs)}
+    times: dict[str, list[float]] = {k: [] for k in ways}
+    out: dict[str, list[list[float]]] = {}
+    for _ in range(repeat):  # interleaved, so a slow spell of the machine hits both ways
+        for k, fn in ways.items():
+            t = time.perf_counter()
+            out[k] = fn()
+            times[k].append(time.perf_counter() - t)
+    (alone_s, alone), (shared_s, shared) = ((min(times[k]), out[k]) for k in ways)
+    diff = max(abs(a - b) for x, y in zip(alone, shared, strict=True) for a, b in zip(x, y, strict=True))
+    layers = len(scorers[0].model.model.layers)
+    print(f"(d) {len(paths)} models sharing {group.depth} of {layers} layers; {n_solutions} PRM800K solutions, "
+          f"{len(inputs)} step prefixes; best of {repeat}")
+    print(f"    each model alone, one after the other: {alone_s:7.1f} s")
+    print(f"    SharedTrunk                           : {shared_s:7.1f} s")
+    print(f"    speed-up {alone_s / shared_s:5.2f}x   max |reward diff| {diff:.1e}")
+
+
 def main() -> int:
     from hiprm.rm.scorer import Scorer
     from hiprm.rm.template import TemplateConfig
@@ -269,7 +302,8 @@ def main() -> int:
     ap.add_argument("--sets", type=int, default=6, help="candidate sets in (b)")
     ap.add_argument("--candidates", type=int, default=8)
     ap.add_argument("--repeat", type=int, default=2)
-    ap.add_argument("--parts", default="ab", help="which measurements to run: any of a, b, c")
+    ap.add_argument("--parts", default="ab", help="which measurements to run: any of a, b, c, d")
+    ap.add_argument("--also-model", default="", help="(d): a second checkpoint sharing --model's bottom layers")
     ap.add_argument("--prefixes", type=int, default=112, help="PRM800K step prefixes scored in (c)")
     ap.add_argument("--vllm-url", default="", help="(c): a vLLM server already serving --model (--runner pooling); "
                     "default: start one from .venv-vllm")
@@ -282,6 +316,8 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     if "c" in args.parts and not args.model:
         ap.error("--parts c needs --model: a checkpoint from `hiprm rm train`")
+    if "d" in args.parts and not (args.model and args.also_model):
+        ap.error("--parts d needs --model and --also-model: two checkpoints from `hiprm rm train`")
 
     if "a" in args.parts or "b" in args.parts:
         model, tok, name = build_from(args.model) if args.model else build_tiny()
@@ -298,6 +334,8 @@ def main() -> int:
     if "c" in args.parts:
         print(f"model: {args.model} (its own template); torch threads: {args.threads or torch.get_num_threads()}")
         bench_vllm(args.model, args.threads, args.prefixes, args.repeat, args.vllm_url, args.vllm_port)
+    if "d" in args.parts:
+        bench_shared_trunk([args.model, args.also_model], args.solutions, args.repeat)
     return 0
 
 

@@ -124,10 +124,8 @@ class EvalConfig(ScorerSettings):
     threshold_grid: Positive = 99  # search thresholds 1/(g+1) .. g/(g+1)
     bootstrap: NonNegative = 1000
     seed: int = 0
-    # Local models whose bottom layers are the same (fine-tuned from one backbone with
-    # train_top_layers) are loaded together and those layers run once for all of them
-    # (`hiprm.rm.shared_trunk`; same rewards). false: one model at a time (less memory).
-    share_trunk: bool = True
+    # `hiprm.rm.shared_trunk`: the same rewards; needs the memory of all the local models at once.
+    share_trunk: bool = True  # load local models together, run their shared layers once (false: one by one)
 
 
 def _key(*parts: Any) -> str:

@@ -226,26 +226,30 @@ def quality_seed(args: argparse.Namespace, seed: int) -> dict:
     ]
     style = STYLES["step"]
 
-    def grow(**kw) -> tuple[dict, int]:
+    def grow(**kw) -> tuple[dict, int, int]:
+        """(exact values, generated tokens, sampled steps): a node's `count` is how often its step
+        was sampled at its parent, so the counts add up to every step the policy generated."""
         pol = SimPolicy(args.world)
         trees = list(grow_trees(problems, pol, style, GrowSettings(children=5, max_depth=7, batch_problems=64,
                                                                    seed=seed, **kw)))  # fmt: skip
-        return exact(trees, pol), sum(t.cost["generated_tokens"] for t in trees)
+        steps = sum(n.count for t in trees for n in t.nodes[1:])
+        return exact(trees, pol), sum(t.cost["generated_tokens"] for t in trees), steps
 
-    bfs_ex, bfs_tokens = grow(mode="bfs", score=args.score)
+    bfs_ex, bfs_tokens, bfs_steps = grow(mode="bfs", score=args.score)
     bfs_sq = errors(bfs_ex)
-    paper_ex, paper_tokens = grow(mode="bfs", score="leaf_fraction")
+    paper_ex, paper_tokens, _ = grow(mode="bfs", score="leaf_fraction")
     paper_sq = errors(paper_ex)
     runs = []
     for budget in args.budgets:
-        ex, tokens = grow(mode="mcts", budget=budget, rollouts_per_round=4, score=args.score)
+        ex, tokens, steps = grow(mode="mcts", budget=budget, rollouts_per_round=4, score=args.score)
         sq = errors(ex)
         common = [k for k in sq if k in bfs_sq]
-        runs.append(dict(budget=budget, tokens=tokens, nodes=len(sq), rmse=rmse(sq), common=len(common),
+        runs.append(dict(budget=budget, tokens=tokens, steps=steps, nodes=len(sq), rmse=rmse(sq), common=len(common),
                          mcts_common=rmse(sq, common), bfs_common=rmse(bfs_sq, common)))  # fmt: skip
     bfs_err = rmse(bfs_sq)
     return dict(
-        seed=seed, bfs_tokens=bfs_tokens, bfs_nodes=len(bfs_sq), bfs_rmse=bfs_err, paper_rmse=rmse(paper_sq),
+        seed=seed, bfs_tokens=bfs_tokens, bfs_steps=bfs_steps, bfs_nodes=len(bfs_sq), bfs_rmse=bfs_err,
+        paper_rmse=rmse(paper_sq),
         mid=mid_share(bfs_ex),
         runs=runs,
         # own labels: mcts's RMSE over the nodes it labels against bfs's over the nodes bfs labels
@@ -265,14 +269,17 @@ def quality(args: argparse.Namespace) -> None:
         results.append(res)
         print(f"\nseed {seed}: {res['mid']:.0%} of bfs's labelled inner nodes have an exact value strictly "
               "between 0 and 1")  # fmt: skip
-        print(f"{'method':<34} {'tokens':>9} {'x bfs':>6} {'labelled':>8} {'RMSE':>7}   "
+        # tok/step: generated tokens per sampled step, i.e. per sample of one node's next step,
+        # what every MC-score is estimated from.
+        print(f"{'method':<34} {'tokens':>9} {'x bfs':>6} {'tok/step':>8} {'labelled':>8} {'RMSE':>7}   "
               f"{'common nodes':>12} {'mcts':>7} {'bfs':>7}")  # fmt: skip
-        print(f"{'bfs (paper: 5 children, depth 7)':<34} {res['bfs_tokens']:>9} {1:>6.2f} {res['bfs_nodes']:>8} "
+        print(f"{'bfs (paper: 5 children, depth 7)':<34} {res['bfs_tokens']:>9} {1:>6.2f} "
+              f"{res['bfs_tokens'] / res['bfs_steps']:>8.2f} {res['bfs_nodes']:>8} "
               f"{res['bfs_rmse']:>7.4f}   (leaf_fraction: {res['paper_rmse']:.4f})")  # fmt: skip
         for r in res["runs"]:
             print(f"{'mcts budget=' + str(r['budget']) + ' rollouts':<34} {r['tokens']:>9} "
-                  f"{r['tokens'] / res['bfs_tokens']:>6.2f} {r['nodes']:>8} {r['rmse']:>7.4f}   "
-                  f"{r['common']:>12} {r['mcts_common']:>7.4f} {r['bfs_common']:>7.4f}")  # fmt: skip
+                  f"{r['tokens'] / res['bfs_tokens']:>6.2f} {r['tokens'] / r['steps']:>8.2f} {r['nodes']:>8} "
+                  f"{r['rmse']:>7.4f}   {r['common']:>12} {r['mcts_common']:>7.4f} {r['bfs_common']:>7.4f}")  # fmt: skip
         print(f"mcts matches bfs at {res['own']:.2f}x bfs's tokens on the nodes each labels, "
               f"{res['common']:.2f}x on the nodes both hold; "
               f"{res['paper']:.2f}x against bfs with the paper's leaf fraction (goal <= 0.33)")  # fmt: skip

@@ -33,6 +33,22 @@ def make_tiny_rm(folder: Path, tokenizer, seed: int = 0, max_length: int = 512) 
     return folder
 
 
+def make_tuned_copy(src: Path, dst: Path, tokenizer, seed: int) -> Path:
+    """`src` with its top layer, final norm and head changed, as `rm train` with
+    train_top_layers=1 leaves a model: the bottom layers stay those of `src` bit for bit."""
+    import torch
+    from transformers import LlamaForSequenceClassification
+
+    model = LlamaForSequenceClassification.from_pretrained(src)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in [*model.model.layers[-1].parameters(), *model.model.norm.parameters(), model.score.weight]:
+            p.add_(torch.randn(p.shape, generator=g) * 0.5)
+    model.save_pretrained(dst)
+    tokenizer.save_pretrained(dst)
+    return dst
+
+
 _SESSION: dict[str, Path] = {}
 
 

@@ -19,6 +19,7 @@ import pytest
 
 from hiprm.artifacts import write_jsonl
 from tests.killing import checkpoint_saved, complete_lines, hiprm_cmd, kill_when, run_to_end
+from tests.rm_fixtures import make_tuned_copy
 from tests.test_rm_train import toy_examples
 
 pytest.importorskip("torch")
@@ -127,10 +128,17 @@ def test_rm_score_killed_mid_run_ends_with_the_uninterrupted_records(tmp_path, t
 
 
 @pytest.mark.slow
-def test_rm_eval_killed_mid_run_ends_with_the_uninterrupted_cache_and_report(tmp_path, tiny_rm_dir, shared_data):
+@pytest.mark.parametrize("models", ["one", "shared_trunk"])
+def test_rm_eval_killed_mid_run_ends_with_the_uninterrupted_cache_and_report(
+    tmp_path, tiny_rm_dir, tiny_tokenizer, shared_data, models
+):
     """PRM800K solutions are scored one at a time, ProcessBench entries in batches of 8; the
-    reward cache (`rewards.jsonl`) is the resumable output."""
-    args = [f"models=[{tiny_rm_dir}]", f"data_dir={shared_data}", "prm800k_limit=10", "limit=48",
+    reward cache (`rewards.jsonl`) is the resumable output. With two models that share their
+    bottom layer, both are scored in one pass and each writes its own records."""
+    paths = [tiny_rm_dir]
+    if models == "shared_trunk":
+        paths.append(make_tuned_copy(tiny_rm_dir, tmp_path / "tuned", tiny_tokenizer, seed=5))
+    args = [f"models=[{','.join(map(str, paths))}]", f"data_dir={shared_data}", "prm800k_limit=10", "limit=48",
             "processbench_splits=[gsm8k,math]", "bootstrap=50", "device=cpu"]  # fmt: skip
     ref, out = tmp_path / "ref", tmp_path / "killed"
     run_to_end(hiprm_cmd("rm", "eval", *args, f"out={ref}"))

@@ -12,32 +12,18 @@ from hiprm.rm import evaluate
 from hiprm.rm.evaluate import EvalConfig
 from hiprm.rm.scorer import Scorer
 from hiprm.rm.shared_trunk import SharedTrunk, shared_layers
-from tests.rm_fixtures import make_tiny_rm
+from tests.rm_fixtures import make_tiny_rm, make_tuned_copy
 
 Q = "What is 2 + 3? Janet sells 16 duck eggs."
 STEPS = ["First, 2 + 3 = 5.", "Janet sells 16 - 3 - 4 = 9 duck eggs a day.", "The answer is 5. # Answer 5"]
 INPUTS = [(Q, STEPS[:i], s) for i, s in enumerate(STEPS)] + [(Q, STEPS[:1], "x = 7"), ("What is 1?", [], "1")]
 
 
-def _tuned_copy(src, dst, tokenizer, seed: int):
-    """`src` with its top layer and head changed, as `rm train` with train_top_layers=1 leaves it."""
-    from transformers import LlamaForSequenceClassification
-
-    model = LlamaForSequenceClassification.from_pretrained(src)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in [*model.model.layers[-1].parameters(), *model.model.norm.parameters(), model.score.weight]:
-            p.add_(torch.randn(p.shape, generator=g) * 0.5)
-    model.save_pretrained(dst)
-    tokenizer.save_pretrained(dst)
-    return dst
-
-
 @pytest.fixture(scope="module")
 def rms(tmp_path_factory, tiny_tokenizer):
     base = make_tiny_rm(tmp_path_factory.mktemp("rm_base"), tiny_tokenizer, seed=3)
-    a = _tuned_copy(base, tmp_path_factory.mktemp("rm_a"), tiny_tokenizer, seed=1)
-    b = _tuned_copy(base, tmp_path_factory.mktemp("rm_b"), tiny_tokenizer, seed=2)
+    a = make_tuned_copy(base, tmp_path_factory.mktemp("rm_a"), tiny_tokenizer, seed=1)
+    b = make_tuned_copy(base, tmp_path_factory.mktemp("rm_b"), tiny_tokenizer, seed=2)
     other = make_tiny_rm(tmp_path_factory.mktemp("rm_other"), tiny_tokenizer, seed=4)
     return base, a, b, other
 

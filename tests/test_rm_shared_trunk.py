@@ -84,3 +84,18 @@ def test_rm_eval_shares_the_trunk_and_reports_the_same(tmp_path, shared_data, rm
             m.pop("path"), m.pop("cache_key")
     assert caches[0] == caches[1] and len(caches[0]) > 4
     assert reports[0] == reports[1]
+
+
+def test_models_whose_inputs_tokenize_differently_are_scored_one_by_one(rms):
+    from hiprm.rm.template import TemplateConfig
+
+    scorers = [Scorer.from_pretrained(p, device="cpu") for p in rms[1:3]]
+    assert SharedTrunk(scorers)._one_encoding  # same tokenizer, same formatter settings
+    scorers[1].template = TemplateConfig(max_length=48)  # cuts the long inputs differently
+    group = SharedTrunk(scorers)
+    assert not group._one_encoding
+    got = group.score_inputs(INPUTS)
+    assert group.forward_passes == 0
+    cut = Scorer.from_pretrained(rms[2], device="cpu")
+    cut.template = TemplateConfig(max_length=48)
+    assert got == [Scorer.from_pretrained(rms[1], device="cpu").score_inputs(INPUTS), cut.score_inputs(INPUTS)]

@@ -171,37 +171,40 @@ def _alone(scorer: Any) -> ScoreAll:
     return lambda inputs: [scorer.score_inputs(inputs)]
 
 
+def _prm800k_solutions(groups: list[StepGroup]) -> list[tuple[list[int], list[ScoreInput], str]]:
+    """Per solution: the indices of its step groups, the inputs of all its rated completions (in
+    group order) and their cache key."""
+    by_solution: dict[int, list[int]] = {}
+    for i, g in enumerate(groups):
+        by_solution.setdefault(g.solution, []).append(i)
+    out = []
+    for members in by_solution.values():
+        q = groups[members[0]].question
+        pairs = [(groups[i].prefix, t) for i in members for t in groups[i].texts]
+        out.append((members, [(q, list(prev), cur) for prev, cur in pairs], _key("prm800k", q, pairs)))
+    return out
+
+
 def score_prm800k(score: ScoreAll, mkeys: list[str], groups: list[StepGroup], cache: RewardCache) -> None:
     """Put the rewards of every rated completion into the cache for each model of `mkeys`: one
     `score` call per solution (the rated completions of all its steps), for the solutions some
     model lacks."""
     from tqdm import tqdm
 
-    by_solution: dict[int, list[int]] = {}
-    for i, g in enumerate(groups):
-        by_solution.setdefault(g.solution, []).append(i)
     desc = "prm800k solutions" + (f" ({len(mkeys)} models)" if len(mkeys) > 1 else "")
-    for members in tqdm(by_solution.values(), desc=desc, unit="sol"):
-        q = groups[members[0]].question
-        pairs = [(groups[i].prefix, t) for i in members for t in groups[i].texts]
-        key = _key("prm800k", q, pairs)
+    for _, inputs, key in tqdm(_prm800k_solutions(groups), desc=desc, unit="sol"):
         if all(cache.get(m, key) is not None for m in mkeys):
             continue
-        flats = score([(q, list(prev), cur) for prev, cur in pairs])
-        for m, flat in zip(mkeys, flats, strict=True):
+        for m, flat in zip(mkeys, score(inputs), strict=True):
             if cache.get(m, key) is None:
                 cache.put(m, key, "prm800k", [float(x) for x in flat])
 
 
 def eval_prm800k(scorer: Any, mkey: str, groups: list[StepGroup], cache: RewardCache, cfg: EvalConfig) -> dict[str, Any]:
     score_prm800k(_alone(scorer), [mkey], groups, cache)
-    by_solution: dict[int, list[int]] = {}
-    for i, g in enumerate(groups):
-        by_solution.setdefault(g.solution, []).append(i)
     rewards: list[list[float]] = [[] for _ in groups]
-    for members in by_solution.values():
-        pairs = [(groups[i].prefix, t) for i in members for t in groups[i].texts]
-        flat = cache.get(mkey, _key("prm800k", groups[members[0]].question, pairs))
+    for members, _, key in _prm800k_solutions(groups):
+        flat = cache.get(mkey, key)
         k = 0
         for i in members:
             rewards[i] = flat[k : k + len(groups[i].texts)]  # type: ignore[index]
@@ -323,14 +326,14 @@ def run(cfg: EvalConfig) -> Path:
     loaded: dict[str, Any] = {}
     local = list(dict.fromkeys(p for p in cfg.models if not p.startswith(("http://", "https://"))))
     if cfg.share_trunk and len(local) > 1:
-        from hiprm.rm.shared_trunk import SharedTrunk
-
         from hiprm.rm.scorer import Scorer
+        from hiprm.rm.shared_trunk import SharedTrunk
 
         loaded = {p: load_scorer(p, **cfg.scorer_kwargs()) for p in local}
         if all(isinstance(s, Scorer) for s in loaded.values()):
             group = SharedTrunk(list(loaded.values()))
-            log.info("%d models share %d bottom layers, run once for all of them", len(local), group.depth)
+            log.info("%d models, %d bottom layers in common%s", len(local), group.depth,
+                     ": run once for all" if group.depth else ": scored one by one")  # fmt: skip
             mkeys = [model_key(p) for p in local]
             if groups:
                 score_prm800k(group.score_inputs, mkeys, groups, cache)

@@ -101,6 +101,16 @@ def _top_logits(model: Any, hidden: Any, batch: dict[str, Any], start: int) -> A
     return logits.reshape(-1, logits.shape[-1])[batch["ends"].to(logits.device)]
 
 
+def _encoding_identity(scorer: Scorer) -> str:
+    """What a scorer's token ids depend on: its tokenizer (serialized) and formatter settings; a
+    tokenizer that cannot be serialized is its own identity."""
+    import json
+
+    backend = getattr(scorer.tokenizer, "backend_tokenizer", None)
+    tok = backend.to_str() if backend is not None else f"object-{id(scorer.tokenizer)}"
+    return json.dumps([tok, scorer.template.to_dict()], sort_keys=True)
+
+
 class SharedTrunk:
     """Several in-process `Scorer`s that score the same inputs; see the module docstring."""
 
@@ -112,11 +122,18 @@ class SharedTrunk:
         self.depth = shared_layers([s.model for s in self.scorers]) if len(devices) == 1 else 0
         # None = not checked yet; the first call compares the shared path with the separate one.
         self._ok: bool | None = None if self.depth > 0 else False
+        # The same tokenizer and formatter settings give the same token ids: encode once.
+        self._one_encoding = len({_encoding_identity(s) for s in self.scorers}) == 1
         self.forward_passes = 0  # forward passes of the shared path (one trunk + the tops)
 
     def score_inputs(self, inputs: Sequence[ScoreInput]) -> list[list[float]]:
         """Rewards of the inputs for each scorer: one list per scorer, in the scorers' order."""
-        seqs = [s.encode_inputs(inputs) for s in self.scorers]
+        if self._one_encoding:
+            seqs = [self.scorers[0].encode_inputs(inputs)] * len(self.scorers)
+        else:
+            seqs = [s.encode_inputs(inputs) for s in self.scorers]
+        # A single input takes each Scorer's plain path (as `Scorer.logits` does), so the rewards
+        # stay exactly each model's own.
         if self._ok is False or len(inputs) < 2 or any(q != seqs[0] for q in seqs[1:]) or not all(
             s._prefix_cache_ok is not False for s in self.scorers
         ):

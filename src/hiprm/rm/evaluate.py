@@ -185,14 +185,15 @@ def _prm800k_solutions(groups: list[StepGroup]) -> list[tuple[list[int], list[Sc
     return out
 
 
-def score_prm800k(score: ScoreAll, mkeys: list[str], groups: list[StepGroup], cache: RewardCache) -> None:
+def score_prm800k(score: ScoreAll, mkeys: list[str], solutions: list[tuple[list[int], list[ScoreInput], str]],
+                  cache: RewardCache) -> None:
     """Put the rewards of every rated completion into the cache for each model of `mkeys`: one
-    `score` call per solution (the rated completions of all its steps), for the solutions some
-    model lacks."""
+    `score` call per solution of `_prm800k_solutions` (the rated completions of all its steps),
+    for the solutions some model lacks."""
     from tqdm import tqdm
 
     desc = "prm800k solutions" + (f" ({len(mkeys)} models)" if len(mkeys) > 1 else "")
-    for _, inputs, key in tqdm(_prm800k_solutions(groups), desc=desc, unit="sol"):
+    for _, inputs, key in tqdm(solutions, desc=desc, unit="sol"):
         if all(cache.get(m, key) is not None for m in mkeys):
             continue
         for m, flat in zip(mkeys, score(inputs), strict=True):
@@ -201,9 +202,10 @@ def score_prm800k(score: ScoreAll, mkeys: list[str], groups: list[StepGroup], ca
 
 
 def eval_prm800k(scorer: Any, mkey: str, groups: list[StepGroup], cache: RewardCache, cfg: EvalConfig) -> dict[str, Any]:
-    score_prm800k(_alone(scorer), [mkey], groups, cache)
+    solutions = _prm800k_solutions(groups)
+    score_prm800k(_alone(scorer), [mkey], solutions, cache)
     rewards: list[list[float]] = [[] for _ in groups]
-    for members, _, key in _prm800k_solutions(groups):
+    for members, _, key in solutions:
         flat = cache.get(mkey, key)
         k = 0
         for i in members:
@@ -336,7 +338,7 @@ def run(cfg: EvalConfig) -> Path:
                      ": run once for all" if group.depth else ": scored one by one")  # fmt: skip
             mkeys = [model_key(p) for p in local]
             if groups:
-                score_prm800k(group.score_inputs, mkeys, groups, cache)
+                score_prm800k(group.score_inputs, mkeys, _prm800k_solutions(groups), cache)
             if splits:
                 score_processbench(group.score_inputs, mkeys, splits, cache)
             del group

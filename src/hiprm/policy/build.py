@@ -23,7 +23,8 @@ from hiprm.policy.prompts import PromptStyle, make_style
 class PolicyConfig:
     """`backend`: hf | openai | scripted. `model`: HF folder / embedded name (hf, and the
     served model name for openai). `tokenizer` (openai): a local tokenizer for exact token
-    counts. `server_stops` (openai): false for servers that drop stop strings without saying which
+    counts. `decoder` (hf): hiprm (`hiprm.policy.decode`) | generate (transformers' `generate`,
+    for a model that the static KV cache does not fit). `server_stops` (openai): false for servers that drop stop strings without saying which
     matched (llama-cpp-python); the client then cuts. `script` (scripted): a JSON file
     `{"rules": {substring: [texts]}, "default": [...]}`."""
 
@@ -32,6 +33,7 @@ class PolicyConfig:
     chat_template: bool = True
     batch_size: Positive = 16
     device: str = "cpu"
+    decoder: str = "hiprm"
     base_url: str | list[str] = "http://127.0.0.1:8000/v1"  # or a list: requests spread over the servers
     api_key_env: str = "OPENAI_API_KEY"
     concurrency: Positive = 8
@@ -61,13 +63,14 @@ OPERATIONAL_POLICY_KEYS = {
     "policy.timeout",
     "policy.max_retries",
     "policy.device",
+    "policy.decoder",
 }
 
 
 def _hf_policy(c: PolicyConfig) -> Any:
     from hiprm.policy.hf import HFPolicy
 
-    return HFPolicy(c.model, chat_template=c.chat_template, batch_size=c.batch_size, device=c.device)
+    return HFPolicy(c.model, chat_template=c.chat_template, batch_size=c.batch_size, device=c.device, decoder=c.decoder)
 
 
 def _openai_policy(c: PolicyConfig) -> Any:
@@ -100,6 +103,8 @@ def check_policy_config(c: PolicyConfig) -> None:
     """Fail before any work starts on a backend name that does not exist."""
     if c.backend not in POLICIES:
         raise ConfigError(f"policy.backend: {c.backend!r} is not one of {sorted(POLICIES)}")
+    if c.decoder not in ("hiprm", "generate"):
+        raise ConfigError(f"policy.decoder: {c.decoder!r} is not one of ['generate', 'hiprm']")
 
 
 def build_policy(c: PolicyConfig) -> Any:

@@ -5,11 +5,14 @@
 
 Prompts are left-padded so a batch of them can be generated together. Each distinct prompt is
 prefilled once and its KV cache copied to its `n` sample rows (`share_prefill`): the paper's
-prompts are ~400 tokens, so on CPU the prefill of n copies would cost more than the decoding. A sequence stops generating as soon as
-the decoded tail of its new tokens contains a stop string (`StopOnStrings`; transformers' own
-`stop_strings=` rebuilds a vocabulary-sized table on every call, ~2 s for SmolLM2's 49k tokens),
-and the decoded text is then cut at the first stop string by `cut_at_stop`, because a token may
-run past it.
+prompts are ~400 tokens, so on CPU the prefill of n copies would cost more than the decoding.
+`decoder="hiprm"` (the default) samples with `hiprm.policy.decode` (static cache, finished rows
+leave the batch, nucleus sampling without a vocabulary sort); `decoder="generate"` uses
+transformers' `model.generate` instead, for a model the static cache does not fit.
+A sequence stops generating as soon as the decoded tail of its new tokens contains a stop string
+(`tail_has_stop`; transformers' own `stop_strings=` rebuilds a vocabulary-sized table on every
+call, ~2 s for SmolLM2's 49k tokens), and the decoded text is then cut at the first stop string
+by `cut_at_stop`, because a token may run past it.
 Sampling is seeded inside `torch.random.fork_rng`, so calling `generate` does not disturb the
 caller's global RNG.
 """
@@ -31,6 +34,19 @@ except ImportError:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 
+def tail_has_stop(tokenizer: Any, stops: list[str], tails: list[list[int]]) -> list[bool]:
+    """For each token list (the last few generated tokens of a row), whether its decoded text
+    contains a stop string."""
+    texts = tokenizer.batch_decode(tails, skip_special_tokens=True)
+    return [any(s in t for s in stops) for t in texts]
+
+
+def stop_window(stops: list[str]) -> int:
+    """Tokens to decode so a stop string is seen on the step it is completed: a few more than
+    its length in characters (a token is at least one character)."""
+    return max((len(s) for s in stops if s), default=0) + 4
+
+
 class StopOnStrings(StoppingCriteria):
     """Per-row stop: true once the last few generated tokens, decoded, contain a stop string.
 
@@ -42,14 +58,13 @@ class StopOnStrings(StoppingCriteria):
         self.tokenizer = tokenizer
         self.stops = [s for s in stops if s]
         self.prompt_len = prompt_len
-        self.window = max((len(s) for s in self.stops), default=0) + 4
+        self.window = stop_window(self.stops)
 
     def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
         import torch
 
         start = max(self.prompt_len, input_ids.shape[1] - self.window)
-        tails = self.tokenizer.batch_decode(input_ids[:, start:], skip_special_tokens=True)
-        hit = [any(s in t for s in self.stops) for t in tails]
+        hit = tail_has_stop(self.tokenizer, self.stops, input_ids[:, start:].tolist())
         return torch.tensor(hit, dtype=torch.bool, device=input_ids.device)
 
 
@@ -62,12 +77,16 @@ def resolve_policy_model(name_or_path: str) -> str:
     return str(resolve_model_path(name_or_path))
 
 
+DECODERS = ("hiprm", "generate")
+
+
 class HFPolicy:
     """transformers causal LM as a policy.
 
     `chat_template`: wrap prompts with the tokenizer's chat template when it has one (instruct
     models); `batch_size`: sequences (prompts x n) per forward pass; `device`: "cpu" or "cuda";
-    `share_prefill`: prefill each distinct prompt once for all its samples.
+    `share_prefill`: prefill each distinct prompt once for all its samples; `decoder`: "hiprm"
+    (`hiprm.policy.decode`) or "generate" (transformers' `model.generate`).
     Weights are loaded in fp32 on CPU (bf16 matmuls are many times slower there).
     """
 
@@ -79,6 +98,7 @@ class HFPolicy:
         device: str = "cpu",
         dtype: str = "auto",
         share_prefill: bool = True,
+        decoder: str = "hiprm",
     ):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -100,6 +120,9 @@ class HFPolicy:
         if chat_template and not self.use_chat:
             log.info("%s has no chat template; prompts are used as plain text", path)
         self.share_prefill = share_prefill
+        if decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+        self.decoder = decoder
         self.tokens_generated = 0
 
     def render_chat(self, user_text: str) -> str:
@@ -147,6 +170,35 @@ class HFPolicy:
                 raise StageError(f"hf policy: a prompt of {longest} tokens does not fit the model's context of "
                                  f"{context} tokens (it starts {first!r})")  # fmt: skip
             max_new = min(max_new, context - ids.shape[1])
+        if not (self.share_prefill and len(rows) > len(unique)):
+            ids, mask, rows = ids[rows], mask[rows], torch.arange(len(rows))
+        run = self._decode if self.decoder == "hiprm" else self._generate
+        with torch.no_grad():
+            new = run(ids, mask, rows, max_new, params)
+        self.tokens_generated += sum(len(t) for t in new)
+        texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+        texts = [cut_at_stop(t, params.stop, params.include_stop)[0] for t in texts]
+        grouped = [texts[i * per : (i + 1) * per] for i in range(len(prompts))]
+        return [g * params.n if greedy else g for g in grouped]
+
+    def _decode(self, ids: Any, mask: Any, rows: Any, max_new: int, params: SamplingParams) -> list[list[int]]:
+        from hiprm.policy.decode import decode
+
+        stops = [s for s in params.stop if s]
+        window = stop_window(stops)
+
+        def stopped(tokens: list[int]) -> bool:
+            return tail_has_stop(self.tokenizer, stops, [tokens[-window:]])[0]
+
+        eos = self.model.generation_config.eos_token_id
+        ends = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        return decode(self.model, ids, mask, rows, max_new, params.temperature, params.top_p,
+                      stopped if stops else None, ends, self.tokenizer.pad_token_id)  # fmt: skip
+
+    def _generate(self, ids: Any, mask: Any, rows: Any, max_new: int, params: SamplingParams) -> list[list[int]]:
+        """transformers' `generate`; each row's tokens up to its first pad/eos (finished rows are
+        padded to the batch's length)."""
+        greedy = params.temperature == 0
         kwargs: dict[str, Any] = dict(
             max_new_tokens=max_new,
             do_sample=not greedy,
@@ -161,16 +213,12 @@ class HFPolicy:
             kwargs["stopping_criteria"] = StoppingCriteriaList(
                 [StopOnStrings(self.tokenizer, params.stop, prompt_len=ids.shape[1])]
             )
-        with torch.no_grad():
-            if self.share_prefill and len(rows) > len(unique) and ids.shape[1] > 1:
-                kwargs["past_key_values"] = self._prefill(ids, mask, rows)
-            seqs = self.model.generate(input_ids=ids[rows], attention_mask=mask[rows], **kwargs)
-        new = seqs[:, ids.shape[1] :]
-        self.tokens_generated += self._count_generated(new)
-        texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
-        texts = [cut_at_stop(t, params.stop, params.include_stop)[0] for t in texts]
-        grouped = [texts[i * per : (i + 1) * per] for i in range(len(prompts))]
-        return [g * params.n if greedy else g for g in grouped]
+        if len(rows) > len(ids) and ids.shape[1] > 1:
+            from hiprm.policy.decode import cache_kwarg
+
+            kwargs[cache_kwarg(self.model)] = self._prefill(ids, mask, rows)
+        seqs = self.model.generate(input_ids=ids[rows], attention_mask=mask[rows], **kwargs)
+        return self._until_end(seqs[:, ids.shape[1] :])
 
     def _prefill(self, ids: Any, mask: Any, rows: Any) -> Any:
         """KV cache of each distinct prompt (all but its last token), computed once and copied to
@@ -178,26 +226,26 @@ class HFPolicy:
 
         ids, mask: (unique prompts, seq), left-padded; rows: (samples,) index into them.
         """
+        from hiprm.policy.decode import last_logits_only
+
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self.model(
-            input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=position_ids[:, :-1], use_cache=True
+            input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=position_ids[:, :-1], use_cache=True,
+            **last_logits_only(self.model),
         )
         cache = out.past_key_values
         cache.reorder_cache(rows.to(ids.device))
         return cache
 
-    def _count_generated(self, new: Any) -> int:
-        """Generated tokens up to and including each sequence's first pad/eos (finished rows are
-        padded to the batch's length and must not count)."""
+    def _until_end(self, new: Any) -> list[list[int]]:
+        """Each row of `generate`'s new tokens up to its end: up to and including its first eos,
+        or up to its first pad (a row that met a stop string while others went on is padded;
+        the padding is not generated text). Where pad == eos, that pad counts as generated."""
         pad = self.tokenizer.pad_token_id
         eos = self.model.generation_config.eos_token_id
-        ends = {pad} | set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        total = 0
+        ends = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        rows = []
         for row in new.tolist():
-            n = 0
-            for t in row:
-                n += 1
-                if t in ends:
-                    break
-            total += n
-        return total
+            cut = next((i + (t in ends) for i, t in enumerate(row) if t in ends or t == pad), len(row))
+            rows.append(row[:cut])
+        return rows

@@ -361,6 +361,16 @@ def test_bad_problems_name_file_line_and_field(tmp_path, line, field):
     assert [p.question for p in problems] == ["fine?"]
 
 
+def test_problem_ids_pick_problems_and_unknown_ids_are_refused(tmp_path, shared_data):
+    cfg = AnnotateConfig(dataset="math-train", data_dir=str(shared_data), order="shortest_question", limit=5)
+    first, _ = load_problems(cfg)
+    pick = [first[3].problem_id, first[1].problem_id]
+    chosen, _ = load_problems(AnnotateConfig(**{**cfg.__dict__, "problem_ids": pick, "limit": 0}))
+    assert [p.problem_id for p in chosen] == [first[1].problem_id, first[3].problem_id]  # in `order`
+    with pytest.raises(ConfigError, match=r"problem_ids: \['nope'\] are not problem ids of .*math"):
+        load_problems(AnnotateConfig(**{**cfg.__dict__, "problem_ids": [*pick, "nope"]}))
+
+
 def test_ungradable_reference_is_refused(tmp_path):
     data = tmp_path / "p.jsonl"
     data.write_text(json.dumps({"question": "Q?", "answer": "\\frac{"}) + "\n")

@@ -75,6 +75,7 @@ class AnnotateConfig:
     question_field: str = "question"
     answer_field: str = "answer"
     limit: NonNegative = 0  # first N problems (after `order`); 0 = all
+    problem_ids: list[str] = field(default_factory=list)  # only these problems (in `order`); [] = all
     order: Literal["file", "shortest_solution", "shortest_question"] = "file"
     mode: Literal["bfs", "mcts"] = "bfs"
     children: Positive = 5  # samples per node (bfs) / most children of a node (mcts); paper 5-6
@@ -105,6 +106,7 @@ class AnnotateConfig:
 
 OPERATIONAL_KEYS = {
     "limit",
+    "problem_ids",
     "progress",
     "batch_problems",
     "executor",
@@ -213,6 +215,12 @@ def load_problems(cfg: AnnotateConfig, skip_log: SkipLog | None = None) -> tuple
         raise ConfigError(f"dataset: {cfg.dataset!r} is neither one of {sorted(DATASETS)} nor a JSONL file")
     seen: set[str] = set()
     problems = [p for p in problems if not (p.problem_id in seen or seen.add(p.problem_id))]
+    if cfg.problem_ids:
+        missing = sorted(set(cfg.problem_ids) - seen)
+        if missing:
+            raise ConfigError(f"problem_ids: {missing} are not problem ids of {path}")
+        wanted = set(cfg.problem_ids)
+        problems = [p for p in problems if p.problem_id in wanted]
     if cfg.order == "shortest_solution":
         problems.sort(key=lambda p: (len(str(p.extra.get("solution", ""))) or len(p.question), p.problem_id))
     elif cfg.order == "shortest_question":

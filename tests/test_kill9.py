@@ -245,9 +245,16 @@ def test_data_build_killed_leaves_the_old_build_whole_and_reruns_to_the_same_fil
     run_to_end(hiprm_cmd("data", "build", *args, "seed=0", f"out_dir={old}"))
     assert (old / "val.jsonl").read_bytes() != (ref / "val.jsonl").read_bytes()  # another split
     cmd = hiprm_cmd("data", "build", *args, "seed=1", f"out_dir={out}")
+
+    def writing_now(name: str) -> bool:
+        try:
+            return any(tmp_path.glob(f"killed.tmp-*/.{name}.*.tmp"))
+        except FileNotFoundError:  # the run is removing an earlier kill's temporary under the glob
+            return False
+
     for writing in ("train.jsonl", "val.jsonl"):
         shutil.copytree(old, out)  # the previous build, finished
-        kill_when(cmd, lambda w=writing: any(tmp_path.glob(f"killed.tmp-*/.{w}.*.tmp")), tmp_path / f"killed-{writing}.log")
+        kill_when(cmd, lambda w=writing: writing_now(w), tmp_path / f"killed-{writing}.log")
         assert out.is_dir() and built_by(out, old), (
             f"killed writing {writing}: {sorted(p.name for p in out.iterdir()) if out.is_dir() else 'no folder'}"
         )

@@ -138,6 +138,17 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def _leave_process_group() -> None:
+    """Under `accelerate launch` / torchrun, tear the process group down before exiting: left to
+    interpreter exit, its gloo threads sometimes abort a finished run ("terminate called without
+    an active exception", exit -6; seen in CI on `selftrain` with two processes). Every
+    collective of the run is over once `run` returns on this rank, and so on every rank."""
+    torch = sys.modules.get("torch")  # never import torch just for this
+    dist = getattr(torch, "distributed", None)
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="hiprm", add_help=False)
@@ -175,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"hiprm {name}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    finally:
+        _leave_process_group()
     if result is not None:
         print(result)
     return 0

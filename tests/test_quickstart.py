@@ -104,3 +104,47 @@ def test_unknown_stage_is_an_error(tmp_path):
 
     with pytest.raises(ConfigError, match="unknown"):
         run(QuickstartConfig(out_dir=str(tmp_path), stages=["annotate", "fly"]))
+
+
+def test_default_annotation_problems_are_the_three_chosen_ones(tmp_path, shared_data):
+    """The quickstart annotates exactly the problems scripts/solve_rates.py chose (they exist in
+    the shared MATH train file, in that order, with gradable answers); the paper-scale and
+    CPU-scale tree configs clear the list instead of inheriting it."""
+    from pathlib import Path
+
+    import yaml
+
+    from hiprm.annotate.run import load_problems
+    from hiprm.quickstart import _annotate_config
+
+    cfg = load_config(QuickstartConfig, None, [f"data_dir={shared_data}"])
+    problems, _ = load_problems(_annotate_config(cfg, tmp_path))
+    assert [p.problem_id for p in problems] == ["b76b0eef993517e0", "5e3416f9403f7ca9", "62a72e84f58e33c6"]
+    assert [p.answer for p in problems] == ["625681", "2", "70"]
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    for name in ("mcts_cpu", "mcts_gpu", "selftrain_table4_cpu", "selftrain_table4_gpu", "quickstart_gpu"):
+        assert yaml.safe_load((configs / f"{name}.yaml").read_text())["annotate_problem_ids"] == [], name
+
+
+def test_solve_rates_script_counts_graded_samples(tmp_path, shared_data, tiny_backbone_dir, capsys):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "solve_rates.py"
+    spec = importlib.util.spec_from_file_location("solve_rates", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.answer_in_question("Compute $\\dbinom{1,293}{1}$.", "1293")
+    assert not mod.answer_in_question("Factor $t^2-49$.", "(t-7)(t+7)")
+    out = tmp_path / "samples.jsonl"
+    args = [f"data_dir={shared_data}", f"model={tiny_backbone_dir}", "annotate_max_solution_tokens=8",
+            "--answer-in-question", "--max-question-chars", "30", "--limit", "3", "--samples", "2",
+            "--out", str(out)]  # fmt: skip
+    assert mod.main(args) == 0
+    printed = capsys.readouterr().out
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 6 and {r["outcome"] for r in rows} <= {"correct", "wrong", "no_answer"}
+    assert "3 problems of" in printed and "of 6 (" in printed
+    with pytest.raises(SystemExit, match="not problem ids"):
+        mod.main([f"data_dir={shared_data}", f"model={tiny_backbone_dir}", "--ids", "nope"])

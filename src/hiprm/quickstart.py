@@ -87,23 +87,30 @@ class QuickstartConfig:
     # decoding a 135M model on CPU reads all its weights per step, so a larger batch is nearly
     # free (bench_policy.py: ~1.25x the tokens/s of 16; finished rows leave the batch).
     policy_batch_size: Positive = 64
-    # Annotation. MATH train problems with the shortest questions (short computations such as
-    # "Factor $t^2-49$."): among the sets tried, the only ones on which the 135M policy is
-    # sometimes right (6 of 64 sampled solutions of the 16 shortest; 0 of 96 on the shortest
-    # GSM8K solutions), so MC-scores are not all 0 or 1. A short paragraph prompt: the paper's
-    # prompt makes this model copy its example's answer.
+    # Annotation. The embedded 135M policy is almost never right: 3 of 375 short MATH train
+    # problems whose answer is a number in the question, 1 of the 400 shortest questions and 1 of
+    # the 200 shortest GSM8K solutions are solved by its greedy solution, and ~1% of samples at
+    # T 0.8 are right on any set tried. The quickstart annotates the three MATH problems it solves
+    # greedily, at T 0.5, where 10-16% of its samples are right (25 of 192 measured), so the
+    # trees have correct and wrong leaves and MC-scores strictly between 0 and 1. How they were
+    # found: scripts/solve_rates.py (README, "Annotation at this scale"). A short paragraph
+    # prompt: the paper's prompt makes this model copy its example's answer.
     annotate_backend: str = "hf"  # or openai: a vLLM / SGLang / llama.cpp server (annotate_base_url)
     annotate_base_url: str = ""
     annotate_served_model: str = ""  # the server's model name (default: `model`)
     annotate_dataset: str = "math-train"
     annotate_order: str = "shortest_question"
-    annotate_problems: Positive = 6
+    # Only these problems ([] = all, in annotate_order); at most annotate_problems of them.
+    annotate_problem_ids: list[str] = field(
+        default_factory=lambda: ["b76b0eef993517e0", "5e3416f9403f7ca9", "62a72e84f58e33c6"]
+    )
+    annotate_problems: Positive = 3
     annotate_mode: str = "mcts"
-    annotate_budget: NonNegative = 12  # rollouts per problem
+    annotate_budget: NonNegative = 24  # rollouts per problem
     annotate_children: Positive = 4
     annotate_max_depth: Positive = 4
     annotate_max_solution_tokens: Positive = 96
-    annotate_temperature: NonNegativeFloat = 0.8
+    annotate_temperature: NonNegativeFloat = 0.5
     annotate_prompt_style: str = "paragraph"  # step = the paper's A.3 "# Step X" prompt
     annotate_template: str = (
         "{question}\nSolve it step by step. Put a blank line after each step. "
@@ -180,6 +187,7 @@ def _annotate_config(cfg: QuickstartConfig, out: Path) -> annotate_run.AnnotateC
         dataset=cfg.annotate_dataset,
         data_dir=cfg.data_dir,
         limit=cfg.annotate_problems,
+        problem_ids=list(cfg.annotate_problem_ids),
         order=cfg.annotate_order,  # type: ignore[arg-type]
         mode=cfg.annotate_mode,  # type: ignore[arg-type]
         children=cfg.annotate_children,

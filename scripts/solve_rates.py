@@ -7,8 +7,8 @@
 The problems, prompt, policy and `max_solution_tokens` are the quickstart's annotation settings
 (`hiprm.quickstart.QuickstartConfig`; change them with the same key=value overrides, or a YAML
 file, as `hiprm quickstart`). For each candidate problem it samples `--samples` whole solutions
-to `# END!`, grades each as annotation grades a leaf (the answer written with an explicit
-marker, checked by `hiprm.grading` in the annotation's `grading` mode), and prints, per problem,
+to `# END!`, grades each as annotation grades a leaf (`hiprm.annotate.grow.grade_leaf`, in the
+annotation's `grading` mode), and prints, per problem,
 the correct / wrong / answerless counts, then the ids solved at least once.
 
 Candidates: every problem of the dataset in the configured order (the quickstart's `annotate_problem_ids`
@@ -20,7 +20,6 @@ right about) and `--limit`.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 import time
@@ -51,9 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="", help="also write every sample, graded, to this JSONL file")
     args = ap.parse_args(argv)
 
+    from hiprm.annotate.grow import grade_leaf
     from hiprm.annotate.run import load_problems
-    from hiprm.config import load_config
-    from hiprm.grading import extract_answer, is_equivalent
+    from hiprm.artifacts import write_jsonl
+    from hiprm.config import ConfigError, load_config
     from hiprm.policy.build import build_policy, build_style
     from hiprm.policy.protocol import SamplingParams
     from hiprm.quickstart import QuickstartConfig, _annotate_config
@@ -61,13 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     path = args.overrides[0] if args.overrides and "=" not in args.overrides[0] else None
     qc = load_config(QuickstartConfig, path, [o for o in args.overrides if "=" in o])
     ac = _annotate_config(qc, Path("runs/solve_rates"))
-    ac.limit, ac.problem_ids = 0, []
-    problems, source = load_problems(ac)
-    if args.ids:
-        wanted = set(args.ids.split(","))
-        problems = [p for p in problems if p.problem_id in wanted]
-        if missing := wanted - {p.problem_id for p in problems}:
-            raise SystemExit(f"solve_rates: {sorted(missing)} are not problem ids of {source}")
+    ac.limit, ac.problem_ids = 0, args.ids.split(",") if args.ids else []
+    try:
+        problems, source = load_problems(ac)
+    except ConfigError as e:
+        raise SystemExit(f"solve_rates: {e}") from None
     if args.max_question_chars:
         problems = [p for p in problems if len(p.question) <= args.max_question_chars]
     if args.answer_in_question:
@@ -90,8 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     prompts = [style.prompt_for(p.question, "", policy.render_chat) for p in problems]
     total: Counter[str] = Counter()
-    solved = []
-    out = open(args.out, "w") if args.out else None  # noqa: SIM115 (closed below)
+    solved, rows = [], []
     # One generate call per batch of problems, so progress shows and the samples share the batch.
     step = max(ac.policy.batch_size // max(args.samples, 1), 1)
     for i in range(0, len(problems), step):
@@ -99,26 +96,16 @@ def main(argv: list[str] | None = None) -> int:
         for p, texts in zip(chunk, policy.generate(prompts[i : i + step], params), strict=True):
             counts: Counter[str] = Counter()
             for text in texts:
-                answer = extract_answer(text)
-                ok = answer is not None and is_equivalent(
-                    answer, p.answer, timeout=ac.grade_timeout, mode=ac.grading
-                )
-                verdict = "no_answer" if answer is None else ("correct" if ok else "wrong")
+                verdict, answer = grade_leaf(text, p.answer, ac.grade_timeout, ac.grading)
                 counts[verdict] += 1
-                if out:
-                    out.write(
-                        json.dumps(
-                            {"problem_id": p.problem_id, "outcome": verdict, "answer": answer, "text": text}
-                        )
-                        + "\n"
-                    )
+                rows.append({"problem_id": p.problem_id, "outcome": verdict, "answer": answer, "text": text})
             total.update(counts)
             if counts["correct"]:
                 solved.append(p.problem_id)
             print(f"{p.problem_id}  correct {counts['correct']:>3}  wrong {counts['wrong']:>3}  no_answer "
                   f"{counts['no_answer']:>3}  {p.question[:60]!r} -> {p.answer!r}", flush=True)  # fmt: skip
-    if out:
-        out.close()
+    if args.out:
+        write_jsonl(args.out, rows)
     n = sum(total.values())
     print(f"total: correct {total['correct']} of {n} ({100 * total['correct'] / n:.1f}%), wrong {total['wrong']}, "
           f"no_answer {total['no_answer']}; {time.perf_counter() - started:.0f} s")  # fmt: skip

@@ -139,6 +139,22 @@ def request_seed(seed: int, problem_id: str, nid: str, k: int) -> int:
     return int.from_bytes(h[:4], "big") >> 1
 
 
+def grade_leaf(text: str, reference: str, timeout: float, mode: GradingMode) -> tuple[str, str | None]:
+    """(outcome, extracted answer) of a finished solution: `no_answer` without an explicit answer,
+    else `correct` or `wrong` against the reference.
+
+    >>> grade_leaf("So 2+4=6.\\n\\n# Answer\\n\\n6\\n# END!", "6", 0, "strict")
+    ('correct', '6')
+    >>> grade_leaf("I am not sure.", "6", 0, "strict")
+    ('no_answer', None)
+    """
+    answer = extract_answer(text)
+    if answer is None:
+        return "no_answer", None
+    ok = is_equivalent(answer, reference, timeout=timeout, mode=mode)
+    return ("correct" if ok else "wrong"), answer
+
+
 def classify_step(text: str, style: PromptStyle) -> str:
     """What a generated piece is: "final" (states `# Answer`), "end" (stopped at the end marker
     without an answer), "step" (ended by a step delimiter) or "cut" (neither: end of sequence or
@@ -226,11 +242,7 @@ class Engine:
         return self.style.prompt_for(g.problem.question, g.raw[nid], self.policy.render_chat)
 
     def _grade(self, g: _Growth, text: str) -> tuple[str, str | None]:
-        answer = extract_answer(text)
-        if answer is None:
-            return "no_answer", None
-        ok = is_equivalent(answer, g.problem.answer, timeout=self.s.grade_timeout, mode=self.s.grading)
-        return ("correct" if ok else "wrong"), answer
+        return grade_leaf(text, g.problem.answer, self.s.grade_timeout, self.s.grading)
 
     def _spent(self, g: _Growth) -> float:
         return g.cost["rollouts"] if self.s.budget_unit == "rollouts" else g.cost["generated_tokens"]

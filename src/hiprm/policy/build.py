@@ -16,6 +16,7 @@ from typing import Any
 
 from hiprm.artifacts import DataError, read_json
 from hiprm.config import ConfigError, NonNegative, Positive, PositiveFloat
+from hiprm.policy.decode import DECODERS
 from hiprm.policy.prompts import PromptStyle, make_style
 
 
@@ -103,8 +104,8 @@ def check_policy_config(c: PolicyConfig) -> None:
     """Fail before any work starts on a backend name that does not exist."""
     if c.backend not in POLICIES:
         raise ConfigError(f"policy.backend: {c.backend!r} is not one of {sorted(POLICIES)}")
-    if c.decoder not in ("hiprm", "generate"):
-        raise ConfigError(f"policy.decoder: {c.decoder!r} is not one of ['generate', 'hiprm']")
+    if c.decoder not in DECODERS:
+        raise ConfigError(f"policy.decoder: {c.decoder!r} is not one of {sorted(DECODERS)}")
 
 
 def build_policy(c: PolicyConfig) -> Any:

@@ -34,6 +34,9 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+# The hf policy's decoders: this loop, or transformers' `model.generate` (policy.decoder).
+DECODERS = ("hiprm", "generate")
+
 
 def cache_kwarg(model: Any) -> str:
     """The name of the model's KV-cache argument: `cache` (transformers >= 5.2x) or

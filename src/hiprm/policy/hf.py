@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from hiprm.artifacts import StageError
+from hiprm.policy.decode import DECODERS
 from hiprm.policy.protocol import SamplingParams, cut_at_stop
 
 try:  # transformers is an optional extra; the class below is only built when it is installed
@@ -75,9 +76,6 @@ def resolve_policy_model(name_or_path: str) -> str:
     from hiprm.rm.backbone import resolve_model_path
 
     return str(resolve_model_path(name_or_path))
-
-
-DECODERS = ("hiprm", "generate")
 
 
 class HFPolicy:
@@ -190,10 +188,8 @@ class HFPolicy:
         def stopped(tokens: list[int]) -> bool:
             return tail_has_stop(self.tokenizer, stops, [tokens[-window:]])[0]
 
-        eos = self.model.generation_config.eos_token_id
-        ends = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         return decode(self.model, ids, mask, rows, max_new, params.temperature, params.top_p,
-                      stopped if stops else None, ends, self.tokenizer.pad_token_id)  # fmt: skip
+                      stopped if stops else None, self._eos_ids(), self.tokenizer.pad_token_id)  # fmt: skip
 
     def _generate(self, ids: Any, mask: Any, rows: Any, max_new: int, params: SamplingParams) -> list[list[int]]:
         """transformers' `generate`; each row's tokens up to its first pad/eos (finished rows are
@@ -237,13 +233,17 @@ class HFPolicy:
         cache.reorder_cache(rows.to(ids.device))
         return cache
 
+    def _eos_ids(self) -> set[int]:
+        """The model's end-of-sequence token ids (its generation config holds one, a list or none)."""
+        eos = self.model.generation_config.eos_token_id
+        return set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+
     def _until_end(self, new: Any) -> list[list[int]]:
         """Each row of `generate`'s new tokens up to its end: up to and including its first eos,
         or up to its first pad (a row that met a stop string while others went on is padded;
         the padding is not generated text). Where pad == eos, that pad counts as generated."""
         pad = self.tokenizer.pad_token_id
-        eos = self.model.generation_config.eos_token_id
-        ends = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        ends = self._eos_ids()
         rows = []
         for row in new.tolist():
             cut = next((i + (t in ends) for i, t in enumerate(row) if t in ends or t == pad), len(row))

@@ -287,12 +287,14 @@ def create_app(scorer: StepScorer, cfg: ServeConfig | None = None, model_name: s
     @app.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
     async def health() -> Any:
         # A worker stuck on one call answers nobody; a load balancer should hear that, not "ok".
-        running = batcher.running_s()
+        # Rounded before the comparison, so the reported seconds always agree with the status
+        # (0.1002 s against a 0.1 s threshold was "busy" while reporting current_batch_s 0.1).
+        running = round(batcher.running_s(), 3)
         busy = running > cfg.health_busy_after_s
         body = HealthResponse(
             status="busy" if busy else "ok", model=model_name, batches=batcher.batches, items=batcher.items,
             max_items_per_batch=batcher.max_items_per_batch, max_requests_per_batch=batcher.max_requests_per_batch,
-            queued=batcher.queue.qsize() if batcher.queue is not None else 0, current_batch_s=round(running, 3),
+            queued=batcher.queue.qsize() if batcher.queue is not None else 0, current_batch_s=running,
         )
         return JSONResponse(body.model_dump(), status_code=503 if busy else 200)
 

@@ -14,6 +14,7 @@ import pytest
 
 from hiprm.annotate.grow import GrowSettings, classify_step, grow_trees, split_rollout
 from hiprm.annotate.run import AnnotateConfig, load_problems, run
+from hiprm.annotate.stats import format_tree_stats
 from hiprm.annotate.tree import (
     Tree,
     iter_paths,
@@ -21,6 +22,7 @@ from hiprm.annotate.tree import (
     read_trees,
     recompute,
     tree_from_json,
+    tree_stats,
     validate,
     wilson,
 )
@@ -139,6 +141,10 @@ def test_openr_trees_read_and_keep_their_scores(shared_data):
     # through the hiprm format and back, still telling the formats apart by shape
     again = tree_from_json(json.loads(json.dumps(t.to_dict())), "x")
     assert again.to_dict() == t.to_dict()
+    # no cost block: what they cost is unknown, not zero
+    s = tree_stats(trees)
+    assert s["generated_tokens"] is None and s["tokens_per_node"] is None
+    assert "generated tokens: not recorded" in format_tree_stats(s)
 
 
 # --- growth -----------------------------------------------------------------------------------------
@@ -178,6 +184,21 @@ def test_grow_labels_match_the_scripted_texts(mode):
         assert p0.cost["rollouts"] <= 20
     else:
         assert all(n.depth <= 4 for n in p0.nodes)
+
+
+@pytest.mark.parametrize("score", ["child_mean", "leaf_fraction"])
+def test_mcts_never_grows_more_than_children_children(score):
+    """A round of 8 rollouts must not give one node more than `children` (2) children: picks of
+    the round count as children (4+5 and 7*6 have three distinct first steps each)."""
+    widest = 0
+    for seed in range(10):
+        settings = GrowSettings(mode="mcts", children=2, budget=24, rollouts_per_round=8, score=score, seed=seed)
+        for t in grow_trees(_problems(), ScriptedPolicy(TEXTS), STYLES["step"], settings):
+            validate(t)
+            kids = t.children()
+            assert all(len(v) <= 2 for v in kids.values()), (seed, t.problem_id, {k: len(v) for k, v in kids.items()})
+            widest = max(widest, len(kids[t.root.id]))
+    assert widest == 2
 
 
 def test_trees_do_not_depend_on_the_batch():
@@ -284,6 +305,14 @@ def test_run_writes_trees_meta_and_resumes(tmp_path):
     meta = json.loads((out.parent / "meta.json").read_text())
     assert meta["status"] == "done" and meta["summary"]["problems"] == 3
     assert meta["summary"]["cost"]["generated_tokens"] > 0
+    # the stats' generated tokens are the cost blocks' (what the policy produced), the step
+    # tokens those the nodes hold; stop strings make the first larger
+    trees = list(read_trees(out))
+    summary = meta["summary"]
+    assert summary["generated_tokens"] == summary["cost"]["generated_tokens"] == sum(
+        t.cost["generated_tokens"] for t in trees
+    )
+    assert summary["step_tokens"] == sum(n.tokens for t in trees for n in t.nodes) < summary["generated_tokens"]
     # a rerun adds nothing and rewrites nothing
     run(cfg)
     assert out.read_text().splitlines() == lines

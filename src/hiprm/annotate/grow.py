@@ -430,10 +430,15 @@ class Engine:
         )
         kids = g.tree.children()
         # A rollout from a node adds a child (unless its first step repeats one): a node with
-        # `children` children is full, and only its descendants can start rollouts.
-        cands = [
-            n for n in g.tree.nodes if self._growable(g, n) and len(kids.get(n.id, [])) < self.s.children
-        ]
+        # `children` children is full, and only its descendants can start rollouts. This
+        # round's picks count as children already, or a round of several rollouts could give
+        # one node more than `children` (a duplicate first step leaves room for the next round).
+        room = {
+            n.id: self.s.children - len(kids.get(n.id, []))
+            for n in g.tree.nodes
+            if self._growable(g, n) and len(kids.get(n.id, [])) < self.s.children
+        }
+        cands = [n for n in g.tree.nodes if n.id in room]
         picks: dict[str, int] = {}
         virtual: dict[str, int] = {}
         for _ in range(int(min(self.s.rollouts_per_round, left))):
@@ -441,6 +446,8 @@ class Engine:
                 break
             best = max(cands, key=lambda n: self._priority(g, n, virtual))
             picks[best.id] = picks.get(best.id, 0) + 1
+            if picks[best.id] >= room[best.id]:
+                cands.remove(best)
             # The rollout will be a sample of the nodes whose `_samples` it joins: the pick's
             # (and, for the leaf fraction, its ancestors').
             for n in [best] if self.s.score == "child_mean" else path_to(g.tree, best.id):

@@ -5,7 +5,8 @@
 
 Problems, nodes, leaves by outcome, depth and branching histograms, the MC-score histogram
 (non-root nodes), the share of nodes with 0 < MC < 1 (the nodes that carry a graded signal), and
-generated tokens per node. Reads hiprm trees and OpenR tree files alike.
+generated tokens per node (from the trees' cost blocks; the nodes' own step tokens beside them).
+Reads hiprm trees and OpenR tree files alike.
 """
 
 from __future__ import annotations
@@ -39,7 +40,12 @@ def format_tree_stats(s: dict[str, Any], title: str = "") -> str:
         "branching (children: nodes): " + ", ".join(f"{k}:{v}" for k, v in s["branching"].items()),
         "MC-score histogram (10 bins over [0, 1]): " + " ".join(str(b) for b in bins),
         f"nodes with 0 < MC < 1: {s['share_strictly_between']:.1%} of {s['scored_nodes']} scored",
-        f"generated tokens {s['generated_tokens']}, {s['tokens_per_node']:.1f} per node",
+        (
+            f"generated tokens {s['generated_tokens']} ({s['step_tokens']} in the nodes' steps), "
+            f"{s['tokens_per_node']:.1f} per node"
+            if s["generated_tokens"] is not None
+            else "generated tokens: not recorded (trees without a cost block)"
+        ),
     ]
     return "\n".join(lines)
 

@@ -540,12 +540,20 @@ def read_trees(path: str | Path) -> Iterator[Tree]:
 
 def tree_stats(trees: list[Tree]) -> dict[str, Any]:
     """Counts for `hiprm annotate stats`: problems, nodes, leaves, outcomes, depth/branching and
-    MC histograms (10 bins), share of nodes with 0 < mc < 1, tokens per node."""
+    MC histograms (10 bins), share of nodes with 0 < mc < 1, and tokens.
+
+    Two token counts: `step_tokens`, the nodes' own steps, and `generated_tokens`, everything
+    the policy produced (the sum of the trees' `cost` blocks: it also holds what a rollout
+    generated past a leaf at `max_depth`, and stop strings). `tokens_per_node`, the cost of a
+    node, divides the second by the non-root nodes. Trees without a cost block (OpenR's) make
+    both of those None: what they cost is not recorded."""
     depth: dict[int, int] = {}
     branching: dict[int, int] = {}
     outcomes: dict[str, int] = {}
     mc_hist = [0] * 10
     strictly = scored = nodes = leaves = tokens = 0
+    costed = [t.cost["generated_tokens"] for t in trees if "generated_tokens" in (t.cost or {})]
+    generated = sum(costed) if len(costed) == len(trees) and trees else None
     for t in trees:
         kids = t.children()
         for n in t.nodes:
@@ -567,5 +575,6 @@ def tree_stats(trees: list[Tree]) -> dict[str, Any]:
         "outcomes": dict(sorted(outcomes.items())), "depth": dict(sorted(depth.items())),
         "branching": dict(sorted(branching.items())), "mc_histogram": mc_hist,
         "scored_nodes": scored, "share_strictly_between": strictly / scored if scored else 0.0,
-        "generated_tokens": tokens, "tokens_per_node": tokens / max(nodes - len(trees), 1),
+        "step_tokens": tokens, "generated_tokens": generated,
+        "tokens_per_node": None if generated is None else generated / max(nodes - len(trees), 1),
     }  # fmt: skip

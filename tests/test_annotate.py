@@ -189,7 +189,8 @@ def test_grow_labels_match_the_scripted_texts(mode):
 @pytest.mark.parametrize("score", ["child_mean", "leaf_fraction"])
 def test_mcts_never_grows_more_than_children_children(score):
     """A round of 8 rollouts must not give one node more than `children` (2) children: picks of
-    the round count as children (4+5 and 7*6 have three distinct first steps each)."""
+    the round count as children (4+5 and 7*6 have three distinct first steps each; below a first
+    step the script has at most two continuations, so a rollout through one cannot add a third)."""
     widest = 0
     for seed in range(10):
         settings = GrowSettings(mode="mcts", children=2, budget=24, rollouts_per_round=8, score=score, seed=seed)

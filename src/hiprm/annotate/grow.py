@@ -19,7 +19,10 @@ with a 95% interval (`tree.intervals`).
   bonus `c_explore` enters in the same units). The posterior counts the rollouts the score
   rests on: for `child_mean` the node's sampled completions (rollouts that passed through it
   having started at it or above it; one started below it says nothing about its next step),
-  for `leaf_fraction` every rollout through it. A node grows at most `children` children.
+  for `leaf_fraction` every rollout through it. Rollouts start only at nodes with fewer than
+  `children` children, and one round's starts never fill a node past that; a rollout whose first
+  steps repeat existing ones continues below them as one more sample of those nodes and may add
+  a child to a full node there (dropping its tail would throw that sample away).
   Expansion and rollout are one generate call: from the selected node the policy completes the
   solution to `# END!`; the text is split into steps by `policy.steps.split_solution` (the
   splitter step search uses), the first step is the new child, the rest are stored as a chain

@@ -45,12 +45,12 @@ with a 95% interval (`tree.intervals`).
   a node and levels off whatever the budget (tests/test_annotate.py checks both against exact
   values). Measured on a simulated policy (benchmarks/bench_annotate.py, 200 problems x 3
   seeds, values spread over (0, 1)): BFS at the paper's settings has RMSE 0.155-0.16 with
-  child_mean, 0.21 with the leaf fraction; MCTS with child_mean needs 1.45x BFS's tokens to
-  match BFS with child_mean (1.34x on the nodes both trees hold), 0.56x to match BFS with the
+  child_mean, 0.21 with the leaf fraction; MCTS with child_mean needs 1.46x BFS's tokens to
+  match BFS with child_mean (1.34x on the nodes both trees hold), 0.57x to match BFS with the
   leaf fraction, and goes on to 0.09 at 512 rollouts. At a third of BFS's tokens it is at 0.25:
   each generated step is one sample of one node's next step in both modes, and BFS already
   gives every node 5. On problems shaped like real annotation data (`--world first-error`: most
-  values exactly 0 or 1) the ratios are 1.34x, 1.22x and 0.28x.
+  values exactly 0 or 1) the ratios are 1.35x, 1.23x and 0.28x.
 - Cost: `generated_tokens` counts every text the policy returned, stop strings included (BFS's
   next-step header, the end marker): the policy generated them. A node's `tokens` are those of
   its own step.

@@ -1,6 +1,6 @@
 """`hiprm quickstart`: the whole pipeline end to end on the embedded default, in one command.
 
-    hiprm quickstart                                   # ~15 min on 2 AVX-512 cores (~24 on AVX2) -> runs/quickstart/
+    hiprm quickstart                                   # ~15 min on 2 AVX-512 cores (21-24 on AVX2) -> runs/quickstart/
     hiprm quickstart configs/quickstart_gpu.yaml       # the paper-scale experiment on a GPU machine
 
 Stages, each an ordinary hiprm runner writing its own folder under `out_dir`:

@@ -436,12 +436,9 @@ class Engine:
         # `children` children is full, and only its descendants can start rollouts. This
         # round's picks count as children already, or a round of several rollouts could give
         # one node more than `children` (a duplicate first step leaves room for the next round).
-        room = {
-            n.id: self.s.children - len(kids.get(n.id, []))
-            for n in g.tree.nodes
-            if self._growable(g, n) and len(kids.get(n.id, [])) < self.s.children
-        }
-        cands = [n for n in g.tree.nodes if n.id in room]
+        cands = [
+            n for n in g.tree.nodes if self._growable(g, n) and len(kids.get(n.id, [])) < self.s.children
+        ]
         picks: dict[str, int] = {}
         virtual: dict[str, int] = {}
         for _ in range(int(min(self.s.rollouts_per_round, left))):
@@ -449,7 +446,7 @@ class Engine:
                 break
             best = max(cands, key=lambda n: self._priority(g, n, virtual))
             picks[best.id] = picks.get(best.id, 0) + 1
-            if picks[best.id] >= room[best.id]:
+            if len(kids.get(best.id, [])) + picks[best.id] >= self.s.children:
                 cands.remove(best)
             # The rollout will be a sample of the nodes whose `_samples` it joins: the pick's
             # (and, for the leaf fraction, its ancestors').

@@ -552,7 +552,7 @@ def tree_stats(trees: list[Tree]) -> dict[str, Any]:
     outcomes: dict[str, int] = {}
     mc_hist = [0] * 10
     strictly = scored = nodes = leaves = tokens = 0
-    costed = [t.cost["generated_tokens"] for t in trees if "generated_tokens" in (t.cost or {})]
+    costed = [t.cost["generated_tokens"] for t in trees if "generated_tokens" in t.cost]
     generated = sum(costed) if len(costed) == len(trees) and trees else None
     for t in trees:
         kids = t.children()

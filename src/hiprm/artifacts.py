@@ -9,6 +9,11 @@ writes them:
   folder and rename it into place, so an interrupted or failed job never leaves a partial file.
 - `prepare_out_dir(path)` creates a stage's output folder up front, so a path that is a file
   or cannot be created is a one-line `StageError` naming it before any work.
+- `output_lock(path)` / `@locked(...)`: one writer per output. A runner holds an exclusive OS
+  lock (`flock`) on `.NAME.lock` beside its output while it runs; a second run on the same output
+  is refused with a StageError naming the output and the holder's PID. The kernel drops the lock
+  when the holder dies, so a `kill -9` never leaves a stale one.
+- `write_files({path: bytes})` writes several outputs all or none (a full disk leaves the old ones).
 - `write_meta(dir, ...)` records the resolved config, package version, git sha, config hash
   and input sha256s in `meta.json`, so any artifact can be traced and any stage rerun alone.
 """
@@ -16,13 +21,17 @@ writes them:
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
+import functools
 import hashlib
 import json
+import logging
 import os
 import subprocess
 import tempfile
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -152,6 +161,127 @@ def atomic_write(path: str | Path, mode: str = "w") -> Iterator[Any]:
         raise
 
 
+# --- one writer per output -----------------------------------------------------------------
+
+_HELD: dict[str, list[int]] = {}  # lock file -> [fd, depth] of the locks this process holds
+
+
+def lock_file_for(path: str | Path) -> Path:
+    """Where the lock of output `path` (a file or a folder) lives: `.NAME.lock` beside it, with
+    symbolic links resolved, so two spellings of one output share a lock, and a folder that a
+    run replaces whole (`data build`) keeps its lock.
+
+    >>> lock_file_for("/tmp/runs/annotate").as_posix()
+    '/tmp/runs/.annotate.lock'
+    """
+    p = Path(os.path.realpath(path))
+    return p.parent / f".{p.name}.lock"
+
+
+def _launch_rank() -> int:
+    """This process's rank under `accelerate launch` / torchrun (0 alone): only rank 0 locks, the
+    other ranks of the same run write where rank 0 tells them."""
+    for var in ("RANK", "LOCAL_RANK"):
+        value = os.environ.get(var, "")
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
+@contextlib.contextmanager
+def output_lock(path: str | Path | None) -> Iterator[None]:
+    """Hold an exclusive lock on output `path` for the block; another process holding it is a
+    StageError: `OUT: another hiprm run (PID N) is writing this output; ...`.
+
+    The lock is `flock` on `lock_file_for(path)`, which holds the holder's PID. The kernel
+    releases it when the holder exits or is killed, so no stale lock survives a `kill -9` (the
+    file may stay; the next run takes it over); a run that ends removes it. Re-entrant
+    within a process (the quickstart's stages run inside its own lock). On a filesystem without
+    locks (some NFS, Lustre and FUSE mounts) a warning says that nothing stops a second writer,
+    and the run goes on. An empty `path` (a config the runner will refuse) locks nothing.
+    """
+    if not path or _launch_rank() != 0:
+        yield
+        return
+    lock = lock_file_for(path)
+    key = str(lock)
+    if key in _HELD:
+        _HELD[key][1] += 1
+        try:
+            yield
+        finally:
+            _HELD[key][1] -= 1
+        return
+    fd = _acquire(lock, path)
+    if fd is None:  # a filesystem without locks: warned
+        yield
+        return
+    _HELD[key] = [fd, 1]
+    try:
+        yield
+    finally:
+        del _HELD[key]
+        with contextlib.suppress(OSError):
+            os.unlink(lock)  # while still held: a run waiting on this file sees it replaced and retries
+        os.close(fd)  # releases the lock
+
+
+def _acquire(lock: Path, path: str | Path) -> int | None:
+    """The fd of `lock`, flocked by this process; StageError if another process holds it; None
+    where the filesystem has no locks. A holder unlinks the file as it lets go, so a lock taken
+    on a file that is no longer at `lock` (or was replaced there) is dropped and taken again."""
+    while True:
+        try:
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise StageError(f"{path}: cannot create the output's lock file {lock}: {e.strerror or e}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES):  # ENOLCK, EOPNOTSUPP, ENOSYS: no locks here
+                logging.getLogger(__name__).warning(
+                    "%s: this filesystem does not support file locks (%s); nothing stops a second run "
+                    "from writing the same output", lock, e.strerror or e)
+                os.close(fd)
+                return None
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise StageError(f"{path}: another hiprm run (PID {holder}) is writing this output; wait for it "
+                             f"to finish or choose another output") from None  # fmt: skip
+        try:
+            same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:
+            os.close(fd)
+            continue
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:  # a full disk: the lock holds all the same, only the PID is not shown
+            pass
+        return fd
+
+
+def locked(output_of: Callable[[Any], str | Path | None]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorate a runner `run(cfg, ...)` so that it runs under `output_lock(output_of(cfg))`.
+
+        @locked(lambda cfg: cfg.out_dir)
+        def run(cfg: AnnotateConfig) -> Path: ...
+    """
+
+    def wrap(run: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(run)
+        def run_locked(cfg: Any, *args: Any, **kwargs: Any) -> Any:
+            with output_lock(output_of(cfg)):
+                return run(cfg, *args, **kwargs)
+
+        return run_locked
+
+    return wrap
+
+
 def prepare_out_dir(path: str | Path) -> Path:
     """Create the output folder `path` (and its parents) if needed and return it, checked.
 
@@ -174,6 +304,30 @@ def prepare_out_dir(path: str | Path) -> Path:
     except OSError as e:
         raise StageError(f"{p}: cannot write in the output folder: {e.strerror or e}") from None
     return p
+
+
+def write_files(contents: dict[Path, bytes]) -> None:
+    """Write several files all or none: each goes to a temporary beside it first, and only when
+    every one is written (and fsynced) are they renamed into place. A full disk or a bad folder
+    leaves the previous files as they were and no temporary behind."""
+    tmps: list[tuple[str, Path]] = []
+    try:
+        for path, data in contents.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            tmps.append((tmp, path))
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)
+    except BaseException:
+        for tmp, _ in tmps:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        raise
+    for tmp, path in tmps:
+        os.replace(tmp, path)
 
 
 def write_jsonl(path: str | Path, rows: Iterable[Any]) -> int:

@@ -15,6 +15,7 @@ without running. The runners live in their stages; imports happen only when a co
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import sys
@@ -182,6 +183,13 @@ def main(argv: list[str] | None = None) -> int:
         result = run(cfg)
     except (ConfigError, DataError, StageError) as e:
         print(f"hiprm {name}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk, a read-only or vanished folder: one line, not a traceback
+        log.debug("what failed", exc_info=True)
+        where = f"{e.filename}: " if e.filename else ""
+        full = " (the disk is full)" if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+        print(f"hiprm {name}: error: {where}{e.strerror or e}{full}; outputs written atomically are as they "
+              f"were, and an interrupted run resumes when rerun", file=sys.stderr)  # fmt: skip
         return 2
     except KeyboardInterrupt:
         print(f"hiprm {name}: interrupted; rerun the same command to resume", file=sys.stderr)

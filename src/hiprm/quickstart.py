@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from hiprm.annotate import run as annotate_run
-from hiprm.annotate.stats import format_tree_stats, plot_mc_histogram
+from hiprm.annotate.stats import format_tree_stats, write_stats
 from hiprm.annotate.tree import read_trees, tree_stats
-from hiprm.artifacts import DataError, atomic_write, write_json, write_meta
+from hiprm.artifacts import DataError, atomic_write, locked, write_meta
 from hiprm.config import ConfigError, Device, Fraction, NonNegative, NonNegativeFloat, Positive, to_dict
 from hiprm.data import build as data_build
 from hiprm.data.stats import format_stats
@@ -219,8 +219,7 @@ def _annotate_config(cfg: QuickstartConfig, out: Path) -> annotate_run.AnnotateC
 
 def _tree_summary(trees_path: Path, out: Path) -> dict[str, Any]:
     s = tree_stats(list(read_trees(trees_path)))
-    write_json(out / "annotate" / "trees.stats.json", s)
-    plot_mc_histogram(s, out / "annotate" / "mc_histogram.png")
+    write_stats(s, out / "annotate" / "trees.stats.json", out / "annotate" / "mc_histogram.png")
     print(format_tree_stats(s, title=str(trees_path)))
     return s
 
@@ -251,6 +250,7 @@ def _stage(name: str) -> float:
     return time.perf_counter()
 
 
+@locked(lambda cfg: cfg.out_dir)
 def run(cfg: QuickstartConfig) -> Path:
     """Run the chosen `stages` in order (each resumes or returns its finished result) and write
     the report. A stage left out uses what an earlier run of it left in `out_dir`."""

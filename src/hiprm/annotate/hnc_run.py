@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from hiprm.annotate.hnc import hnc
 from hiprm.annotate.tree import read_trees, validate
-from hiprm.artifacts import DataError, write_jsonl, write_meta
+from hiprm.artifacts import DataError, locked, write_jsonl, write_meta
 from hiprm.config import ConfigError, Positive, Probability
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,7 @@ class HNCConfig:
     quiet: bool = False
 
 
+@locked(lambda cfg: cfg.out)
 def run(cfg: HNCConfig) -> Path:
     start = time.perf_counter()
     if not cfg.trees or not cfg.out:

@@ -33,6 +33,7 @@ from hiprm.artifacts import (
     DataError,
     SkipLog,
     append_jsonl,
+    locked,
     read_appended,
     read_json,
     start_or_resume,
@@ -335,6 +336,7 @@ def grow_settings(cfg: AnnotateConfig) -> GrowSettings:
 # --- runner ------------------------------------------------------------------------------------------
 
 
+@locked(lambda cfg: cfg.out_dir)
 def run(cfg: AnnotateConfig, *, policy: Any = None) -> Path:
     """Annotate; returns the path of `trees.jsonl`. `policy` overrides the configured one (tests)."""
     check_config(cfg)

@@ -11,12 +11,13 @@ Reads hiprm trees and OpenR tree files alike.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hiprm.annotate.tree import read_trees, tree_stats
-from hiprm.artifacts import DataError, write_json
+from hiprm.artifacts import DataError, locked, prepare_out_dir, write_files
 
 
 @dataclass
@@ -50,7 +51,10 @@ def format_tree_stats(s: dict[str, Any], title: str = "") -> str:
     return "\n".join(lines)
 
 
-def plot_mc_histogram(s: dict[str, Any], out: Path, title: str = "") -> Path:
+def plot_mc_histogram(s: dict[str, Any], title: str = "") -> bytes:
+    """The MC-score histogram as PNG bytes (written by the caller, together with the JSON)."""
+    import io
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -67,9 +71,10 @@ def plot_mc_histogram(s: dict[str, Any], out: Path, title: str = "") -> Path:
         fontsize=9,
     )
     fig.tight_layout()
-    fig.savefig(out, dpi=120)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
     plt.close(fig)
-    return out
+    return buf.getvalue()
 
 
 def _default_out(path: Path) -> Path:
@@ -79,6 +84,16 @@ def _default_out(path: Path) -> Path:
     return Path("runs/annotate_stats")
 
 
+def stats_path(cfg: StatsConfig) -> Path | None:
+    """`<stem>.stats.json` in the output folder (the PNG goes beside it); None without a path."""
+    if not cfg.path:
+        return None
+    path = Path(cfg.path)
+    folder = Path(cfg.out_dir) if cfg.out_dir else _default_out(path)
+    return folder / f"{path.stem}.stats.json"
+
+
+@locked(stats_path)
 def run(cfg: StatsConfig) -> Path:
     if not cfg.path:
         raise DataError("<none>", "give a trees file: hiprm annotate stats TREES.jsonl")
@@ -88,10 +103,20 @@ def run(cfg: StatsConfig) -> Path:
         raise DataError(path, "no trees in this file")
     s = tree_stats(trees)
     print(format_tree_stats(s, title=f"{path}:"))
-    folder = Path(cfg.out_dir) if cfg.out_dir else _default_out(path)
-    out = folder / f"{path.stem}.stats.json"
-    write_json(out, s)
-    if cfg.plot:
-        png = plot_mc_histogram(s, folder / f"{path.stem}.mc.png")
+    out = stats_path(cfg)
+    assert out is not None
+    png = out.with_name(f"{path.stem}.mc.png") if cfg.plot else None
+    write_stats(s, out, png)
+    if png is not None:
         print(f"MC-score histogram: {png}")
     return out
+
+
+def write_stats(s: dict[str, Any], json_path: Path, png_path: Path | None) -> None:
+    """The statistics as JSON and (unless `png_path` is None) the histogram PNG, both or
+    neither: a full disk or a bad folder leaves the previous pair as it was."""
+    prepare_out_dir(json_path.parent)
+    files = {json_path: (json.dumps(s, indent=2, ensure_ascii=False) + "\n").encode()}
+    if png_path is not None:
+        files[png_path] = plot_mc_histogram(s)
+    write_files(files)

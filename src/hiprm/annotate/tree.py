@@ -68,11 +68,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hiprm.artifacts import DataError, read_jsonl
+from hiprm.artifacts import DataError, SkipLog, read_jsonl
 from hiprm.records import problem_id_for
 
 OUTCOMES = ("correct", "wrong", "no_answer", "truncated")
 TREE_FORMAT = "hiprm-tree/1"
+_REQUIRED = object()  # a field with no default: missing is an error
 
 
 def normalize_step(text: str) -> str:
@@ -222,37 +223,127 @@ class Tree:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "<tree>", line: int | None = None) -> Tree:
-        """Parse (and `validate`) one tree line; errors name `where:line` and the node."""
+        """Parse (and `validate`) one tree line; errors name `where:line`, the node and the field.
+
+        Every field is checked for its type, nothing is coerced: a count or depth is a JSON
+        integer (not `true`, not `2.0`, not `"2"`), a score a finite number in [0, 1] or null.
+        """
         if not isinstance(d, dict):
             raise DataError(where, f"expected a tree object, got {type(d).__name__}", line)
-        for key in ("question", "answer", "nodes"):
-            if key not in d:
-                raise DataError(where, "missing", line, key)
-        if not isinstance(d["nodes"], list) or not d["nodes"]:
-            raise DataError(where, "expected a non-empty list of nodes", line, "nodes")
-        t = cls(str(d.get("problem_id") or problem_id_for(d["question"])), str(d["question"]),
-                str(d["answer"]), str(d.get("source", "")), cost=dict(d.get("cost") or {}),
-                mc_from=str(d.get("mc_from", "leaves")))  # fmt: skip
-        for i, nd in enumerate(d["nodes"]):
+        f = _Fields(where, line)
+        question = f.text(d, "question")
+        answer = f.answer(d, "answer", "answer")
+        nodes = d.get("nodes")
+        if not isinstance(nodes, list) or not nodes:
+            raise DataError(where, f"expected a non-empty list of nodes, got {_shown(nodes)}", line, "nodes")
+        mc_from = d.get("mc_from", "leaves")
+        if mc_from not in MC_FROM:
+            raise DataError(where, f"expected one of {list(MC_FROM)}, got {_shown(mc_from)}", line, "mc_from")
+        cost = d.get("cost") or {}
+        if not isinstance(cost, dict):
+            raise DataError(where, f"expected an object, got {_shown(cost)}", line, "cost")
+        pid = d.get("problem_id") or problem_id_for(question)
+        source = d.get("source", "") or ""
+        for key, value in (("problem_id", pid), ("source", source)):
+            if not isinstance(value, str):
+                raise DataError(where, f"expected a string, got {_shown(value)}", line, key)
+        t = cls(pid, question, answer, source, cost=dict(cost), mc_from=mc_from)
+        for i, nd in enumerate(nodes):
+            at = f"nodes[{i}]"
             if not isinstance(nd, dict):
-                raise DataError(where, f"expected an object, got {type(nd).__name__}", line, f"nodes[{i}]")
-            try:
-                node = TreeNode(
-                    id=str(nd["id"]), parent=None if nd.get("parent") is None else str(nd["parent"]),
-                    depth=int(nd["depth"]), step=str(nd["step"]), outcome=nd.get("outcome"),
-                    answer=nd.get("answer"), count=int(nd.get("count", 1)), leaves=int(nd.get("leaves", 0)),
-                    correct=int(nd.get("correct", 0)), mc=None if nd.get("mc") is None else float(nd["mc"]),
-                    tokens=int(nd.get("tokens", 0)), merged_from=nd.get("merged_from"),
-                )  # fmt: skip
-            except KeyError as e:
-                raise DataError(where, "missing", line, f"nodes[{i}].{e.args[0]}") from None
-            except (TypeError, ValueError) as e:
-                raise DataError(where, f"bad value: {e}", line, f"nodes[{i}]") from None
+                raise DataError(where, f"expected an object, got {_shown(nd)}", line, at)
+            merged = nd.get("merged_from")
+            if merged is not None and not (isinstance(merged, list) and all(isinstance(x, str) for x in merged)):
+                raise DataError(where, f"expected a list of node ids or null, got {_shown(merged)}", line,
+                                f"{at}.merged_from")  # fmt: skip
+            node = TreeNode(
+                id=f.text(nd, "id", at), parent=f.optional_text(nd, "parent", at), depth=f.count(nd, "depth", at),
+                step=f.text(nd, "step", at, empty=True), outcome=f.optional_text(nd, "outcome", at),
+                answer=f.optional_text(nd, "answer", at), count=f.count(nd, "count", at, 1),
+                leaves=f.count(nd, "leaves", at, 0), correct=f.count(nd, "correct", at, 0),
+                mc=f.score(nd, "mc", at), tokens=f.count(nd, "tokens", at, 0), merged_from=merged,
+            )  # fmt: skip
             if node.id in t._index:
                 raise DataError(where, f"node id {node.id} appears twice", line, f"nodes[{i}].id")
             t._append(node)
         validate(t, where, line)
         return t
+
+
+MC_FROM = ("leaves", "child_mean", "given")
+
+
+def _shown(value: Any) -> str:
+    """A field's value in an error message: its JSON type and a short repr.
+
+    >>> _shown(True), _shown("0.5"), _shown([1, 2])
+    ('a boolean (True)', "a string ('0.5')", 'a list ([1, 2])')
+    """
+    kind = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
+            dict: "an object", type(None): "null"}.get(type(value), type(value).__name__)  # fmt: skip
+    return kind if value is None else f"{kind} ({value!r:.60})"
+
+
+@dataclass
+class _Fields:
+    """Typed field reads for one tree line: each names `where:line` and the field when it fails."""
+
+    where: str
+    line: int | None
+
+    def _fail(self, expected: str, value: Any, field: str) -> DataError:
+        return DataError(self.where, f"expected {expected}, got {_shown(value)}", self.line, field)
+
+    def _get(self, d: dict[str, Any], key: str, at: str, default: Any) -> tuple[Any, str]:
+        field = f"{at}.{key}" if at else key
+        if key not in d and default is _REQUIRED:
+            raise DataError(self.where, "missing", self.line, field)
+        return d.get(key, default), field
+
+    def text(self, d: dict[str, Any], key: str, at: str = "", empty: bool = False) -> str:
+        v, field = self._get(d, key, at, _REQUIRED)
+        if not isinstance(v, str) or (not empty and not v):
+            raise self._fail("a non-empty string" if not empty else "a string", v, field)
+        return v
+
+    def optional_text(self, d: dict[str, Any], key: str, at: str) -> str | None:
+        v, field = self._get(d, key, at, None)
+        if v is not None and not isinstance(v, str):
+            raise self._fail("a string or null", v, field)
+        return v
+
+    def answer(self, d: dict[str, Any], key: str, at: str) -> str:
+        """A reference answer: a string, or a JSON number written as text (GSM8K's are)."""
+        v, field = self._get(d, key, "", _REQUIRED)
+        if isinstance(v, bool) or not isinstance(v, str | int | float) or (isinstance(v, float) and not math.isfinite(v)):
+            raise self._fail("a string or a number", v, field)
+        return v if isinstance(v, str) else str(v)
+
+    def count(self, d: dict[str, Any], key: str, at: str, default: Any = _REQUIRED) -> int:
+        v, field = self._get(d, key, at, default)
+        if type(v) is not int or v < 0:  # bool is an int subclass; 2.0 and "2" are not counts
+            raise self._fail("a whole number >= 0", v, field)
+        return v
+
+    def score(self, d: dict[str, Any], key: str, at: str) -> float | None:
+        v, field = self._get(d, key, at, None)
+        if v is None:
+            return None
+        return check_score(v, self.where, self.line, field)
+
+
+def check_score(v: Any, where: str, line: int | None, field: str) -> float:
+    """An MC-score read from a file: a finite JSON number in [0, 1] (not a string, not a boolean).
+
+    >>> check_score(0.25, "t.jsonl", 3, "mc")
+    0.25
+    >>> check_score("0.5", "t.jsonl", 3, "nodes[2].mc")
+    Traceback (most recent call last):
+    hiprm.artifacts.DataError: t.jsonl:3: field 'nodes[2].mc': expected a number in [0, 1], got a string ('0.5')
+    """
+    if isinstance(v, bool) or not isinstance(v, int | float) or not (0.0 <= v <= 1.0):  # NaN fails too
+        raise DataError(where, f"expected a number in [0, 1], got {_shown(v)}", line, field)
+    return float(v)
 
 
 def path_to(tree: Tree, nid: str) -> list[TreeNode]:
@@ -475,21 +566,31 @@ def from_openr(obj: dict[str, Any], where: str = "<openr>", line: int | None = N
     for key in ("question", "final_answer", "reasoning_steps"):
         if key not in obj:
             raise DataError(where, "missing (OpenR tree line)", line, key)
-    question = str(obj["question"])
-    t = Tree(problem_id_for(question), question, str(obj["final_answer"]), source=f"{where}:{line}" if line else where,
-             mc_from="given")  # fmt: skip
+    f = _Fields(where, line)
+    question = f.text(obj, "question")
+    t = Tree(problem_id_for(question), question, f.answer(obj, "final_answer", ""),
+             source=f"{where}:{line}" if line else where, mc_from="given")  # fmt: skip
     root = obj["reasoning_steps"]
     stack: list[tuple[dict[str, Any], str | None, list[str], str]] = [(root, None, [], "reasoning_steps")]
     while stack:
         nd, parent, steps, field_path = stack.pop()
         if not isinstance(nd, dict) or "mc_value" not in nd:
-            raise DataError(where, "expected {text, mc_value, children}", line, field_path)
-        kids = nd.get("children") or []
-        text = "" if parent is None else str(nd.get("text", ""))
+            raise DataError(where, f"expected an object {{text, mc_value, children}}, got {_shown(nd)}", line,
+                            field_path)  # fmt: skip
+        kids = nd.get("children")
+        if kids is None:
+            kids = []
+        elif not isinstance(kids, list):
+            raise DataError(where, f"expected a list of nodes, got {_shown(kids)}", line, f"{field_path}.children")
+        text = nd.get("text", "")
+        if not isinstance(text, str):
+            raise DataError(where, f"expected a string, got {_shown(text)}", line, f"{field_path}.text")
+        if parent is None:
+            text = ""
         here = steps if parent is None else [*steps, text]
         nid = node_id(here)
         depth = len(here)
-        mc = float(nd["mc_value"])
+        mc = check_score(nd["mc_value"], where, line, f"{field_path}.mc_value")
         if nid in t:
             # An identical sibling: a repeated leaf is one node counted twice; a repeated inner
             # step keeps one node and its children join the first copy's (deduplicated in turn).
@@ -532,10 +633,31 @@ def tree_from_json(obj: Any, where: str, line: int | None = None) -> Tree:
     return Tree.from_dict(obj, where, line)
 
 
-def read_trees(path: str | Path) -> Iterator[Tree]:
-    """Trees from a hiprm `trees.jsonl` or an OpenR tree file (per line, by shape)."""
-    for line, obj in read_jsonl(path):
-        yield tree_from_json(obj, str(path), line)
+def read_trees(path: str | Path, skip_log: SkipLog | None = None) -> Iterator[Tree]:
+    """The trees of a file (`read_tree_lines` without the line numbers)."""
+    for _, tree in read_tree_lines(path, skip_log):
+        yield tree
+
+
+def read_tree_lines(path: str | Path, skip_log: SkipLog | None = None) -> Iterator[tuple[int, Tree]]:
+    """THE tree reader: `(line, tree)` from a hiprm `trees.jsonl` or an OpenR tree file (per line, by
+    shape), each typed and validated (`Tree.from_dict`, `from_openr`). A problem that comes
+    twice (two runs appended to one file, a file concatenated with itself) is an error naming
+    both lines. Bad lines raise, or with `skip_log` are counted there and skipped."""
+    first: dict[str, int] = {}
+    for line, obj in read_jsonl(path, skip_log):
+        try:
+            tree = tree_from_json(obj, str(path), line)
+            if tree.problem_id in first:
+                raise DataError(path, f"problem {tree.problem_id} again (first at line {first[tree.problem_id]}); "
+                                      "a tree file holds each problem once", line, "problem_id")  # fmt: skip
+        except DataError as e:
+            if skip_log is None:
+                raise
+            skip_log.add(e)
+            continue
+        first[tree.problem_id] = line
+        yield line, tree
 
 
 def tree_stats(trees: list[Tree]) -> dict[str, Any]:

@@ -21,6 +21,7 @@ The trees are split by problem before anything else, so HNC never sees a validat
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -32,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from hiprm.artifacts import DataError, SkipLog, StageError, prepare_out_dir, write_jsonl, write_meta
+from hiprm.artifacts import DataError, SkipLog, StageError, locked, prepare_out_dir, write_jsonl, write_meta
 from hiprm.config import Fraction, Positive, Probability
 from hiprm.data.labels import Neutral, build_examples, dedupe
 from hiprm.data.prm800k import read_prm800k
@@ -228,9 +229,25 @@ def replace_folder(folder: Path, write: Callable[[Path], None]) -> None:
     shutil.rmtree(aside, ignore_errors=True)  # if this fails, the next build's clear_leftovers does it
 
 
+def build_out_dir(cfg: BuildConfig) -> Path:
+    return Path(cfg.out_dir or f"runs/data/{cfg.kind}")
+
+
+@locked(build_out_dir)
 def run(cfg: BuildConfig) -> Path:
+    out_dir = build_out_dir(cfg)
+    existed = os.path.lexists(out_dir)
+    try:
+        return _build(cfg, out_dir)
+    except BaseException:
+        if not existed:  # a failed first build leaves nothing, not an empty folder
+            with contextlib.suppress(OSError):
+                os.rmdir(out_dir)
+        raise
+
+
+def _build(cfg: BuildConfig, out_dir: Path) -> Path:
     start = time.perf_counter()
-    out_dir = Path(cfg.out_dir or f"runs/data/{cfg.kind}")
     place = Path(os.path.realpath(out_dir))  # a symlinked out_dir: its target is replaced, not the link
     try:
         clear_leftovers(place)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hiprm.artifacts import DataError, SkipLog, write_jsonl
+from hiprm.artifacts import DataError, SkipLog, locked, write_jsonl
 from hiprm.data.stats import load_rows
 
 
@@ -53,11 +53,20 @@ def to_trl(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def export_path(cfg: ExportConfig) -> Path | None:
+    """The output file: `out`, or FILE with `.trl.jsonl` (None without FILE)."""
+    if not cfg.path:
+        return None
+    src = Path(cfg.path)
+    return Path(cfg.out) if cfg.out else src.with_name(src.name.removesuffix(".jsonl") + ".trl.jsonl")
+
+
+@locked(export_path)
 def run(cfg: ExportConfig) -> Path:
     if not cfg.path:
         raise DataError("<args>", "give the example JSONL: hiprm data export-trl FILE")
     src = Path(cfg.path)
-    out = Path(cfg.out) if cfg.out else src.with_name(src.name.removesuffix(".jsonl") + ".trl.jsonl")
+    out = export_path(cfg)
     skip_log = SkipLog() if cfg.skip_bad else None
     rows = load_rows(src, skip_log)  # validated: every row has question, steps, label, kind
     converted = []

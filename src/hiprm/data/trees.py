@@ -44,24 +44,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hiprm.annotate.hnc import hnc, parent_indices
-from hiprm.annotate.tree import Tree, tree_from_json
-from hiprm.artifacts import DataError, SkipLog, read_jsonl
+from hiprm.annotate.tree import Tree, read_tree_lines
+from hiprm.artifacts import DataError, SkipLog
 
 LabelRule = Literal["soft", "hard"]
 _NO_RATINGS: list[int | None] = []  # shared by every example dict: trees carry no human ratings
 
 
 def read_forest(path: str | Path, skip_log: SkipLog | None = None) -> list[tuple[Tree, str]]:
-    """Every tree of a file with its `file:line`; bad lines raise (or are logged with skip_bad)."""
-    out = []
-    for line, obj in read_jsonl(path, skip_log):
-        try:
-            out.append((tree_from_json(obj, str(path), line), f"{path}:{line}"))
-        except DataError as e:
-            if skip_log is None:
-                raise
-            skip_log.add(e)
-    return out
+    """Every tree of a file (`read_trees`, the one reader) with where it came from."""
+    return [(tree, f"{path}:{line}") for line, tree in read_tree_lines(path, skip_log)]
 
 
 def node_label(mc: float, label_rule: LabelRule = "soft", hard_threshold: float = 0.5) -> float:

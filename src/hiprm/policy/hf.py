@@ -23,7 +23,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from hiprm.artifacts import StageError
+from hiprm.artifacts import DataError, StageError, read_json
 from hiprm.policy.decode import DECODERS
 from hiprm.policy.protocol import SamplingParams, cut_at_stop
 
@@ -69,10 +69,24 @@ class StopOnStrings(StoppingCriteria):
         return torch.tensor(hit, dtype=torch.bool, device=input_ids.device)
 
 
+REWARD_HEADS = ("ForSequenceClassification", "ForTokenClassification", "ForProcessRewardModel")
+
+
 def resolve_policy_model(name_or_path: str) -> str:
-    """A local folder as is; otherwise an embedded model name known to `hiprm.rm.backbone`."""
-    if Path(name_or_path).expanduser().is_dir():
-        return str(Path(name_or_path).expanduser())
+    """A local folder as is; otherwise an embedded model name known to `hiprm.rm.backbone`.
+
+    A folder whose config.json names a reward model's architecture (a classification head,
+    as `hiprm rm train` writes) is refused before loading: loaded as a causal LM it would get a
+    fresh, untrained lm_head with no error, and its score head would be silently dropped."""
+    folder = Path(name_or_path).expanduser()
+    if folder.is_dir():
+        cfg_path = folder / "config.json"
+        archs = [str(a) for a in (read_json(cfg_path).get("architectures") or [])] if cfg_path.is_file() else []
+        if archs and all(a.endswith(REWARD_HEADS) for a in archs):
+            raise DataError(cfg_path, f"{', '.join(archs)} is a reward model (a classification head), not a "
+                                      "policy; give a causal LM (the base model the reward model was trained "
+                                      "from, say)", field="architectures")  # fmt: skip
+        return str(folder)
     from hiprm.rm.backbone import resolve_model_path
 
     return str(resolve_model_path(name_or_path))

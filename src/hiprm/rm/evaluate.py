@@ -32,7 +32,15 @@ from typing import Any
 
 import numpy as np
 
-from hiprm.artifacts import append_jsonl, atomic_write, prepare_out_dir, read_appended, write_json, write_meta
+from hiprm.artifacts import (
+    append_jsonl,
+    atomic_write,
+    locked,
+    prepare_out_dir,
+    read_appended,
+    write_json,
+    write_meta,
+)
 from hiprm.config import ConfigError, NonNegative, Positive, Probability, to_dict
 from hiprm.data.labels import Neutral, step_label
 from hiprm.records import StepVerdicts
@@ -314,6 +322,7 @@ def _no_nan(obj: Any) -> Any:
     return obj
 
 
+@locked(lambda cfg: cfg.out)
 def run(cfg: EvalConfig) -> Path:
     from hiprm.rm.remote import load_scorer
 

@@ -18,6 +18,7 @@ from hiprm.artifacts import (
     DataError,
     check_input_file,
     identity_diff,
+    locked,
     prepare_out_dir,
     read_appended,
     read_json,
@@ -86,6 +87,7 @@ def score_meta_path(out: Path) -> Path:
     return out.with_name(out.name + ".meta.json")
 
 
+@locked(lambda cfg: cfg.output)
 def run(cfg: ScoreConfig) -> Path:
     """Score every solution of `input` into `output`, resumable after a kill: records are appended
     to `output.partial` a chunk at a time and renamed when all are done. The run identity (config

@@ -41,7 +41,7 @@ from typing import Any, Literal
 from transformers import Trainer, TrainerCallback
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from hiprm.artifacts import check_input_file, write_meta
+from hiprm.artifacts import check_input_file, locked, write_meta
 from hiprm.config import (
     ConfigError,
     NonNegative,
@@ -458,6 +458,7 @@ def best_validation(trainer: Trainer) -> dict[str, float]:
     return trainer.evaluate()
 
 
+@locked(lambda cfg: cfg.output_dir)
 def run(cfg: TrainConfig, callbacks: list[TrainerCallback] | None = None) -> Path:
     """Train (or resume, or return a finished run); returns the output directory."""
     from transformers import set_seed

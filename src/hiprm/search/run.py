@@ -32,6 +32,7 @@ from typing import Any
 
 from hiprm.artifacts import (
     append_jsonl,
+    locked,
     start_or_resume,
     weights_fingerprint,
 )
@@ -256,6 +257,13 @@ def _build_scorers(cfg: EvalConfig, methods: list[Method]) -> dict[str, Any]:
     return {rm: load_scorer(getattr(cfg, rm), **cfg.rm.scorer_kwargs()) for rm in names}
 
 
+def eval_run_dir(cfg: EvalConfig) -> Path:
+    """Where this run writes: `out_dir`, or its shard's folder (shards run side by side)."""
+    shard = parse_shard(cfg.shard)
+    return Path(cfg.out_dir) / "shards" / f"{shard[0]}-of-{shard[1]}" if shard else Path(cfg.out_dir)
+
+
+@locked(eval_run_dir)
 def run(cfg: EvalConfig, *, policy: Any = None, scorers: dict[str, Any] | None = None) -> Path:
     """Evaluate; returns the run folder. `policy` / `scorers` override the configured ones (tests)."""
     methods = resolve_methods(cfg)
@@ -275,7 +283,7 @@ def run(cfg: EvalConfig, *, policy: Any = None, scorers: dict[str, Any] | None =
         raise ConfigError(f"prompt: {e}") from None
     shard = parse_shard(cfg.shard)
     out_dir = Path(cfg.out_dir)
-    run_dir = out_dir / "shards" / f"{shard[0]}-of-{shard[1]}" if shard else out_dir
+    run_dir = eval_run_dir(cfg)
     problems, data_path = load_problems(cfg)
     # A reward model or policy retrained at the same path is another run: their weights are
     # part of the identity, like the dataset's contents (`inputs`).

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hiprm.annotate.tree import read_trees
-from hiprm.artifacts import DataError, check_input_file, write_jsonl, write_meta
+from hiprm.artifacts import DataError, check_input_file, locked, write_jsonl, write_meta
 from hiprm.config import (
     ConfigError,
     Fraction,
@@ -117,6 +117,10 @@ def check_config(cfg: SelftrainConfig) -> None:
         if not ok:
             raise ConfigError(message)
     check_input_file(cfg.trees)
+    if Path(cfg.model).expanduser().is_dir():
+        from hiprm.policy.hf import resolve_policy_model
+
+        resolve_policy_model(cfg.model)  # a reward model's folder is refused here, before any output
 
 
 def pick(cfg: SelftrainConfig) -> tuple[list[Trajectory], list[Trajectory], dict[str, Any]]:
@@ -183,6 +187,7 @@ def run_config(cfg: SelftrainConfig) -> dict[str, Any]:
     return {k: v for k, v in to_dict(cfg).items() if k != "overwrite"}
 
 
+@locked(lambda cfg: cfg.out_dir)
 def run(cfg: SelftrainConfig) -> Path:
     """Train one lambda (or each of `lambdas`); returns `out_dir`."""
     check_config(cfg)

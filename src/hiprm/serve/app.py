@@ -133,32 +133,54 @@ def measure(items: list[tuple[str, Any]], where: list[str], counting: Counting, 
     return out, check_tokens(tokens, limits, max_model_len)
 
 
+DRAIN_BYTES = 64 << 20  # of a body over the limit, read and dropped so that the client hears the 413
+
+
 async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
-    """The body, refusing as soon as it passes `limit` bytes, declared or streamed (413), or when it
-    has not all arrived within `timeout_s` (408). A client that goes away mid-body is one log line."""
+    """The body, or RequestError: 413 past `limit` bytes, declared or streamed; 408 when it has
+    not all arrived within `timeout_s`. A client that goes away mid-body is one log line.
+
+    A body over the limit is still read (and dropped) up to DRAIN_BYTES more, within `timeout_s`:
+    a server that answers and closes while the client is still sending makes the client's
+    kernel see a reset, and most clients then report "connection reset" instead of the 413.
+    Past that (or a declared length beyond it) the 413 is sent at once."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise RequestError(413, f"body is {declared} bytes; the limit is {limit}")
+    size_declared = int(declared) if declared is not None and declared.isdigit() else None
+    too_large = RequestError(413, f"body is {size_declared if size_declared is not None else 'over'} bytes; "
+                                  f"the limit is {limit}")  # fmt: skip
+    if size_declared is not None and size_declared > limit + DRAIN_BYTES:
+        raise too_large
+    over = size_declared is not None and size_declared > limit
     chunks, size = [], 0
     try:
         async with asyncio.timeout(timeout_s):
             async for chunk in request.stream():
                 size += len(chunk)
-                if size > limit:
-                    raise RequestError(413, f"body is over the limit of {limit} bytes")
+                if size > limit and not over:
+                    over, chunks = True, []
+                if over:
+                    if size > limit + DRAIN_BYTES:
+                        break
+                    continue
                 chunks.append(chunk)
     except TimeoutError:
+        if over:
+            raise too_large from None
         raise RequestError(408, f"the body did not arrive within read_timeout_s={timeout_s:g} s "
                                 f"({size} bytes came)") from None  # fmt: skip
     except ClientDisconnect:
+        if over:
+            raise too_large from None
         client = f"{request.client.host}:{request.client.port}" if request.client else "a client"
         log.info("%s went away after sending %d bytes of its %s body", client, size, request.url.path)
         raise RequestError(400, "the client disconnected before sending its whole body") from None
+    if over:
+        raise too_large
     return b"".join(chunks)
 
 
 def refuse(e: RequestError) -> JSONResponse:
-    # The rest of a body we stopped reading is still on the wire: close rather than keep alive.
+    # The rest of a body we stopped reading may still be on the wire: close rather than keep alive.
     unread = e.status in (408, 413)
     return JSONResponse({"detail": e.message}, status_code=e.status, headers={"connection": "close"} if unread else None)
 

@@ -6,9 +6,12 @@
       200:  {"rewards": [[float, ...], ...]}   one list per solution, in request order, one
                                                reward in [0, 1] per step (step i given steps[:i])
       408:  {"detail": str}   the body did not arrive within read_timeout_s
-      413:  {"detail": str}   body larger than max_body_bytes
+      413:  {"detail": str}   body larger than max_body_bytes (the server reads and drops up to 64 MiB
+                              more so the client gets this answer, then closes the connection)
       422:  {"detail": str}   not UTF-8 JSON, nested too deeply, a lone surrogate in a string, wrong
-                              shape, unknown keys, or over a limit (steps per solution, characters
+                              shape, unknown keys, nothing to score (an empty list of solutions,
+                              an empty or white-space question or step; /classify's `input: []`
+                              or ""), or over a limit (steps per solution, characters
                               per step / question, solutions per request, tokens per request, an
                               input longer than the model's context)
       500:  {"detail": str}   the scorer raised on this request alone (a batch that fails is
@@ -40,6 +43,8 @@
                   "root", "parent", "max_model_len", "permission": []}]}
 
 A single-solution body still gets `rewards` as a list of one list, so clients handle one shape.
+A solution with `steps: []` is valid and gets `[]`: a batch holding an empty generation is scored,
+not refused.
 `parse_request(body, limits)` turns raw bytes into `ScoreItem`s or raises `RequestError` with the
 HTTP status to answer; the app calls it, and tests call it directly.
 """
@@ -214,14 +219,18 @@ def parse_vllm(body: bytes, limits: Limits, kind: type[ClassifyRequest]) -> Clas
         first = e.errors()[0]
         raise RequestError(422, f"at {'.'.join(str(p) for p in first['loc']) or 'body'}: {first['msg']}") from None
     inputs = request_inputs(req)
+    if req.input == [] or req.input == "":
+        raise RequestError(422, "input is empty; send a text, a list of token ids, {question, steps}, "
+                                "or a non-empty list of them")  # fmt: skip
     if len(inputs) > limits.max_items_per_request:
         raise RequestError(422, f"{len(inputs)} inputs in one request; the limit is {limits.max_items_per_request}")
     max_chars = limits.max_chars_per_step * limits.max_steps_per_item
     for i, t in enumerate(inputs):
         if isinstance(t, str) and len(t) > max_chars:
             raise RequestError(422, f"input[{i}] has {len(t)} characters; the limit is {max_chars}")
-    check_limits([ScoreItem(question=x.question, steps=x.steps) for x in inputs if isinstance(x, SolutionInput)],
-                 limits)  # fmt: skip
+    structured = [ScoreItem(question=x.question, steps=x.steps) for x in inputs if isinstance(x, SolutionInput)]
+    if structured:
+        check_limits(structured, limits)
     return req
 
 
@@ -308,7 +317,8 @@ def parse_request(body: bytes, limits: Limits) -> list[ScoreItem]:
     >>> [i.steps for i in parse_request(b'{"question": "q", "steps": ["a", "b"]}', Limits())]
     [['a', 'b']]
     >>> parse_request(b'[]', Limits())
-    []
+    Traceback (most recent call last):
+    hiprm.serve.protocol.RequestError: the request holds no solution; send {question, steps} or a non-empty list of them
     """
     raw = load_body(body, limits)
     try:
@@ -330,6 +340,21 @@ def parse_request(body: bytes, limits: Limits) -> list[ScoreItem]:
 
 
 def check_limits(items: list[ScoreItem], limits: Limits) -> None:
+    """RequestError(422) for a request with no solution, an empty (or white-space) question or
+    step, or content over a limit. A solution with no steps is valid: its rewards are `[]`.
+
+    >>> check_limits([ScoreItem(question="q", steps=["a", " "])], Limits())
+    Traceback (most recent call last):
+    hiprm.serve.protocol.RequestError: [0].steps[1] is empty; every step needs text to be scored
+    """
+    if not items:
+        raise RequestError(422, "the request holds no solution; send {question, steps} or a non-empty list of them")
+    for n, item in enumerate(items):
+        if not item.question.strip():
+            raise RequestError(422, f"[{n}].question is empty; a step is scored given its question")
+        for i, s in enumerate(item.steps):
+            if not s.strip():
+                raise RequestError(422, f"[{n}].steps[{i}] is empty; every step needs text to be scored")
     if len(items) > limits.max_items_per_request:
         raise RequestError(422, f"{len(items)} solutions in one request; the limit is {limits.max_items_per_request}")
     for n, item in enumerate(items):

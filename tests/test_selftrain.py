@@ -285,3 +285,27 @@ def test_two_processes_under_accelerate(trees_file, tiny_lm_dir, tmp_path):
     for r in train_rows:
         assert r["loss"] == pytest.approx(r["lm_loss"] + 2 * r["kl"], rel=1e-4, abs=1e-5)
     assert (out / "model" / "config.json").is_file()
+
+
+@pytest.mark.parametrize("command", ["selftrain", "eval"])
+def test_a_reward_models_folder_is_refused_as_a_policy_before_any_output(
+    command, tmp_path, tiny_tokenizer, tmp_path_factory, shared_data, capsys
+):
+    """A classifier loaded as a causal LM gets a fresh lm_head and loses its score head, with no
+    error from transformers: refused by its config.json, as `serve` refuses a causal LM."""
+    from hiprm.cli import main
+    from tests.rm_fixtures import shared_tiny_rm
+
+    rm = shared_tiny_rm(tmp_path_factory, tiny_tokenizer)
+    trees = shared_data / "samples" / "openr_samples_math-aps-tree.jsonl"
+    data = tmp_path / "p.jsonl"
+    data.write_text(json.dumps({"question": "What is 1 + 1?", "answer": "2"}) + "\n")
+    out = tmp_path / "out"
+    args = {"selftrain": ["selftrain", f"trees={trees}", f"model={rm}", f"out_dir={out}"],
+            "eval": ["eval", f"dataset={data}", f"policy.model={rm}", "methods=[majority]", "n_values=[1]",
+                     f"out_dir={out}"]}[command]  # fmt: skip
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "ForSequenceClassification is a reward model" in err and "config.json" in err, err
+    assert not out.exists() or not any(out.iterdir())

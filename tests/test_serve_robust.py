@@ -437,3 +437,80 @@ def test_malformed_requests_sent_together_with_valid_ones_never_500_and_spare_th
         assert valid[k].json()["rewards"][0] == pytest.approx(want, abs=1e-5)
         assert valid[k + 1].json()["data"][0]["probs"][1] == pytest.approx(want[0], abs=1e-5)
         assert [row[1] for row in valid[k + 2].json()["data"][0]["data"]] == pytest.approx(want, abs=1e-5)
+
+
+# ---- §4: nothing to score, and a body far over the limit (issue 25) ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ([], "holds no solution"),
+        ({"question": "", "steps": ["a"]}, "[0].question is empty"),
+        ({"question": " \n", "steps": ["a"]}, "[0].question is empty"),
+        ([{"question": "q", "steps": ["a"]}, {"question": "q", "steps": ["a", ""]}], "[1].steps[1] is empty"),
+        ({"question": "q", "steps": ["a", "\t "]}, "[0].steps[1] is empty"),
+    ],
+)
+def test_nothing_to_score_is_422_naming_what_is_empty(body, fragment):
+    with TestClient(create_app(FakeScorer(half))) as client:
+        r = client.post("/v1/score", json=body)
+    assert r.status_code == 422 and fragment in r.json()["detail"], r.text
+
+
+def test_a_solution_without_steps_gets_an_empty_reward_list_beside_the_others():
+    """Documented: a batch holding an empty generation is scored, not refused."""
+    with TestClient(create_app(FakeScorer(half))) as client:
+        r = client.post("/v1/score", json=[{"question": "q", "steps": []}, {"question": "q", "steps": ["a"]}])
+    assert r.status_code == 200 and r.json() == {"rewards": [[], [0.5]]}
+
+
+@pytest.mark.parametrize("path", ["/classify", "/pooling"])
+@pytest.mark.parametrize(("inp", "fragment"), [([], "input is empty"), ("", "input is empty"),
+                                               ({"question": "q", "steps": [""]}, "[0].steps[0] is empty")])  # fmt: skip
+def test_classify_and_pooling_with_nothing_to_score_are_422(scorer, path, inp, fragment):
+    with TestClient(create_app(scorer)) as client:
+        r = client.post(path, json={"input": inp, **({"task": "token_classify"} if path == "/pooling" else {})})
+    assert r.status_code == 422 and fragment in r.json()["detail"], r.text
+    assert "has no tokens" not in r.json()["detail"]
+
+
+def test_a_10_mb_body_gets_the_413_over_a_real_socket_not_a_connection_reset(free_tcp_port):
+    """uvicorn on 127.0.0.1, a 4 MB limit, a 10 MB body sent whole before the answer is read (as
+    http.client, urllib and requests do): declared, and chunked. Answering without reading the
+    rest of the body made the client's kernel see a reset ("Connection reset by peer")."""
+    import http.client
+    import threading
+
+    import uvicorn
+
+    app = create_app(FakeScorer(half), ServeConfig(max_body_bytes=4_000_000))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_tcp_port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.05)
+        body = b'{"question": "' + b"x" * 10_000_000 + b'", "steps": ["a"]}'
+
+        def post(content, chunked=False) -> tuple[int, dict]:
+            conn = http.client.HTTPConnection("127.0.0.1", free_tcp_port, timeout=30)
+            try:
+                conn.request("POST", "/v1/score", body=content, headers={"content-type": "application/json"},
+                             encode_chunked=chunked)  # fmt: skip
+                r = conn.getresponse()
+                return r.status, json.loads(r.read())
+            finally:
+                conn.close()
+
+        for _ in range(3):  # every time, not by luck of timing
+            status, got = post(body)
+            assert status == 413 and "the limit is 4000000" in got["detail"]
+        status, _ = post((body[k : k + (1 << 20)] for k in range(0, len(body), 1 << 20)), chunked=True)
+        assert status == 413
+        assert post(json.dumps({"question": "q", "steps": ["a"]}).encode()) == (200, {"rewards": [[0.5]]})
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -269,13 +269,24 @@ def locked(output_of: Callable[[Any], str | Path | None]) -> Callable[[Callable[
 
         @locked(lambda cfg: cfg.out_dir)
         def run(cfg: AnnotateConfig) -> Path: ...
+
+    A run that fails on an output folder it created leaves no empty folder behind (a bad input,
+    a full disk): either the previous output is there, or nothing.
     """
 
     def wrap(run: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(run)
         def run_locked(cfg: Any, *args: Any, **kwargs: Any) -> Any:
-            with output_lock(output_of(cfg)):
-                return run(cfg, *args, **kwargs)
+            out = output_of(cfg)
+            existed = bool(out) and os.path.lexists(out)
+            with output_lock(out):
+                try:
+                    return run(cfg, *args, **kwargs)
+                except BaseException:
+                    if out and not existed and _launch_rank() == 0:
+                        with contextlib.suppress(OSError):
+                            os.rmdir(out)  # only if empty
+                    raise
 
         return run_locked
 
@@ -348,12 +359,20 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def append_jsonl(path: str | Path, row: dict[str, Any]) -> None:
-    """Append one line and flush it (metrics, resumable sample logs)."""
+    """Append one line and flush it (metrics, resumable sample logs). A first line that cannot
+    be written (a full disk) leaves no empty file; a torn later one is `read_appended`'s to cut."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    with p.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        f.flush()
+    new = not p.exists()
+    try:
+        with p.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.flush()
+    except OSError:
+        if new:
+            with contextlib.suppress(OSError):
+                p.unlink()
+        raise
 
 
 def read_appended(path: str | Path) -> list[Any]:

@@ -627,9 +627,12 @@ def _parents_first(t: Tree) -> None:
 
 
 def tree_from_json(obj: Any, where: str, line: int | None = None) -> Tree:
-    """Either format, told apart by shape."""
-    if is_openr_tree(obj):
+    """Either format, told apart by shape: hiprm's has `nodes`, OpenR's `reasoning_steps`."""
+    if isinstance(obj, dict) and "reasoning_steps" in obj and "nodes" not in obj:
         return from_openr(obj, where, line)
+    if isinstance(obj, dict) and "nodes" not in obj:
+        raise DataError(where, "missing: a tree line has `nodes` (a hiprm tree) or `reasoning_steps` (an OpenR "
+                               "tree)", line, "nodes")  # fmt: skip
     return Tree.from_dict(obj, where, line)
 
 

@@ -21,7 +21,6 @@ The trees are split by problem before anything else, so HNC never sees a validat
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import random
@@ -236,17 +235,6 @@ def build_out_dir(cfg: BuildConfig) -> Path:
 @locked(build_out_dir)
 def run(cfg: BuildConfig) -> Path:
     out_dir = build_out_dir(cfg)
-    existed = os.path.lexists(out_dir)
-    try:
-        return _build(cfg, out_dir)
-    except BaseException:
-        if not existed:  # a failed first build leaves nothing, not an empty folder
-            with contextlib.suppress(OSError):
-                os.rmdir(out_dir)
-        raise
-
-
-def _build(cfg: BuildConfig, out_dir: Path) -> Path:
     start = time.perf_counter()
     place = Path(os.path.realpath(out_dir))  # a symlinked out_dir: its target is replaced, not the link
     try:

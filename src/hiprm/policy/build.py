@@ -12,6 +12,7 @@ Backends are imported only when chosen (transformers for `hf`, httpx for `openai
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hiprm.artifacts import DataError, read_json
@@ -101,11 +102,16 @@ POLICIES = {"hf": _hf_policy, "openai": _openai_policy, "scripted": _scripted_po
 
 
 def check_policy_config(c: PolicyConfig) -> None:
-    """Fail before any work starts on a backend name that does not exist."""
+    """Fail before any work starts on a backend name that does not exist, or an hf policy whose
+    folder holds a reward model (`resolve_policy_model` reads its config.json, no weights)."""
     if c.backend not in POLICIES:
         raise ConfigError(f"policy.backend: {c.backend!r} is not one of {sorted(POLICIES)}")
     if c.decoder not in DECODERS:
         raise ConfigError(f"policy.decoder: {c.decoder!r} is not one of {sorted(DECODERS)}")
+    if c.backend == "hf" and Path(c.model).expanduser().is_dir():
+        from hiprm.policy.hf import resolve_policy_model
+
+        resolve_policy_model(c.model)
 
 
 def build_policy(c: PolicyConfig) -> Any:

@@ -236,6 +236,7 @@ def _train_one(cfg: SelftrainConfig, out: Path) -> Path:
 
     args = training_arguments(cfg, out)
     is_main = args.process_index == 0
+    train, val, stats = pick(cfg)  # a bad tree file is refused before the output folder is made
     with args.main_process_first(desc="output dir"):
         if prepare_output_dir(out, run_config(cfg), [cfg.trees], cfg.overwrite, is_main):
             log.info("%s: already trained; returning it (overwrite=true to retrain)", out)
@@ -243,7 +244,6 @@ def _train_one(cfg: SelftrainConfig, out: Path) -> Path:
         if is_main:
             last_complete_checkpoint(out / "checkpoints", clean=True)
     resume = last_complete_checkpoint(out / "checkpoints")
-    train, val, stats = pick(cfg)
     with args.main_process_first(desc="model"):
         path = resolve_policy_model(cfg.model)  # a folder as is, else the embedded name
     set_seed(cfg.seed)

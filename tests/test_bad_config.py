@@ -150,3 +150,30 @@ def test_a_named_pipe_is_refused_not_read_forever(command, tmp_path, tiny_tokeni
                           cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 2, proc.stderr
     assert "not a regular file" in proc.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["annotate", "stats", "{trees}", "out_dir={tmp}/afile"], "afile is in the way"),
+        (["annotate", "stats", "{trees}", "out_dir={tmp}/loop/x"], "Too many levels of symbolic links"),
+        (["annotate", "hnc", "trees={trees}", "out={tmp}"], "is a folder; give the path of a file"),
+        (["annotate", "hnc", "trees={trees}", "out={tmp}/afile/x.jsonl"], "afile is in the way"),
+        (["annotate", "hnc", "trees={trees}", "out={tmp}/loop/x.jsonl"], "loop is in the way"),
+        (["data", "build", "--kind", "prm", "trees={trees}", "out_dir={tmp}/afile/x/y"], "afile is in the way"),
+        (["data", "build", "--kind", "prm", "trees={trees}", "out_dir={tmp}/loop"], "cannot create the output folder"),
+        (["data", "export-trl", "{tmp}/afile", "out={tmp}"], "is a folder; give the path of a file"),
+    ],
+)
+def test_an_output_path_that_cannot_be_one_is_one_line_and_leaves_nothing(args, fragment, tmp_path, shared_data,
+                                                                          capsys):  # fmt: skip
+    """A file where a folder must be, a symbolic link to itself, a folder where a file must be."""
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    trees = shared_data / "samples" / "openr_samples_math-aps-tree.jsonl"
+    before = sorted(p.name for p in tmp_path.iterdir())
+    capsys.readouterr()
+    assert cli.main([a.format(tmp=tmp_path, trees=trees) for a in args]) == 2
+    err = [x for x in capsys.readouterr().err.splitlines() if x.startswith("hiprm ")]
+    assert len(err) == 1 and fragment in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

@@ -212,18 +212,26 @@ def output_lock(path: str | Path | None) -> Iterator[None]:
         finally:
             _HELD[key][1] -= 1
         return
-    fd = _acquire(lock, path)
-    if fd is None:  # a filesystem without locks: warned
-        yield
-        return
-    _HELD[key] = [fd, 1]
+    made = [d for d in (lock.parent, *lock.parent.parents) if not os.path.lexists(d)]  # deepest first
     try:
-        yield
+        fd = _acquire(lock, path)
+        if fd is None:  # a filesystem without locks: warned
+            yield
+            return
+        _HELD[key] = [fd, 1]
+        try:
+            yield
+        finally:
+            del _HELD[key]
+            with contextlib.suppress(OSError):
+                os.unlink(lock)  # while still held: a run waiting on this file sees it replaced and retries
+            os.close(fd)  # releases the lock
     finally:
-        del _HELD[key]
-        with contextlib.suppress(OSError):
-            os.unlink(lock)  # while still held: a run waiting on this file sees it replaced and retries
-        os.close(fd)  # releases the lock
+        for d in made:  # folders made for the lock and left empty by a failed run go again
+            try:
+                os.rmdir(d)
+            except OSError:
+                break
 
 
 def _acquire(lock: Path, path: str | Path) -> int | None:
@@ -234,6 +242,10 @@ def _acquire(lock: Path, path: str | Path) -> int | None:
         try:
             lock.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except (FileExistsError, NotADirectoryError):
+            blocker = next((d for d in (lock.parent, *lock.parent.parents) if os.path.lexists(d) and not d.is_dir()),
+                           lock.parent)  # fmt: skip
+            raise StageError(f"{path}: {blocker} is in the way: a file or a broken link, not a folder") from None
         except OSError as e:
             raise StageError(f"{path}: cannot create the output's lock file {lock}: {e.strerror or e}") from None
         try:
@@ -314,6 +326,16 @@ def prepare_out_dir(path: str | Path) -> Path:
             pass
     except OSError as e:
         raise StageError(f"{p}: cannot write in the output folder: {e.strerror or e}") from None
+    return p
+
+
+def check_output_file(path: str | Path, key: str) -> Path:
+    """`path` as the Path of an output file, or ConfigError when a folder is there."""
+    from hiprm.config import ConfigError
+
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{key}: {p} is a folder; give the path of a file")
     return p
 
 

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from hiprm.annotate.hnc import hnc
 from hiprm.annotate.tree import read_trees, validate
-from hiprm.artifacts import DataError, locked, write_jsonl, write_meta
+from hiprm.artifacts import DataError, check_output_file, locked, write_jsonl, write_meta
 from hiprm.config import ConfigError, Positive, Probability
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ def run(cfg: HNCConfig) -> Path:
         raise ConfigError(
             f"split={cfg.split}: HNC augments training trees only; an evaluation split stays as grown"
         )
-    out = Path(cfg.out)
+    out = check_output_file(cfg.out, "out")
     if out.resolve() == Path(cfg.trees).resolve():
         raise ConfigError(f"out={cfg.out} would overwrite the input trees")
     totals = {"trees": 0, "nodes": 0, "merged": 0, "rescored": 0, "skipped_collisions": 0}

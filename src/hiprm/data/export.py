@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hiprm.artifacts import DataError, SkipLog, locked, write_jsonl
+from hiprm.artifacts import DataError, SkipLog, check_output_file, locked, write_jsonl
 from hiprm.data.stats import load_rows
 
 
@@ -66,7 +66,7 @@ def run(cfg: ExportConfig) -> Path:
     if not cfg.path:
         raise DataError("<args>", "give the example JSONL: hiprm data export-trl FILE")
     src = Path(cfg.path)
-    out = export_path(cfg)
+    out = check_output_file(export_path(cfg), "out")
     skip_log = SkipLog() if cfg.skip_bad else None
     rows = load_rows(src, skip_log)  # validated: every row has question, steps, label, kind
     converted = []

@@ -18,12 +18,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from hiprm.artifacts import StageError, lock_file_for, output_lock, read_appended, write_jsonl
-from tests.killing import ENV, complete_lines, hiprm_cmd, run_to_end
+from hiprm.artifacts import StageError, lock_file_for, output_lock, write_jsonl
+from tests.killing import ENV, hiprm_cmd, run_to_end
 from tests.rm_fixtures import shared_tiny_rm
 from tests.test_annotate import _files
 
@@ -162,60 +163,147 @@ def test_every_runner_is_in_the_lock_test():
 # ---- two real runs on one output -------------------------------------------------------------------
 
 
-def _start_and_wait_for_lock(cmd: list[str], output: Path, log: Path) -> subprocess.Popen:
-    """Start `cmd` and return once it holds `output`'s lock (its PID is in the lock file)."""
-    err = log.open("wb")
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=err)
-    deadline = time.monotonic() + 120
-    while True:
+def _race(cmd: list[str], output: Path, log: Path, timeout: float = 600) -> None:
+    """Start `cmd`; once it holds `output`'s lock (its PID is in the lock file), freeze it with
+    SIGSTOP so that it is sure to be mid-run, start the same command again and see it refused
+    naming the first's PID; then let the first go on and finish (exit 0)."""
+    with log.open("wb") as err:
+        first = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if lock_file_for(output).read_text().strip() == str(first.pid):
+                    break
+            except FileNotFoundError:
+                pass
+            assert first.poll() is None, f"the first run ended ({first.returncode}) before it was seen:\n{log.read_text()}"
+            assert time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.005)
+        first.send_signal(signal.SIGSTOP)
         try:
-            if lock_file_for(output).read_text().strip() == str(proc.pid):
-                return proc
-        except FileNotFoundError:
-            pass
-        assert proc.poll() is None, f"the first run ended ({proc.returncode}) before it was seen:\n{log.read_text()}"
-        assert time.monotonic() < deadline, log.read_text()
-        time.sleep(0.01)
+            _refused(cmd, output, first.pid)
+        finally:
+            first.send_signal(signal.SIGCONT)
+        assert first.wait(timeout=timeout) == 0, log.read_text()[-3000:]
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
 
 
-def test_two_annotate_runs_on_one_out_dir_write_each_problem_once(tmp_path):
+def _unique_lines(path: Path, n: int, key: Callable[[dict], object]) -> None:
+    rows = [json.loads(x) for x in path.read_bytes().splitlines()]
+    keys = [key(r) for r in rows]
+    assert len(rows) == n and len(set(keys)) == n, f"{path}: {len(rows)} records, {len(set(keys))} distinct, {n} wanted"
+
+
+def _steps_once(run_dir: Path) -> None:
+    meta = json.loads((run_dir / "meta.json").read_text())
+    assert meta["status"] == "done", meta.get("status")
+    steps = [json.loads(x).get("step") for x in (run_dir / "metrics.jsonl").read_bytes().splitlines()]
+    train = [r for r in (json.loads(x) for x in (run_dir / "metrics.jsonl").read_bytes().splitlines()) if "loss" in r]
+    assert steps and len({r["step"] for r in train}) == len(train), "a training step logged twice"
+
+
+@pytest.fixture
+def race_inputs(tmp_path, shared_data, tiny_rm_dir, tiny_lm_dir, tiny_backbone_dir):
+    from tests.test_eval_run import _texts
+    from tests.test_kill9 import _solutions
+    from tests.test_rm_train import toy_examples
+
     script, _ = _files(tmp_path)
     many = tmp_path / "many.jsonl"
     many.write_text("".join(json.dumps({"question": f"What is {i}+{i}? (4+5 style)", "answer": "9"}) + "\n"
                             for i in range(300)))  # fmt: skip
-    out = tmp_path / "out"
-    cmd = hiprm_cmd("annotate", f"dataset={many}", "mode=mcts", "budget=30", "children=3", "batch_problems=1",
-                    "policy.backend=scripted", f"policy.script={script}", "progress=false", f"out_dir={out}")  # fmt: skip
-    first = _start_and_wait_for_lock(cmd, out, tmp_path / "first.log")
-    try:
-        _refused(cmd, out, first.pid)
-        assert first.poll() is None, "the first run ended before the second was refused: the test proved nothing"
-        assert first.wait(timeout=300) == 0, (tmp_path / "first.log").read_text()[-2000:]
-    finally:
-        if first.poll() is None:
-            first.kill()
-    ids = [t["problem_id"] for t in read_appended(out / "trees.jsonl")]
-    assert len(ids) == 300 and len(set(ids)) == 300
-    run_to_end(cmd)  # and a rerun after it resumes: nothing left to do, nothing added
-    assert complete_lines(out / "trees.jsonl") == 300
+    problems = [(f"[p{i}] What is {i % 9}+{i % 5}?", str(i % 9 + i % 5)) for i in range(150)]
+    eval_data = tmp_path / "eval_problems.jsonl"
+    write_jsonl(eval_data, [{"q": q, "a": a} for q, a in problems])
+    eval_script = tmp_path / "eval_script.json"
+    eval_script.write_text(json.dumps({"rules": {q: _texts(q.split()[-1][:-1], a) for q, a in problems}}))
+    openr = [json.loads(x) for x in (shared_data / "samples" / "openr_samples_math-aps-tree.jsonl").read_text().splitlines()]
+    trees = tmp_path / "trees.jsonl"  # 1,200 distinct OpenR trees: a second or two of HNC
+    trees.write_text("".join(json.dumps({**t, "question": f"{t['question']} (copy {k})"}) + "\n"
+                             for k in range(400) for t in openr))  # fmt: skip
+    examples = tmp_path / "examples.jsonl"
+    write_jsonl(examples, [{"problem_id": f"p{i}", "question": f"q{i}", "previous_steps": ["s1", "s2"],
+                            "previous_labels": [1.0, 1.0], "current_step": "a", "label": float(i % 2), "kind": "prm",
+                            "ratings": [1], "source": "t"} for i in range(100_000)])  # fmt: skip
+    rm_train = tmp_path / "rm_train.jsonl"
+    write_jsonl(rm_train, toy_examples(40, seed=0))
+    return {"script": script, "many": many, "eval_data": eval_data, "eval_script": eval_script, "trees": trees,
+            "examples": examples, "rm_train": rm_train, "sols": _solutions(tmp_path / "solutions.jsonl", 600),
+            "rm": tiny_rm_dir, "lm": tiny_lm_dir, "backbone": tiny_backbone_dir, "shared": shared_data}  # fmt: skip
+
+
+def _race_case(name: str, i: dict, o: Path) -> tuple[list[str], Path, Callable[[], None]]:
+    """(command, its output, the check that the finished output holds each record once)."""
+    if name == "annotate":
+        return (["annotate", f"dataset={i['many']}", "mode=mcts", "budget=30", "children=3", "batch_problems=1",
+                 "policy.backend=scripted", f"policy.script={i['script']}", "progress=false", f"out_dir={o}"], o,
+                lambda: _unique_lines(o / "trees.jsonl", 300, lambda r: r["problem_id"]))  # fmt: skip
+    if name == "eval":
+        return (["eval", f"dataset={i['eval_data']}", "question_field=q", "answer_field=a",
+                 "methods=[majority,orm,prm-min]", "n_values=[1,2,4]", f"orm={i['rm']}", f"prm={i['rm']}",
+                 "rm.device=cpu", "policy.backend=scripted", f"policy.script={i['eval_script']}", "progress=false",
+                 f"out_dir={o}"], o, lambda: _unique_lines(o / "problems.jsonl", 150, lambda r: r["problem_id"]))  # fmt: skip
+    if name == "rm score":
+        out = o / "scored.jsonl"
+        return (["rm", "score", f"model={i['rm']}", f"input={i['sols']}", "device=cpu", "chunk_size=16",
+                 f"output={out}"], out, lambda: _unique_lines(out, 600, lambda r: r["id"]))  # fmt: skip
+
+    def rm_eval_check() -> None:
+        rows = [json.loads(x) for x in (o / "rewards.jsonl").read_bytes().splitlines()]
+        keys = [(r["model"], r["task"], r["key"]) for r in rows]
+        assert rows and len(set(keys)) == len(keys) and (o / "rm_eval.json").is_file()
+
+    if name == "rm eval":
+        return (["rm", "eval", f"models=[{i['rm']}]", f"data_dir={i['shared']}", "prm800k_limit=10", "limit=48",
+                 "processbench_splits=[gsm8k,math]", "bootstrap=50", "device=cpu", f"out={o}"], o, rm_eval_check)  # fmt: skip
+    if name == "rm train":
+        return (["rm", "train", f"model.name={i['backbone']}", f"data.train={i['rm_train']}", "data.val=null",
+                 "optim.batch_size=4", "optim.epochs=2", "logging_steps=1", f"output_dir={o}"], o,
+                lambda: _steps_once(o))  # fmt: skip
+    if name == "selftrain":
+        return (["selftrain", f"trees={i['shared'] / 'samples' / 'openr_samples_math-aps-tree.jsonl'}",
+                 f"model={i['lm']}", "max_length=2048", "batch_size=2", "max_steps=6", "min_mc=0.4", "logging_steps=1",
+                 f"out_dir={o}"], o, lambda: _steps_once(o))  # fmt: skip
+
+    def build_check() -> None:
+        meta = json.loads((o / "meta.json").read_text())
+        for split in ("train", "val"):
+            assert len((o / f"{split}.jsonl").read_bytes().splitlines()) == meta["counts"][split]
+
+    if name == "data build":
+        return (["data", "build", "--kind", "hrm", f"input={i['shared'] / 'prm800k' / 'phase1_train.reconstructed.jsonl'}",
+                 "quiet=true", f"out_dir={o}"], o, build_check)  # fmt: skip
+    if name == "annotate hnc":
+        out = o / "hnc.jsonl"
+        return (["annotate", "hnc", f"trees={i['trees']}", "quiet=true", f"out={out}"], out,
+                lambda: _unique_lines(out, 1200, lambda r: r["problem_id"]))  # fmt: skip
+    if name == "annotate stats":
+        out = o / "trees.stats.json"
+        return (["annotate", "stats", str(i["trees"]), f"out_dir={o}"], out,
+                lambda: json.loads(out.read_text())["problems"] == 1200 or pytest.fail("stats of another input"))  # fmt: skip
+    if name == "data export-trl":
+        out = o / "trl.jsonl"
+        return (["data", "export-trl", str(i["examples"]), f"out={out}"], out,
+                lambda: _unique_lines(out, 100_000, lambda r: r["prompt"]))  # fmt: skip
+    raise KeyError(name)
+
+
+RACES = ["annotate", "eval", "rm score", "rm eval", "rm train", "selftrain", "data build", "annotate hnc",
+         "annotate stats", "data export-trl"]  # fmt: skip
 
 
 @pytest.mark.slow
-def test_two_rm_score_runs_on_one_output_score_each_solution_once(tmp_path, tiny_rm_dir):
-    from tests.test_kill9 import _solutions
-
-    src = _solutions(tmp_path / "solutions.jsonl", 600)
-    out = tmp_path / "scored.jsonl"
-    cmd = hiprm_cmd("rm", "score", f"model={tiny_rm_dir}", f"input={src}", "device=cpu", "chunk_size=16",
-                    f"output={out}")  # fmt: skip
-    first = _start_and_wait_for_lock(cmd, out, tmp_path / "first.log")
-    try:
-        _refused(cmd, out, first.pid)
-        assert first.poll() is None, "the first run ended before the second was refused: the test proved nothing"
-        assert first.wait(timeout=300) == 0, (tmp_path / "first.log").read_text()[-2000:]
-    finally:
-        if first.poll() is None:
-            first.kill()
-    lines = out.read_bytes().splitlines()
-    assert len(lines) == 600 and len(set(lines)) == 600
-    assert [json.loads(x)["id"] for x in lines] == list(range(600))
+@pytest.mark.parametrize("name", RACES)
+def test_a_second_real_run_is_refused_while_the_first_runs_and_nothing_is_written_twice(name, race_inputs, tmp_path):
+    """Two real `hiprm` processes on one output, the first frozen mid-run while the second starts.
+    (`quickstart` takes minutes; it runs the stages above under its own lock, which the
+    held-lock test checks.)"""
+    args, output, check = _race_case(name, race_inputs, tmp_path / "out")
+    _race(hiprm_cmd(*args), output, tmp_path / "first.log")
+    check()
+    run_to_end(hiprm_cmd(*args))  # and a rerun afterwards resumes or redoes without adding anything
+    check()

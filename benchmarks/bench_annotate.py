@@ -45,10 +45,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from hiprm.annotate.grow import GrowSettings, grow_trees  # noqa: E402
-from hiprm.annotate.tree import Tree, path_to  # noqa: E402
 from hiprm.policy.prompts import STYLES  # noqa: E402
 from hiprm.policy.protocol import SamplingParams, cut_at_stop  # noqa: E402
 from hiprm.records import Problem  # noqa: E402
+from hiprm.tree import Tree, path_to  # noqa: E402
 
 K = 4
 WORLD_DEPTH = 6

@@ -27,10 +27,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from hiprm.annotate.hnc import tree_rng
-from hiprm.annotate.tree import Tree, TreeNode, node_id, normalize_step, recompute
 from hiprm.artifacts import write_jsonl
 from hiprm.data.trees import forest_examples
+from hiprm.hnc import tree_rng
+from hiprm.tree import Tree, TreeNode, node_id, normalize_step, recompute
 
 SEP = "\n\n"
 WORDS = "let x be the value so we get then add both sides hence divide by two and check sum".split()

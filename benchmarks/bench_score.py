@@ -53,7 +53,7 @@ def build_tiny():
     from transformers import LlamaForSequenceClassification
 
     try:
-        from hiprm.rm.backbone import load_tokenizer, resolve_model_path
+        from hiprm.models import load_tokenizer, resolve_model_path
 
         tok, which = load_tokenizer(resolve_model_path("smollm2-135m-instruct")), "SmolLM2 tokenizer"
     except Exception:  # noqa: BLE001 - any failure: fall back to the tiny tokenizer
@@ -69,7 +69,7 @@ def build_from(path: str):
     """A trained checkpoint, or a causal-LM backbone with a fresh (untrained) 2-label head."""
     from transformers import AutoModelForSequenceClassification
 
-    from hiprm.rm.backbone import load_tokenizer, resolve_model_path
+    from hiprm.models import load_tokenizer, resolve_model_path
 
     folder = resolve_model_path(path)
     tok = load_tokenizer(folder, padding_side="right")

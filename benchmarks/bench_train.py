@@ -38,8 +38,8 @@ import threading
 import time
 from pathlib import Path
 
+from hiprm.models import freeze_lower_layers, load_tokenizer, resolve_model_path
 from hiprm.rm import trie
-from hiprm.rm.backbone import freeze_lower_layers, load_tokenizer, resolve_model_path
 from hiprm.rm.data_collate import PadCollator, encode_examples, read_examples, soft_label_loss
 from hiprm.rm.template import TemplateConfig
 

@@ -40,7 +40,7 @@ case "$cmd" in
   start)
     model="${1:-}"; port="${2:-8011}"; shift $(( $# > 2 ? 2 : $# )) || true
     if [ -z "$model" ]; then
-      model="$(.venv/bin/python -c 'from hiprm.rm.backbone import resolve_model_path; print(resolve_model_path("smollm2-135m-instruct"))')"
+      model="$(.venv/bin/python -c 'from hiprm.models import resolve_model_path; print(resolve_model_path("smollm2-135m-instruct"))')"
     fi
     mkdir -p "$LOGDIR"
     log="$LOGDIR/server-$port.log"

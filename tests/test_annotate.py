@@ -15,7 +15,15 @@ import pytest
 from hiprm.annotate.grow import GrowSettings, classify_step, grow_trees, split_rollout
 from hiprm.annotate.run import AnnotateConfig, load_problems, run
 from hiprm.annotate.stats import format_tree_stats
-from hiprm.annotate.tree import (
+from hiprm.artifacts import DataError, StageError, read_appended
+from hiprm.cli import main
+from hiprm.config import ConfigError
+from hiprm.policy.openai_http import OpenAIPolicy
+from hiprm.policy.prompts import STYLES
+from hiprm.policy.protocol import SamplingParams
+from hiprm.policy.scripted import ScriptedPolicy
+from hiprm.records import Problem
+from hiprm.tree import (
     Tree,
     iter_paths,
     path_to,
@@ -26,14 +34,6 @@ from hiprm.annotate.tree import (
     validate,
     wilson,
 )
-from hiprm.artifacts import DataError, StageError, read_appended
-from hiprm.cli import main
-from hiprm.config import ConfigError
-from hiprm.policy.openai_http import OpenAIPolicy
-from hiprm.policy.prompts import STYLES
-from hiprm.policy.protocol import SamplingParams
-from hiprm.policy.scripted import ScriptedPolicy
-from hiprm.records import Problem
 from tests.killing import complete_lines, hiprm_cmd, kill_when
 
 # Keys must not occur in the paper prompt's own example ("1+2+3 = ?").

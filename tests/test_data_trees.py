@@ -9,11 +9,11 @@ import random
 
 import pytest
 
-from hiprm.annotate.tree import Tree, path_to, read_trees, recompute
 from hiprm.artifacts import DataError, read_jsonl, write_jsonl
 from hiprm.data.build import BuildConfig, run
 from hiprm.data.trees import tree_examples
 from hiprm.records import example_from_json
+from hiprm.tree import Tree, path_to, read_trees, recompute
 
 OPENR = "/work/shared/data/samples/openr_samples_math-aps-tree.jsonl"
 

@@ -12,9 +12,8 @@ import pytest
 from hiprm.cli import main as cli_main
 from hiprm.config import ConfigError, load_config
 from hiprm.policy.scripted import ScriptedPolicy
-from hiprm.search.problems import load_problems
 from hiprm.search.report import read_done
-from hiprm.search.run import EvalConfig, run
+from hiprm.search.run import EvalConfig, load_problems, run
 
 PROBLEMS = [(f"What is {a}+{b}?", str(a + b)) for a, b in [(2, 3), (4, 4), (1, 6), (5, 5), (7, 2)]]
 

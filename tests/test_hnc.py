@@ -1,4 +1,4 @@
-"""HNC (hiprm.annotate.hnc): the paper's Fig. 3 by hand, invariants on random trees, seeds, the
+"""HNC (hiprm.hnc): the paper's Fig. 3 by hand, invariants on random trees, seeds, the
 two score rules, OpenR's given scores, sibling collisions, the runner, and a statistical check of
 the paper's variance claim."""
 
@@ -13,10 +13,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from hiprm.annotate.hnc import hnc
 from hiprm.annotate.hnc_run import HNCConfig, run
-from hiprm.annotate.tree import Tree, node_id, path_to, read_trees, recompute, validate
 from hiprm.config import ConfigError
+from hiprm.hnc import hnc
+from hiprm.tree import Tree, node_id, path_to, read_trees, recompute, validate
 
 OPENR = "/work/shared/data/samples/openr_samples_math-aps-tree.jsonl"
 SEP = "\n\n"

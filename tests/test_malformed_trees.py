@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from hiprm.annotate.tree import Tree, read_trees, recompute
 from hiprm.cli import main
+from hiprm.tree import Tree, read_trees, recompute
 
 
 def _hiprm_tree() -> dict:

@@ -393,8 +393,8 @@ def test_hiprm_eval_runs_against_the_llama_cpp_server(llama_server, tmp_path):
 def test_hiprm_annotate_runs_against_the_llama_cpp_server(llama_server, tmp_path, mode):
     """Both growth modes with the policy on llama.cpp: valid trees, graded leaves, real token counts."""
     from hiprm.annotate.run import AnnotateConfig, run
-    from hiprm.annotate.tree import read_trees
     from hiprm.config import load_config
+    from hiprm.tree import read_trees
 
     data = tmp_path / "p.jsonl"
     data.write_text(

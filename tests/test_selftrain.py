@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from hiprm.annotate.tree import Tree, read_trees, recompute
 from hiprm.artifacts import DataError, write_jsonl
 from hiprm.config import ConfigError, load_config
 from hiprm.policy.prompts import STYLES
@@ -25,6 +24,7 @@ from hiprm.selftrain.select import (
     split_trajectories,
     training_text,
 )
+from hiprm.tree import Tree, read_trees, recompute
 from tests.killing import checkpoint_saved, hiprm_cmd, kill_when, run_to_end
 
 REPO = Path(__file__).resolve().parents[1]

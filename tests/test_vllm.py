@@ -53,7 +53,7 @@ def _policy_args(url: str) -> list[str]:
 @pytest.mark.parametrize("mode", ["bfs", "mcts"])
 def test_annotate_against_vllm(vllm_url, tmp_path, mode, caplog):
     from hiprm.annotate.run import AnnotateConfig, run
-    from hiprm.annotate.tree import read_trees
+    from hiprm.tree import read_trees
 
     data = tmp_path / "p.jsonl"
     data.write_text(

@@ -31,7 +31,6 @@ from typing import Any
 
 from hiprm.annotate import run as annotate_run
 from hiprm.annotate.stats import format_tree_stats, write_stats
-from hiprm.annotate.tree import read_trees, tree_stats
 from hiprm.artifacts import DataError, atomic_write, locked, write_meta
 from hiprm.config import ConfigError, Device, Fraction, NonNegative, NonNegativeFloat, Positive, to_dict
 from hiprm.data import build as data_build
@@ -41,6 +40,7 @@ from hiprm.rm import train as rm_train
 from hiprm.rm.scorer import ScorerSettings
 from hiprm.search import run as search_run
 from hiprm.selftrain import train as selftrain
+from hiprm.tree import read_trees, tree_stats
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
     trees = grow_trees(problems, policy, style, GrowSettings(mode="mcts", budget=64))
 
-Both modes return one `Tree` per problem (`hiprm.annotate.tree`): every node is a step, every
+Both modes return one `Tree` per problem (`hiprm.tree`): every node is a step, every
 leaf a finished (graded), answerless or depth-limited solution, and every node carries an
 MC-score (an estimate of the probability that a completion from it is correct, by `score`)
 with a 95% interval (`tree.intervals`).
@@ -76,13 +76,13 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from hiprm.annotate.tree import Tree, TreeNode, intervals, path_to, recompute
 from hiprm.artifacts import StageError
 from hiprm.grading import GradingMode, extract_answer, is_equivalent
 from hiprm.policy.prompts import PromptStyle
 from hiprm.policy.protocol import Policy, SamplingParams
 from hiprm.policy.steps import ANSWER_MARK, split_solution, split_trailing_header
 from hiprm.records import Problem
+from hiprm.tree import Tree, TreeNode, intervals, path_to, recompute
 
 
 @dataclass

@@ -25,10 +25,10 @@ from typing import Any, Literal
 
 from tqdm import tqdm
 
-from hiprm.annotate.hnc import hnc
-from hiprm.annotate.tree import read_trees, validate
 from hiprm.artifacts import DataError, check_output_file, locked, write_jsonl, write_meta
 from hiprm.config import ConfigError, Positive, Probability
+from hiprm.hnc import hnc
+from hiprm.tree import read_trees, validate
 
 log = logging.getLogger(__name__)
 

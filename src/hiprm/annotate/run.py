@@ -28,14 +28,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hiprm.annotate.grow import GrowSettings, grow_trees
-from hiprm.annotate.tree import Tree, tree_stats
 from hiprm.artifacts import (
     DataError,
     SkipLog,
     append_jsonl,
     locked,
     read_appended,
-    read_json,
     start_or_resume,
     weights_fingerprint,
     write_meta,
@@ -49,22 +47,18 @@ from hiprm.config import (
     Probability,
     to_dict,
 )
+from hiprm.data.problems import load_problem_set
 from hiprm.grading import GradingMode, extract_answer, is_equivalent
 from hiprm.policy.build import OPERATIONAL_POLICY_KEYS, PolicyConfig, PromptConfig, build_policy, build_style
-from hiprm.records import Problem, problem_id_for
+from hiprm.records import Problem
+from hiprm.tree import Tree, tree_stats
 
 log = logging.getLogger(__name__)
 
-DATASETS = {
-    "gsm8k-train": "gsm8k/train.jsonl",
-    "math-train": "math/math_train7500_problems_answers.json",
-    "prm800k-train": "prm800k/phase1_train.reconstructed.jsonl",
-}
-
-
 @dataclass
 class AnnotateConfig:
-    """`dataset`: gsm8k-train | math-train | prm800k-train | path/to/problems.jsonl (with
+    """`dataset`: a problem set of `hiprm.data.problems.PROBLEM_SETS` (gsm8k-train, math-train,
+    prm800k-train, ...) | path/to/problems.jsonl (with
     `question_field` / `answer_field`). `order`: file | shortest_solution (GSM8K: problems whose
     reference solution is shortest first) | shortest_question. `mode`,
     `children`, `max_depth`, `budget` (+ `budget_unit`), sampling and MCTS settings: see
@@ -154,68 +148,9 @@ def check_config(cfg: AnnotateConfig) -> None:
 # --- problems ------------------------------------------------------------------------------------
 
 
-def _math_train(path: Path) -> list[Problem]:
-    """MATH train (a JSON array of {problem, final_answer}). Entries without a final answer (2 of
-    the 7,500 in the shared file) cannot be annotated: they are left out and counted in the log."""
-    rows = read_json(path)
-    if not isinstance(rows, list):
-        raise DataError(path, "expected a JSON array of {problem, final_answer}")
-    out = []
-    skipped = []
-    for i, row in enumerate(rows):
-        where = f"[{i}]"
-        if not isinstance(row, dict):
-            raise DataError(path, f"expected an object, got {type(row).__name__}", field=where)
-        q, a = row.get("problem"), row.get("final_answer")
-        bad = [key for key, v in (("problem", q), ("final_answer", a))
-               if not isinstance(v, str | int | float) or isinstance(v, bool) or not str(v).strip()]  # fmt: skip
-        if bad:
-            skipped.append(f"{where}.{bad[0]}")
-            continue
-        out.append(Problem(problem_id_for(str(q)), str(q), str(a), source=f"{path}{where}"))
-    if skipped:
-        log.warning(
-            "%s: %d entries without a question or answer left out (%s)",
-            path,
-            len(skipped),
-            ", ".join(skipped[:5]),
-        )
-    return out
-
-
-def _prm800k_train(path: Path) -> list[Problem]:
-    from hiprm.data.prm800k import read_prm800k
-
-    out: dict[str, Problem] = {}
-    for sol in read_prm800k(path):
-        # The paper annotates the problems of the finished phase-1 train solutions.
-        if sol.finish_reason == "solution" and sol.reference_answer and sol.problem_id not in out:
-            out[sol.problem_id] = Problem(
-                sol.problem_id, sol.question, sol.reference_answer, source=sol.source
-            )
-    return list(out.values())
-
-
 def load_problems(cfg: AnnotateConfig, skip_log: SkipLog | None = None) -> tuple[list[Problem], Path]:
-    from hiprm.data.problems import read_gsm8k, read_problems_jsonl
-
-    if cfg.dataset in DATASETS:
-        path = Path(cfg.data_dir) / DATASETS[cfg.dataset]
-        if not path.is_file():
-            raise ConfigError(f"dataset {cfg.dataset!r}: {path} not found (set data_dir=)")
-        reader: Callable[[Path], list[Problem]] = {
-            "gsm8k-train": lambda p: read_gsm8k(p, skip_log),
-            "math-train": _math_train,
-            "prm800k-train": _prm800k_train,
-        }[cfg.dataset]
-        problems = reader(path)
-    elif Path(cfg.dataset).is_file():
-        path = Path(cfg.dataset)
-        problems = read_problems_jsonl(path, cfg.question_field, cfg.answer_field, skip_bad=skip_log)
-    else:
-        raise ConfigError(f"dataset: {cfg.dataset!r} is neither one of {sorted(DATASETS)} nor a JSONL file")
-    seen: set[str] = set()
-    problems = [p for p in problems if not (p.problem_id in seen or seen.add(p.problem_id))]
+    problems, path = load_problem_set(cfg.dataset, cfg.data_dir, cfg.question_field, cfg.answer_field, skip_log)
+    seen = {p.problem_id for p in problems}
     if cfg.problem_ids:
         missing = sorted(set(cfg.problem_ids) - seen)
         if missing:

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hiprm.annotate.tree import read_trees, tree_stats
 from hiprm.artifacts import DataError, locked, prepare_out_dir, write_files
+from hiprm.tree import read_trees, tree_stats
 
 
 @dataclass

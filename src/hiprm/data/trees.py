@@ -3,7 +3,7 @@
     hiprm data build --kind hrm trees=runs/annotate/x/trees.jsonl out_dir=runs/data/tree_hrm
     hiprm data build --kind prm trees=../shared/data/samples/openr_samples_math-aps-tree.jsonl
 
-Input: a tree file in either format (`hiprm.annotate.tree.read_trees`: hiprm trees or OpenR's
+Input: a tree file in either format (`hiprm.tree.read_trees`: hiprm trees or OpenR's
 MCTS trees); output: example dicts with the fields of `RMExample` (written straight to JSONL:
 building 1M RMExample objects would cost more than the rest of the work).
 
@@ -12,7 +12,7 @@ building 1M RMExample objects would cost more than the rest of the work).
   `1.0 if mc >= hard_threshold else 0.0` (`hard`). kind "prm", source "file:line#node_id".
 - `hrm`: the PRM examples, plus one `hrm_pair` per node at depth >= 2 (its parent's step +
   separator + its step, conditioned on the steps above the parent, labelled with the node's
-  `mc`), plus, on the training split only, what HNC (`hiprm.annotate.hnc`) adds: each merged
+  `mc`), plus, on the training split only, what HNC (`hiprm.hnc`) adds: each merged
   node in its new context (kind "hrm_pair") and each node whose score HNC changed, with the new
   score (kind "prm"). A moved node's descendants keep their score and, rendered, their context
   (a merged step renders like the two steps it joins), so they add nothing and are left out.
@@ -43,9 +43,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 
-from hiprm.annotate.hnc import hnc, parent_indices
-from hiprm.annotate.tree import Tree, read_tree_lines
 from hiprm.artifacts import DataError, SkipLog
+from hiprm.hnc import hnc, parent_indices
+from hiprm.tree import Tree, read_tree_lines
 
 LabelRule = Literal["soft", "hard"]
 _NO_RATINGS: list[int | None] = []  # shared by every example dict: trees carry no human ratings
@@ -117,7 +117,7 @@ def tree_examples(
     >>> t = Tree.new("p", "q", "2")
     >>> a = t.add(t.root.id, "a")
     >>> _ = t.add(a.id, "b", outcome="correct"); _ = t.add(a.id, "c", outcome="wrong")
-    >>> from hiprm.annotate.tree import recompute; recompute(t)
+    >>> from hiprm.tree import recompute; recompute(t)
     >>> [(e["previous_steps"], e["current_step"], e["label"], e["kind"]) for e in tree_examples(t, "f:1", "hrm", "val", False)]
     [([], 'a', 0.5, 'prm'), (['a'], 'b', 1.0, 'prm'), (['a'], 'c', 0.0, 'prm'), ([], 'a\\n\\nb', 1.0, 'hrm_pair'), ([], 'a\\n\\nc', 0.0, 'hrm_pair')]
     """  # fmt: skip

@@ -73,7 +73,7 @@ REWARD_HEADS = ("ForSequenceClassification", "ForTokenClassification", "ForProce
 
 
 def resolve_policy_model(name_or_path: str) -> str:
-    """A local folder as is; otherwise an embedded model name known to `hiprm.rm.backbone`.
+    """A local folder as is; otherwise an embedded model name known to `hiprm.models`.
 
     A folder whose config.json names a reward model's architecture (a classification head,
     as `hiprm rm train` writes) is refused before loading: loaded as a causal LM it would get a
@@ -87,7 +87,7 @@ def resolve_policy_model(name_or_path: str) -> str:
                                       "policy; give a causal LM (the base model the reward model was trained "
                                       "from, say)", field="architectures")  # fmt: skip
         return str(folder)
-    from hiprm.rm.backbone import resolve_model_path
+    from hiprm.models import resolve_model_path
 
     return str(resolve_model_path(name_or_path))
 

@@ -13,13 +13,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from hiprm.data.labels import prm_examples
 from hiprm.records import Solution, StepVerdicts
-
-if TYPE_CHECKING:
-    from hiprm.rm.evaluate import EvalConfig
 
 
 @dataclass
@@ -53,9 +49,10 @@ def step_groups(solutions: Sequence[Solution]) -> list[StepGroup]:
     return groups
 
 
-def _data_path(cfg: EvalConfig, rel: str) -> Path:
+def data_path(data_dir: str, rel: str) -> Path:
+    """`rel` under `data_dir`, unless it is absolute."""
     p = Path(rel)
-    return p if p.is_absolute() else Path(cfg.data_dir) / p
+    return p if p.is_absolute() else Path(data_dir) / p
 
 
 def sample(entries: list[StepVerdicts], limit: int | None, seed: int) -> list[StepVerdicts]:
@@ -69,23 +66,16 @@ def sample(entries: list[StepVerdicts], limit: int | None, seed: int) -> list[St
     return [entries[i] for i in keep]
 
 
-def load_data(cfg: EvalConfig) -> tuple[list[StepGroup], dict[str, list[StepVerdicts]], list[Path]]:
-    inputs: list[Path] = []
-    groups: list[StepGroup] = []
-    if cfg.prm800k:
-        from hiprm.data.prm800k import read_prm800k
+def load_prm800k_groups(path: Path, skip_finish_reasons: list[str], limit: int | None) -> list[StepGroup]:
+    """The rated step groups of the first `limit` PRM800K solutions whose finish reason is kept."""
+    from hiprm.data.prm800k import read_prm800k
 
-        path = _data_path(cfg, cfg.prm800k)
-        sols = [s for s in read_prm800k(path) if s.finish_reason not in cfg.skip_finish_reasons]
-        sols = sols[: cfg.prm800k_limit]
-        groups = step_groups(sols)
-        inputs.append(path)
-    splits: dict[str, list[StepVerdicts]] = {}
-    if cfg.processbench_splits:
-        from hiprm.data.processbench import read_processbench
+    sols = [s for s in read_prm800k(path) if s.finish_reason not in skip_finish_reasons]
+    return step_groups(sols[:limit])
 
-        for name in cfg.processbench_splits:
-            path = _data_path(cfg, f"{cfg.processbench_dir}/{name}.json")
-            splits[name] = sample(read_processbench(path), cfg.limit, cfg.seed)
-            inputs.append(path)
-    return groups, splits, inputs
+
+def load_processbench(folder: Path, splits: list[str], limit: int | None, seed: int) -> dict[str, list[StepVerdicts]]:
+    """Each ProcessBench split (`folder/NAME.json`), `limit` entries drawn with `seed`."""
+    from hiprm.data.processbench import read_processbench
+
+    return {name: sample(read_processbench(folder / f"{name}.json"), limit, seed) for name in splits}

@@ -44,7 +44,7 @@ from hiprm.artifacts import (
 from hiprm.config import ConfigError, NonNegative, Positive, Probability, to_dict
 from hiprm.data.labels import Neutral, step_label
 from hiprm.records import StepVerdicts
-from hiprm.rm.eval_data import StepGroup, load_data
+from hiprm.rm.eval_data import StepGroup, data_path, load_prm800k_groups, load_processbench
 from hiprm.rm.eval_report import markdown_report
 from hiprm.rm.metrics import (
     binary_metrics,
@@ -332,7 +332,14 @@ def run(cfg: EvalConfig) -> Path:
         raise ConfigError(f"threshold_split: {cfg.threshold_split!r} is not one of processbench_splits "
                           f"{cfg.processbench_splits}")
     out = prepare_out_dir(cfg.out)
-    groups, splits, inputs = load_data(cfg)
+    inputs: list[Path] = []
+    groups: list[StepGroup] = []
+    if cfg.prm800k:
+        inputs.append(data_path(cfg.data_dir, cfg.prm800k))
+        groups = load_prm800k_groups(inputs[-1], cfg.skip_finish_reasons, cfg.prm800k_limit)
+    folder = data_path(cfg.data_dir, cfg.processbench_dir)
+    splits = load_processbench(folder, cfg.processbench_splits, cfg.limit, cfg.seed)
+    inputs += [folder / f"{name}.json" for name in cfg.processbench_splits]
     cache = RewardCache(out / "rewards.jsonl")
     loaded: dict[str, Any] = {}
     local = list(dict.fromkeys(p for p in cfg.models if not p.startswith(("http://", "https://"))))

@@ -9,7 +9,7 @@
 Input: `data.train` / `data.val` RMExample JSONL (from `hiprm data build`). Every text comes
 from the one formatter (`hiprm.rm.template`), tokenized once up front. The model is
 `AutoModelForSequenceClassification` (num_labels=2, class 1 = positive) on `model.name`
-(default: the embedded SmolLM2-135M-Instruct, see `hiprm.rm.backbone`); the loss is
+(default: the embedded SmolLM2-135M-Instruct, see `hiprm.models`); the loss is
 cross-entropy against [1 - label, label] so hard and soft (MC-score) labels share one path;
 reward = softmax(logits)[..., 1]. Training runs on transformers' Trainer with dynamic padding
 and length-grouped batches, `max_grad_norm` 0.01 as in the paper, optional LoRA (merged into
@@ -52,8 +52,8 @@ from hiprm.config import (
     Scheduler,
     to_dict,
 )
+from hiprm.models import freeze_lower_layers, load_tokenizer, resolve_model_path
 from hiprm.rm import trie
-from hiprm.rm.backbone import freeze_lower_layers, load_tokenizer, resolve_model_path
 from hiprm.rm.data_collate import FeatureDataset, PadCollator, load_split, soft_label_loss
 from hiprm.rm.template import TemplateConfig
 from hiprm.rm.train_log import (

@@ -28,7 +28,6 @@ from hiprm.artifacts import atomic_write, read_appended, write_json, write_jsonl
 if TYPE_CHECKING:
     from hiprm.records import Problem
     from hiprm.search.best_of_n import Method
-    from hiprm.search.run import EvalConfig
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +241,14 @@ def all_results(out_dir: Path) -> list[Path]:
 
 
 def write_report(
-    cfg: EvalConfig, methods: list[Method], problems: list[Problem], run_dir: Path, sources: list[Path]
+    dataset: str,
+    policy_model: str,
+    n_values: list[int],
+    subsamples: int,
+    methods: list[Method],
+    problems: list[Problem],
+    run_dir: Path,
+    sources: list[Path],
 ) -> None:
     """samples.jsonl, metrics.json, table.md, report.md and accuracy.png for `problems`."""
     by_id: dict[str, dict[str, Any]] = {}
@@ -251,16 +257,16 @@ def write_report(
             by_id.setdefault(rec["problem_id"], rec)
     records = [by_id[p.problem_id] for p in problems if p.problem_id in by_id]
     names = [m.name for m in methods]
-    n_values = sorted(set(cfg.n_values))
+    n_values = sorted(set(n_values))
     acc = accuracy(records, names, n_values)
     cost = cost_summary(records)
-    title = f"{cfg.dataset}: accuracy (%) vs N, {len(records)}/{len(problems)} problems, policy {cfg.policy.model}"
+    title = f"{dataset}: accuracy (%) vs N, {len(records)}/{len(problems)} problems, policy {policy_model}"
     metrics = {
-        "dataset": cfg.dataset,
+        "dataset": dataset,
         "problems": len(records),
         "problems_planned": len(problems),
         "n_values": n_values,
-        "subsamples": cfg.subsamples,
+        "subsamples": subsamples,
         "accuracy": acc,
         "cost": cost,
         "ci": "mean over problems of per-problem accuracy (averaged over subsamples) +- 1.96 sd/sqrt(problems)",
@@ -271,13 +277,13 @@ def write_report(
         f.write(table)
     with atomic_write(run_dir / "report.md") as f:
         f.write(
-            f"# hiprm eval: {cfg.dataset}\n\n{table}\n{cost_markdown(cost)}\n"
-            f"CI: {metrics['ci']}. Subsamples per N < N_max: {cfg.subsamples}.\n"
+            f"# hiprm eval: {dataset}\n\n{table}\n{cost_markdown(cost)}\n"
+            f"CI: {metrics['ci']}. Subsamples per N < N_max: {subsamples}.\n"
         )
     write_jsonl(run_dir / "samples.jsonl", _sample_rows(records))
     if records:
         plot_accuracy(
-            acc, n_values, run_dir / "accuracy.png", title=f"{cfg.dataset} ({len(records)} problems)"
+            acc, n_values, run_dir / "accuracy.png", title=f"{dataset} ({len(records)} problems)"
         )
     log.info("report: %s (%d problems)", run_dir / "report.md", len(records))
 

@@ -31,12 +31,14 @@ from pathlib import Path
 from typing import Any
 
 from hiprm.artifacts import (
+    DataError,
     append_jsonl,
     locked,
     start_or_resume,
     weights_fingerprint,
 )
 from hiprm.config import ConfigError, NonNegative, NonNegativeFloat, Positive, Probability, to_dict
+from hiprm.data.problems import load_problem_set
 from hiprm.policy.build import (
     OPERATIONAL_POLICY_KEYS,
     PolicyConfig,
@@ -57,7 +59,6 @@ from hiprm.search.best_of_n import (
     sample_pool,
     score_pool,
 )
-from hiprm.search.problems import load_problems, parse_shard
 from hiprm.search.report import all_results, write_report
 from hiprm.search.stepwise import step_search, to_records
 
@@ -257,6 +258,33 @@ def _build_scorers(cfg: EvalConfig, methods: list[Method]) -> dict[str, Any]:
     return {rm: load_scorer(getattr(cfg, rm), **cfg.rm.scorer_kwargs()) for rm in names}
 
 
+def parse_shard(shard: str) -> tuple[int, int] | None:
+    """ "2/4" -> (2, 4); "" -> None."""
+    if not shard:
+        return None
+    try:
+        i, n = (int(x) for x in shard.split("/"))
+    except ValueError:
+        raise ConfigError(f"shard: expected 'i/n' (e.g. 0/4), got {shard!r}") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise ConfigError(f"shard: need 0 <= i < n, got {shard!r}")
+    return i, n
+
+
+def load_problems(cfg: EvalConfig) -> tuple[list[Problem], Path]:
+    """The problems this run solves: `dataset` (`hiprm.data.problems`, the one registry), cut to
+    the first `limit` and then to `shard=i/n` (every n-th problem from i), and the path read."""
+    problems, path = load_problem_set(cfg.dataset, cfg.data_dir, cfg.question_field, cfg.answer_field)
+    if cfg.limit > 0:
+        problems = problems[: cfg.limit]
+    shard = parse_shard(cfg.shard)
+    if shard:
+        problems = problems[shard[0] :: shard[1]]
+    if not problems:  # an empty report would read as a finished evaluation
+        raise DataError(path, f"no problems to evaluate (limit={cfg.limit}, shard={cfg.shard!r})")
+    return problems, path
+
+
 def eval_run_dir(cfg: EvalConfig) -> Path:
     """Where this run writes: `out_dir`, or its shard's folder (shards run side by side)."""
     shard = parse_shard(cfg.shard)
@@ -297,7 +325,8 @@ def run(cfg: EvalConfig, *, policy: Any = None, scorers: dict[str, Any] | None =
         todo = [p for p in problems if p.problem_id not in done]
         if todo:
             _solve_all(cfg, methods, todo, len(problems), results_path, policy, scorers)
-    write_report(cfg, methods, problems, run_dir, [results_path] if shard else all_results(out_dir))
+    write_report(cfg.dataset, cfg.policy.model, cfg.n_values, cfg.subsamples, methods, problems, run_dir,
+                 [results_path] if shard else all_results(out_dir))
     return run_dir
 
 

@@ -108,7 +108,7 @@ def check_head(model: Any) -> None:
 def build_models(path: str, cfg: Any) -> tuple[Any, Any, Any, Any]:
     """(policy, reference, tokenizer, render_chat). Both models are loaded in fp32 (bf16 comes
     from autocast, as Trainer's `bf16=True` does it)."""
-    from hiprm.rm.backbone import load_tokenizer
+    from hiprm.models import load_tokenizer
 
     tokenizer = load_tokenizer(path, padding_side="right")
     policy = _load_lm(path, torch.float32)
@@ -120,7 +120,7 @@ def build_models(path: str, cfg: Any) -> tuple[Any, Any, Any, Any]:
     reference.eval()
     reference.requires_grad_(False)
     if cfg.train_top_layers >= 0:
-        from hiprm.rm.backbone import freeze_lower_layers
+        from hiprm.models import freeze_lower_layers
 
         freeze_lower_layers(policy, cfg.train_top_layers)
         # freeze_lower_layers keeps the output head trainable; for a causal LM with tied

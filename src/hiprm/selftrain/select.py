@@ -1,6 +1,6 @@
 """Pick self-training trajectories from trees and write them in the policy's own step format.
 
-Input: `Tree`s (`hiprm.annotate.tree.read_trees`: hiprm `trees.jsonl` from `hiprm annotate`,
+Input: `Tree`s (`hiprm.tree.read_trees`: hiprm `trees.jsonl` from `hiprm annotate`,
 HNC-merged trees, or OpenR MCTS trees). Output: `Trajectory`s, then (prompt, completion) text.
 
 Selection (paper Sec. 4.4: "trajectories whose every step has MC-score > 0.9 and whose final
@@ -36,7 +36,7 @@ The final step usually holds `# Answer\\n\\n...` already; otherwise the leaf's a
 (a final step that is nothing but the answer block joins the step before it, as the parser
 would read it). A path with `# Answer` in an earlier step is rejected (`answer_before_end`).
 
->>> from hiprm.annotate.tree import Tree, recompute
+>>> from hiprm.tree import Tree, recompute
 >>> t = Tree.new("p1", "1+1?", "2")
 >>> a = t.add(t.root.id, "# Step 1\\nWe add.")
 >>> _ = t.add(a.id, "1+1=2, so \\\\boxed{2}.", outcome="correct", answer="2")
@@ -65,10 +65,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from hiprm.annotate.tree import Tree, iter_paths, normalize_step
 from hiprm.data.build import split_by_problem
 from hiprm.policy.prompts import END, STYLES
 from hiprm.policy.steps import ANSWER_MARK
+from hiprm.tree import Tree, iter_paths, normalize_step
 
 Rule = Literal["all_steps", "mean"]
 RULES = ("all_steps", "mean")

@@ -35,7 +35,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from hiprm.annotate.tree import read_trees
 from hiprm.artifacts import DataError, check_input_file, locked, write_jsonl, write_meta
 from hiprm.config import (
     ConfigError,
@@ -50,6 +49,7 @@ from hiprm.config import (
 from hiprm.rm.train import LoraConfig  # one LoRA block for both trainers
 from hiprm.selftrain.loss import DIRECTIONS, TRANSFORMS
 from hiprm.selftrain.select import RULES, Trajectory, select_trajectories, split_trajectories, training_text
+from hiprm.tree import read_trees
 
 log = logging.getLogger(__name__)
 

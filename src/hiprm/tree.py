@@ -33,7 +33,7 @@ A line (`Tree.to_dict`):
   case they are stored with `leaves` 0 and do not count at all).
 - `mc_from == "child_mean"`: `mc` is the mean of the children's `mc` (each weighing its
   `count`), a leaf's is 1 / 0: the paper's text's definition, written by `hiprm annotate hnc
-  score=child_mean` (`hiprm.annotate.hnc` says where it differs from `correct / leaves`).
+  score=child_mean` (`hiprm.hnc` says where it differs from `correct / leaves`).
 - `mc_from == "given"`: the MC-scores came from elsewhere (OpenR's MCTS trees carry an
   `mc_value` estimated from rollouts that are not all in the file) and `recompute` keeps them;
   `leaves` / `correct` are still counted from the stored leaves.

@@ -1,4 +1,4 @@
-"""hiprm.rm.backbone: name resolution, pad tokens, and the one-time GGUF -> safetensors conversion."""
+"""hiprm.models: name resolution, pad tokens, and the one-time GGUF -> safetensors conversion."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import time
 
 import pytest
 
+from hiprm import models as backbone
 from hiprm.config import ConfigError
-from hiprm.rm import backbone
-from hiprm.rm.backbone import BackboneError, load_tokenizer, resolve_model_path
+from hiprm.models import BackboneError, load_tokenizer, resolve_model_path
 
 
 def test_other_names_pass_through(tmp_path):

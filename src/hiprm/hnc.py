@@ -1,6 +1,6 @@
 """Hierarchical node compression (HNC, the paper's Fig. 3): merge two consecutive steps of a tree.
 
-Input: a `Tree` (hiprm.annotate.tree); output: a new `Tree` (the input is not modified) plus
+Input: a `Tree` (hiprm.tree); output: a new `Tree` (the input is not modified) plus
 which nodes were merged and which changed score. Pure and seeded: the random choices come from a
 `random.Random` seeded by `(seed, problem_id)`, so a tree's result does not depend on which other
 trees are processed or in what order.
@@ -51,7 +51,7 @@ N1's new score is the mean of its remaining children's given scores, weighted as
 
 A tiny example (root -> n1 -> {n2, a, b, c}; with p=1 the first child, n2, moves up):
 
->>> from hiprm.annotate.tree import Tree, recompute
+>>> from hiprm.tree import Tree, recompute
 >>> t = Tree.new("p", "q", "2")
 >>> n1 = t.add(t.root.id, "n1")
 >>> _ = [t.add(n1.id, s, outcome=o) for s, o in [("n2", "correct"), ("a", "correct"), ("b", "wrong"), ("c", "wrong")]]
@@ -70,7 +70,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Literal
 
-from hiprm.annotate.tree import Tree, TreeNode, _truncated_counts, child_mean_scores, normalize_step
+from hiprm.tree import Tree, TreeNode, _truncated_counts, child_mean_scores, normalize_step
 
 Score = Literal["leaf_fraction", "child_mean"]
 Rule = Literal["reference", "node"]

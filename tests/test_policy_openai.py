@@ -101,8 +101,8 @@ def test_500_retries_then_clear_error():
 
 def test_backoff_grows_exponentially(monkeypatch):
     sleeps = []
-    monkeypatch.setattr("hiprm.policy.openai_http.time.sleep", sleeps.append)
-    monkeypatch.setattr("hiprm.policy.openai_http.random.random", lambda: 1.0)
+    monkeypatch.setattr("hiprm.http.time.sleep", sleeps.append)
+    monkeypatch.setattr("hiprm.http.random.random", lambda: 1.0)
     pol = _policy(lambda r: httpx.Response(500), max_retries=4, backoff=0.5, max_backoff=3.0)
     with pytest.raises(PolicyServerError):
         pol.generate(["p"], SamplingParams())

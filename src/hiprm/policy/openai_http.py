@@ -3,8 +3,9 @@
     policy = OpenAIPolicy(base_url="http://127.0.0.1:8000/v1", model="Qwen2.5-7B-Instruct")
     policy.generate(prompts, SamplingParams(n=8, stop=["# END!"], max_tokens=1024))
 
-Only `httpx` is needed; no server library is imported. What it does for you:
-- bounded concurrency (`concurrency` requests in flight, one worker thread each);
+Requests go through `hiprm.http.ServerPool`, the one HTTP client (shared with the remote reward
+scorer). What it does for you:
+- bounded concurrency (`concurrency` requests in flight per server, one worker thread each);
 - retries with exponential backoff (+ jitter, honouring `Retry-After`) on 429, 5xx, timeouts and
   connection errors; other 4xx fail at once. Every error names the URL and the HTTP status;
 - servers that ignore `n` (llama.cpp's servers return one choice) are asked again for the missing
@@ -29,21 +30,17 @@ from __future__ import annotations
 import logging
 import math
 import os
-import random
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
 
 from hiprm.artifacts import StageError
+from hiprm.http import ServerPool
 from hiprm.policy.protocol import SamplingParams, cut_at_stop
 
 log = logging.getLogger(__name__)
-
-RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
-
 
 class PolicyServerError(StageError):
     """A request to the policy server failed for good (the message names URL and status)."""
@@ -79,32 +76,18 @@ class OpenAIPolicy:
         bases = [base_url] if isinstance(base_url, str) else list(base_url)
         if not bases or not all(isinstance(b, str) and b.strip() for b in bases):
             raise ValueError(f"base_url: expected a URL or a non-empty list of URLs, got {base_url!r}")
-        self.urls = [b.rstrip("/") + "/completions" for b in bases]
-        self.url = (
-            self.urls[0] if len(self.urls) == 1 else f"{len(self.urls)} servers ({', '.join(self.urls)})"
-        )
         self.model = model
         self.concurrency = max(1, concurrency)
-        self._inflight = dict.fromkeys(self.urls, 0)
-        self._sent = dict.fromkeys(self.urls, 0)
-        self._down_until = dict.fromkeys(self.urls, 0.0)
-        self._failures = dict.fromkeys(self.urls, 0)
-        self._slots = {u: threading.BoundedSemaphore(self.concurrency) for u in self.urls}
-        self.max_retries = max_retries
-        self.backoff = backoff
-        self.max_backoff = max_backoff
         self.extra_body = dict(extra_body or {})
         self.server_stops = server_stops
         headers = {"Content-Type": "application/json"}
         key = os.environ.get(api_key_env, "") if api_key_env else ""
         if key:
             headers["Authorization"] = f"Bearer {key}"
-        self.client = httpx.Client(
-            headers=headers,
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
-            limits=httpx.Limits(max_connections=self.concurrency * len(self.urls)),
-            transport=transport,
-        )
+        self.pool = ServerPool(bases, what="policy server", error=PolicyServerError, concurrency=self.concurrency,
+                               timeout=timeout, max_retries=max_retries, backoff=backoff, max_backoff=max_backoff,
+                               headers=headers, transport=transport)  # fmt: skip
+        self.url = self.pool.describe("/completions")
         self._tokenizer = None
         if tokenizer:
             from transformers import AutoTokenizer
@@ -116,11 +99,14 @@ class OpenAIPolicy:
         self._lock = threading.Lock()
         self.tokens_generated = 0  # from the server's `usage`, when it reports it
         self.requests = 0
-        self.retries = 0
         self._warned_stop = False
 
+    @property
+    def retries(self) -> int:
+        return self.pool.retries
+
     def close(self) -> None:
-        self.client.close()
+        self.pool.close()
 
     def render_chat(self, user_text: str) -> str:
         # /v1/completions takes raw text, as in the paper; serve an instruct model's template
@@ -136,7 +122,7 @@ class OpenAIPolicy:
         if not prompts:
             return []
         jobs = list(enumerate(prompts))
-        with ThreadPoolExecutor(max_workers=min(self.concurrency * len(self.urls), len(jobs))) as pool:
+        with ThreadPoolExecutor(max_workers=min(self.concurrency * len(self.pool.bases), len(jobs))) as pool:
             return list(pool.map(lambda job: self._samples_for(job[0], job[1], params), jobs))
 
     def _samples_for(self, index: int, prompt: str, params: SamplingParams) -> list[str]:
@@ -210,7 +196,7 @@ class OpenAIPolicy:
             payload["include_stop_str_in_output"] = params.include_stop
         if seed is not None:
             payload["seed"] = seed
-        data = self._post(payload)
+        data = self.pool.request("POST", "/completions", payload)
         choices = data.get("choices") if isinstance(data, dict) else None
         if not isinstance(choices, list):
             raise PolicyServerError(f"{self.url}: response has no 'choices' list: {str(data)[:200]}")
@@ -220,90 +206,3 @@ class OpenAIPolicy:
             if isinstance(usage.get("completion_tokens"), int):
                 self.tokens_generated += usage["completion_tokens"]
         return sorted(choices, key=lambda c: c.get("index", 0) if isinstance(c, dict) else 0)
-
-    def _pick(self, tried: set[str]) -> str:
-        """The healthy server with the fewest requests in flight (one not tried for this request
-        if there is one); when all are pausing after failures, the one back soonest."""
-        now = time.monotonic()
-        with self._lock:
-            fresh = [u for u in self.urls if u not in tried] or self.urls
-            healthy = [u for u in fresh if self._down_until[u] <= now] or [
-                min(fresh, key=self._down_until.get)
-            ]
-            # fewest in flight, then fewest sent so far (so servers that answer at once still share)
-            url = min(healthy, key=lambda u: (self._inflight[u], self._sent[u], self.urls.index(u)))
-            self._inflight[url] += 1
-            self._sent[url] += 1
-        return url
-
-    def _mark(self, url: str, ok: bool, why: str = "") -> None:
-        with self._lock:
-            self._inflight[url] -= 1
-            if ok:
-                self._failures[url] = 0
-                return
-            self._failures[url] += 1
-            pause = min(self.max_backoff, self.backoff * 2 ** (self._failures[url] - 1))
-            self._down_until[url] = time.monotonic() + pause
-            first = self._failures[url] == 1
-        if first and len(self.urls) > 1:
-            log.warning("policy server %s failed (%s); its requests go to the other servers", url, why)
-
-    def _post(self, payload: dict[str, Any]) -> Any:
-        last: dict[str, str] = {}
-        tried: set[str] = set()
-        for attempt in range(self.max_retries + 1):
-            retry_after: float | None = None
-            url = self._pick(tried)
-            tried.add(url)
-            slot = self._slots[url]
-            with slot:
-                try:
-                    r = self.client.post(url, json=payload)
-                except httpx.TimeoutException as e:
-                    last[url] = f"timed out ({type(e).__name__})"
-                except httpx.TransportError as e:
-                    last[url] = f"connection failed ({type(e).__name__}: {e})"
-                else:
-                    if r.status_code == 200:
-                        self._mark(url, True)
-                        try:
-                            return r.json()
-                        except ValueError:
-                            raise PolicyServerError(
-                                f"{url}: HTTP 200 but the body is not JSON: {r.text[:200]!r}"
-                            ) from None
-                    last[url] = f"HTTP {r.status_code}: {r.text[:300]}"
-                    if r.status_code not in RETRY_STATUS:
-                        self._mark(url, True)  # the request is wrong, not the server
-                        raise PolicyServerError(f"{url}: {last[url]}")
-                    retry_after = _retry_after(r)
-            self._mark(url, False, last[url])
-            if attempt == self.max_retries:
-                break
-            with self._lock:
-                self.retries += 1
-            if len(tried) < len(self.urls):
-                continue  # another server has not been tried for this request: go there now
-            tried.clear()
-            delay = min(self.max_backoff, self.backoff * 2**attempt) * (0.5 + random.random() / 2)
-            if retry_after is not None:
-                delay = min(self.max_backoff, max(delay, retry_after))
-            log.debug("%s: %s; retry %d in %.2fs", url, last[url], attempt + 1, delay)
-            time.sleep(delay)
-        if len(self.urls) == 1:
-            raise PolicyServerError(
-                f"{self.urls[0]}: {last[self.urls[0]]} (gave up after {self.max_retries + 1} attempts)"
-            )
-        detail = "; ".join(f"{u}: {m}" for u, m in last.items())
-        raise PolicyServerError(
-            f"every policy server failed (gave up after {self.max_retries + 1} attempts): {detail}"
-        )
-
-
-def _retry_after(r: httpx.Response) -> float | None:
-    value = r.headers.get("retry-after")
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None

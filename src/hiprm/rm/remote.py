@@ -24,8 +24,8 @@ The server is asked once, when the scorer is built, for its models (`GET /v1/mod
 served name when `model` is not given, and its `max_model_len`, which must hold the template's
 `max_length`. A server that cuts inputs shorter would fail or change rewards mid-run.
 
-Failures: connection errors, timeouts, 408 / 429 / 5xx are retried with exponential backoff
-(honouring `Retry-After`); other statuses (a 404 for a wrong model name, a 400 for a malformed
+Failures (`hiprm.http.ServerPool`, the one HTTP client): connection errors, timeouts, 408 / 429 /
+5xx are retried with exponential backoff (honouring `Retry-After`); other statuses (a 404 for a wrong model name, a 400 for a malformed
 request) fail at once. Either way a `RewardServerError`, a StageError (one line from the CLI,
 exit 2), names the server, the status and the body.
 """
@@ -34,19 +34,15 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import threading
-import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from hiprm.artifacts import StageError, read_json
 from hiprm.config import ConfigError
-from hiprm.policy.openai_http import RETRY_STATUS
+from hiprm.http import ServerPool
 from hiprm.rm.scorer import ScoreInput, Scorer, StepScorer, check_reward_checkpoint
 from hiprm.rm.template import TemplateConfig, fitted_texts
 
@@ -90,15 +86,15 @@ class RemoteScorer:
         base = base_url.rstrip("/")
         self.base_url = base[: -len("/v1")] if base.endswith("/v1") else base
         self.batch_size, self.concurrency = batch_size, concurrency
-        self.max_retries, self.backoff, self.max_backoff = max_retries, backoff, max_backoff
         headers = {"Content-Type": "application/json"}
         key = os.environ.get(api_key_env, "") if api_key_env else ""
         if key:
             headers["Authorization"] = f"Bearer {key}"
-        self.client = httpx.Client(headers=headers, timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
-                                   limits=httpx.Limits(max_connections=concurrency))  # fmt: skip
+        self.pool = ServerPool([self.base_url], what="reward server", error=RewardServerError, concurrency=concurrency,
+                               timeout=timeout, max_retries=max_retries, backoff=backoff, max_backoff=max_backoff,
+                               headers=headers)  # fmt: skip
         self._lock = threading.Lock()
-        self.requests = self.retries = self.prompt_tokens = 0  # prompt_tokens: the server's `usage`
+        self.requests = self.prompt_tokens = 0  # prompt_tokens: the server's `usage`
 
         card = self._served_model(model)
         self.model: str = card["id"]
@@ -120,8 +116,12 @@ class RemoteScorer:
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.checkpoint))
         self.dropped_steps = self.truncated = 0  # fitting cuts since the last warning
 
+    @property
+    def retries(self) -> int:
+        return self.pool.retries
+
     def close(self) -> None:
-        self.client.close()
+        self.pool.close()
 
     def __repr__(self) -> str:
         return f"RemoteScorer({self.base_url!r}, model={self.model!r}, checkpoint={str(self.checkpoint)!r})"
@@ -153,7 +153,7 @@ class RemoteScorer:
 
     def _served_model(self, model: str | None) -> dict[str, Any]:
         """The `/v1/models` card of `model`, or of the only model served when it is None."""
-        listing = self._request("GET", "/v1/models")
+        listing = self.pool.request("GET", "/v1/models")
         cards = listing.get("data") if isinstance(listing, dict) else None
         if not isinstance(cards, list) or not all(
             isinstance(c, dict) and isinstance(c.get("id"), str) for c in cards
@@ -177,7 +177,7 @@ class RemoteScorer:
         """P(positive) of each text, from one `/classify` request."""
         if not texts:
             return []
-        body = self._request(
+        body = self.pool.request(
             "POST", "/classify", {"model": self.model, "input": texts, "use_activation": True}
         )
         where = f"{self.base_url}/classify"
@@ -204,46 +204,6 @@ class RemoteScorer:
             if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
                 self.prompt_tokens += usage["prompt_tokens"]
         return rows
-
-    def _request(self, method: str, path: str, payload: dict[str, Any] | None = None) -> Any:
-        """The JSON body of a 200 answer, retrying what a busy or restarting server answers."""
-        url = self.base_url + path
-        last = ""
-        for attempt in range(self.max_retries + 1):
-            retry_after: float | None = None
-            try:
-                r = self.client.request(method, url, json=payload)
-            except httpx.TimeoutException as e:
-                last = f"timed out ({type(e).__name__})"
-            except httpx.TransportError as e:
-                last = f"connection failed ({type(e).__name__}: {e})"
-            else:
-                if r.status_code == 200:
-                    try:
-                        return r.json()
-                    except ValueError:
-                        raise RewardServerError(
-                            f"{url}: HTTP 200 but the body is not JSON: {r.text[:200]!r}"
-                        ) from None
-                last = f"HTTP {r.status_code}: {r.text[:300]}"
-                if r.status_code not in RETRY_STATUS:
-                    raise RewardServerError(f"reward server {url}: {last}")
-                try:
-                    retry_after = float(r.headers["retry-after"]) if "retry-after" in r.headers else None
-                except ValueError:
-                    retry_after = None
-            if attempt == self.max_retries:
-                break
-            with self._lock:
-                self.retries += 1
-            delay = min(self.max_backoff, self.backoff * 2**attempt) * (0.5 + random.random() / 2)
-            if retry_after is not None:
-                delay = min(self.max_backoff, max(delay, retry_after))
-            log.debug("%s: %s; retry %d in %.2fs", url, last, attempt + 1, delay)
-            time.sleep(delay)
-        raise RewardServerError(
-            f"reward server {url}: {last} (gave up after {self.max_retries + 1} attempts)"
-        )
 
 
 def _local_root(card: dict[str, Any]) -> str | None:

@@ -1,4 +1,4 @@
-"""hiprm.rm.train / data_collate / train_log on the tiny backbone from conftest.
+"""hiprm.rm.train / data_collate / hiprm.training on the tiny backbone from conftest.
 
 The toy task is learnable from the current step alone (positive steps say "The answer is 5.",
 negative ones "x = -3, y = 7%."), with 0-6 previous steps so lengths vary.
@@ -24,7 +24,7 @@ from hiprm.rm.data_collate import PadCollator, encode_examples, read_examples, s
 from hiprm.rm.scorer import score_solutions
 from hiprm.rm.template import TemplateConfig, render_fitted
 from hiprm.rm.train import TrainConfig, run
-from hiprm.rm.train_log import last_complete_checkpoint, trim_metrics
+from hiprm.training import last_complete_checkpoint, trim_metrics
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

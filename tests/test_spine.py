@@ -103,6 +103,7 @@ def test_every_command_resolves_to_a_config_and_run():
 LEVEL = {
     "records": 0, "artifacts": 0, "config": 0, "grading": 0, "tree": 0, "hnc": 0, "executors": 0, "models": 0,
     "http": 0,
+    "training": 1,
     "data": 1, "policy": 1,
     "annotate": 2, "rm": 2,
     "search": 3, "selftrain": 3, "serve": 3,

@@ -55,15 +55,17 @@ from hiprm.config import (
 from hiprm.models import freeze_lower_layers, load_tokenizer, resolve_model_path
 from hiprm.rm import trie
 from hiprm.rm.data_collate import FeatureDataset, PadCollator, load_split, soft_label_loss
+from hiprm.rm.metrics import binary_metrics
 from hiprm.rm.template import TemplateConfig
-from hiprm.rm.train_log import (
+from hiprm.training import (
     MetricsLog,
     checkpoint_step,
     last_complete_checkpoint,
     plot_losses,
     prepare_output_dir,
+    train_or_restore,
+    trainer_arguments,
     trim_metrics,
-    validation_metrics,
 )
 
 log = logging.getLogger(__name__)
@@ -221,69 +223,34 @@ def check_config(cfg: TrainConfig) -> None:
         check_input_file(cfg.data.val)
 
 
-def check_launcher_precision(precision: str, key: str) -> None:
-    """Refuse fp32 under an accelerate launcher set to mixed precision: Trainer would silently
-    take the launcher's setting over ours. Shared by `rm train` and `selftrain`."""
-    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
-    if precision == "fp32" and launcher not in ("no", "fp32"):
-        raise ConfigError(
-            f"{key} is fp32 but the accelerate launcher asks for {launcher}; set "
-            f"{key}={launcher} or mixed_precision: 'no' in the accelerate config"
-        )
-
-
 def training_arguments(cfg: TrainConfig, out: Path) -> Any:
-    import torch
-    from transformers import TrainingArguments
-
     o, v, c = cfg.optim, cfg.eval, cfg.checkpoint
     validating = has_val(cfg)
-    check_launcher_precision(o.precision, "optim.precision")
-    return TrainingArguments(
-        output_dir=str(out / "checkpoints"),
-        per_device_train_batch_size=o.batch_size,
-        per_device_eval_batch_size=v.batch_size,
-        gradient_accumulation_steps=o.grad_accum,
-        learning_rate=o.learning_rate,
-        weight_decay=o.weight_decay,
-        lr_scheduler_type=o.scheduler,
-        warmup_steps=o.warmup,
-        num_train_epochs=o.epochs,
-        max_steps=o.max_steps,
-        max_grad_norm=o.max_grad_norm,
-        bf16=o.precision == "bf16",
-        fp16=o.precision == "fp16",
-        seed=o.seed,
-        data_seed=o.seed,
+    return trainer_arguments(
+        out, precision=o.precision, precision_key="optim.precision", batch_size=o.batch_size,
+        eval_batch_size=v.batch_size, grad_accum=o.grad_accum, learning_rate=o.learning_rate, scheduler=o.scheduler,
+        warmup=o.warmup, epochs=o.epochs, max_steps=o.max_steps, max_grad_norm=o.max_grad_norm, seed=o.seed,
+        save_every=c.every_steps, keep=c.keep, logging_steps=cfg.logging_steps,
+        gradient_checkpointing=cfg.model.gradient_checkpointing, weight_decay=o.weight_decay,
         train_sampling_strategy="group_by_length" if o.group_by_length else "random",
-        eval_strategy="steps" if validating else "no",
-        eval_steps=v.every_steps if validating else None,
-        save_strategy="steps",
-        save_steps=c.every_steps,
-        save_total_limit=c.keep,
-        load_best_model_at_end=validating,
-        metric_for_best_model=v.metric if validating else None,
+        eval_strategy="steps" if validating else "no", eval_steps=v.every_steps if validating else None,
+        load_best_model_at_end=validating, metric_for_best_model=v.metric if validating else None,
         greater_is_better=v.metric != "loss",
-        logging_steps=cfg.logging_steps,
-        logging_first_step=True,
-        activation_checkpointing=cfg.model.gradient_checkpointing,
-        report_to="none",
-        label_names=["labels"],
-        remove_unused_columns=False,
-        ddp_find_unused_parameters=False,
-        dataloader_num_workers=0,
-        dataloader_pin_memory=torch.cuda.is_available(),
-        use_cpu=not _has_accelerator(),
-    )
+    )  # fmt: skip
 
 
-def _has_accelerator() -> bool:
-    """Without a GPU, Trainer must be told `use_cpu` or, under torchrun (`accelerate launch
-    --multi_gpu`), it joins no process group and every process trains alone."""
-    import torch
+def validation_metrics(eval_pred: Any) -> dict[str, float]:
+    """Trainer `compute_metrics`: predictions (n, 2) logits, label_ids (n,) labels in [0, 1]."""
+    import numpy as np
 
-    mps = getattr(torch.backends, "mps", None)
-    return torch.cuda.is_available() or bool(mps and mps.is_available())
+    logits = eval_pred.predictions
+    if isinstance(logits, tuple):
+        logits = logits[0]
+    logits = np.asarray(logits, dtype=np.float64)
+    z = logits - logits.max(axis=-1, keepdims=True)
+    probs = np.exp(z[:, 1]) / np.exp(z).sum(axis=-1)
+    m = binary_metrics(np.asarray(eval_pred.label_ids).reshape(-1), probs)
+    return {"accuracy": m["accuracy"], "f1": m["f1"], "auroc": m["auroc"]}
 
 
 def load_sets(
@@ -390,25 +357,6 @@ def run_train_loss(log_history: list[dict[str, Any]]) -> float | None:
             total += row["loss"] * (row["step"] - last)
             last = row["step"]
     return total / last if last else None
-
-
-def train_or_restore(trainer: Trainer, resume: Path | None) -> None:
-    """`trainer.train`, resuming from `resume`.
-
-    A run cut short after its last checkpoint (during the final evaluation or save) resumes
-    from a checkpoint that already reached max_steps; Trainer 5.x would then take one step
-    more, so the best (or last) weights are loaded from it instead.
-    """
-    from transformers import TrainerState
-
-    if resume is not None:
-        state = TrainerState.load_from_json(str(resume / "trainer_state.json"))
-        if state.max_steps and state.global_step >= state.max_steps:
-            best = state.best_model_checkpoint
-            trainer.state = state
-            trainer._load_from_checkpoint(best if best and Path(best).is_dir() else str(resume))
-            return
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
 
 
 def _without_lora(cfg: TrainConfig) -> TrainConfig:

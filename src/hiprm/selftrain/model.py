@@ -24,50 +24,20 @@ import torch
 from transformers import Trainer
 
 from hiprm.config import ConfigError
-from hiprm.rm.train import check_launcher_precision
 from hiprm.selftrain.loss import kl_transform, selftrain_loss_from_hidden
+from hiprm.training import trainer_arguments
 
 log = logging.getLogger(__name__)
 
 
-def _has_accelerator() -> bool:
-    mps = getattr(torch.backends, "mps", None)
-    return torch.cuda.is_available() or bool(mps and mps.is_available())
-
-
 def training_arguments(cfg: Any, out: Path) -> Any:
-    from transformers import TrainingArguments
-
-    check_launcher_precision(cfg.precision, "precision")
-    return TrainingArguments(
-        output_dir=str(out / "checkpoints"),
-        per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
-        learning_rate=cfg.lr,
-        lr_scheduler_type=cfg.scheduler,
-        warmup_steps=cfg.warmup,
-        num_train_epochs=cfg.epochs,
-        max_steps=cfg.max_steps,
-        max_grad_norm=cfg.max_grad_norm,
-        bf16=cfg.precision == "bf16",
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        save_strategy="steps",
-        save_steps=cfg.save_every,
-        save_total_limit=cfg.keep_checkpoints,
-        logging_steps=cfg.logging_steps,
-        logging_first_step=True,
-        activation_checkpointing=cfg.gradient_checkpointing,
-        report_to="none",
-        label_names=["labels"],
-        remove_unused_columns=False,
-        ddp_find_unused_parameters=False,
-        dataloader_num_workers=0,
-        dataloader_pin_memory=torch.cuda.is_available(),
-        average_tokens_across_devices=True,
-        use_cpu=not _has_accelerator(),
-    )
+    return trainer_arguments(
+        out, precision=cfg.precision, precision_key="precision", batch_size=cfg.batch_size,
+        eval_batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, learning_rate=cfg.lr, scheduler=cfg.scheduler,
+        warmup=cfg.warmup, epochs=cfg.epochs, max_steps=cfg.max_steps, max_grad_norm=cfg.max_grad_norm,
+        seed=cfg.seed, save_every=cfg.save_every, keep=cfg.keep_checkpoints, logging_steps=cfg.logging_steps,
+        gradient_checkpointing=cfg.gradient_checkpointing, average_tokens_across_devices=True,
+    )  # fmt: skip
 
 
 def render_chat_for(tokenizer: Any) -> Any:

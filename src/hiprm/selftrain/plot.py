@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 
 from hiprm.artifacts import atomic_write
-from hiprm.rm.train_log import read_metrics
+from hiprm.training import read_metrics
 
 
 def curves(metrics: Path, eps: float = 1e-6) -> tuple[list[int], list[float], list[float]]:

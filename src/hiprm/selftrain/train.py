@@ -224,15 +224,15 @@ def _train_one(cfg: SelftrainConfig, out: Path) -> Path:
     from transformers import set_seed
 
     from hiprm.policy.hf import resolve_policy_model
-    from hiprm.rm.train import train_or_restore
-    from hiprm.rm.train_log import (
+    from hiprm.selftrain.model import SelftrainTrainer, build_models, save_final, training_arguments
+    from hiprm.training import (
         MetricsLog,
         checkpoint_step,
         last_complete_checkpoint,
         prepare_output_dir,
+        train_or_restore,
         trim_metrics,
     )
-    from hiprm.selftrain.model import SelftrainTrainer, build_models, save_final, training_arguments
 
     args = training_arguments(cfg, out)
     is_main = args.process_index == 0

@@ -1,5 +1,11 @@
-"""What `hiprm rm train` leaves behind besides the model: metrics.jsonl, a loss plot, the
-validation metrics, and the checkpoint bookkeeping that makes a rerun resume cleanly.
+"""What every Trainer-based runner (`hiprm rm train`, `hiprm selftrain`) shares: the Trainer's
+arguments, metrics.jsonl, a loss plot, and the checkpoint bookkeeping that makes a rerun resume.
+
+- `trainer_arguments(out, ...)` builds `transformers.TrainingArguments` from plain values, with
+  the settings every hiprm trainer needs (checkpoints in `out/checkpoints`, no reporting
+  integrations, our own batches and labels, CPU training when no accelerator is there), and
+  refuses an fp32 run under a launcher set to mixed precision (`check_launcher_precision`).
+- `train_or_restore(trainer, resume)` trains, or resumes from a checkpoint.
 
 - `MetricsLog` (a transformers callback) appends every Trainer log row to `metrics.jsonl` as
   `{"step": N, ...}` (train rows carry `loss`, validation rows `eval_loss`, `eval_f1`, ...).
@@ -11,8 +17,6 @@ validation metrics, and the checkpoint bookkeeping that makes a rerun resume cle
 - `last_complete_checkpoint(folder)` is the newest `checkpoint-N` with its weights and a
   `trainer_state.json` (written last by Trainer) that parses; a checkpoint cut short by a crash
   is moved aside.
-- `validation_metrics(eval_pred)` -> accuracy / F1 / AUROC of softmax(logits)[:, 1] against
-  labels thresholded at 0.5 (the shared definition in `hiprm.rm.metrics`).
 """
 
 from __future__ import annotations
@@ -30,7 +34,6 @@ from transformers import TrainerCallback
 
 from hiprm.artifacts import append_jsonl, atomic_write, identity_diff, read_json, sha256_file, write_meta
 from hiprm.config import ConfigError
-from hiprm.rm.metrics import binary_metrics
 
 log = logging.getLogger(__name__)
 
@@ -203,15 +206,99 @@ def checkpoint_step(path: Path) -> int:
     return int(m.group(1))
 
 
-def validation_metrics(eval_pred: Any) -> dict[str, float]:
-    """Trainer `compute_metrics`: predictions (n, 2) logits, label_ids (n,) labels in [0, 1]."""
-    import numpy as np
+def has_accelerator() -> bool:
+    """Without a GPU, Trainer must be told `use_cpu` or, under torchrun (`accelerate launch
+    --multi_gpu`), it joins no process group and every process trains alone."""
+    import torch
 
-    logits = eval_pred.predictions
-    if isinstance(logits, tuple):
-        logits = logits[0]
-    logits = np.asarray(logits, dtype=np.float64)
-    z = logits - logits.max(axis=-1, keepdims=True)
-    probs = np.exp(z[:, 1]) / np.exp(z).sum(axis=-1)
-    m = binary_metrics(np.asarray(eval_pred.label_ids).reshape(-1), probs)
-    return {"accuracy": m["accuracy"], "f1": m["f1"], "auroc": m["auroc"]}
+    mps = getattr(torch.backends, "mps", None)
+    return torch.cuda.is_available() or bool(mps and mps.is_available())
+
+
+def check_launcher_precision(precision: str, key: str) -> None:
+    """Refuse fp32 under an accelerate launcher set to mixed precision: Trainer would silently
+    take the launcher's setting over ours."""
+    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    if precision == "fp32" and launcher not in ("no", "fp32"):
+        raise ConfigError(
+            f"{key} is fp32 but the accelerate launcher asks for {launcher}; set "
+            f"{key}={launcher} or mixed_precision: 'no' in the accelerate config"
+        )
+
+
+def trainer_arguments(
+    out: Path,
+    *,
+    precision: str,
+    precision_key: str,
+    batch_size: int,
+    eval_batch_size: int,
+    grad_accum: int,
+    learning_rate: float,
+    scheduler: str,
+    warmup: int,
+    epochs: float,
+    max_steps: int,
+    max_grad_norm: float,
+    seed: int,
+    save_every: int,
+    keep: int,
+    logging_steps: int,
+    gradient_checkpointing: bool,
+    **extra: Any,
+) -> Any:
+    """`TrainingArguments` for a hiprm trainer writing checkpoints to `out/checkpoints`; `extra`
+    passes any other TrainingArguments field (weight decay, evaluation, best-model keeping)."""
+    import torch
+    from transformers import TrainingArguments
+
+    check_launcher_precision(precision, precision_key)
+    return TrainingArguments(
+        output_dir=str(out / "checkpoints"),
+        per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=eval_batch_size,
+        gradient_accumulation_steps=grad_accum,
+        learning_rate=learning_rate,
+        lr_scheduler_type=scheduler,
+        warmup_steps=warmup,
+        num_train_epochs=epochs,
+        max_steps=max_steps,
+        max_grad_norm=max_grad_norm,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        seed=seed,
+        data_seed=seed,
+        save_strategy="steps",
+        save_steps=save_every,
+        save_total_limit=keep,
+        logging_steps=logging_steps,
+        logging_first_step=True,
+        activation_checkpointing=gradient_checkpointing,
+        report_to="none",
+        label_names=["labels"],
+        remove_unused_columns=False,
+        ddp_find_unused_parameters=False,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        use_cpu=not has_accelerator(),
+        **extra,
+    )
+
+
+def train_or_restore(trainer: Any, resume: Path | None) -> None:
+    """`trainer.train`, resuming from `resume`.
+
+    A run cut short after its last checkpoint (during the final evaluation or save) resumes
+    from a checkpoint that already reached max_steps; Trainer 5.x would then take one step
+    more, so the best (or last) weights are loaded from it instead.
+    """
+    from transformers import TrainerState
+
+    if resume is not None:
+        state = TrainerState.load_from_json(str(resume / "trainer_state.json"))
+        if state.max_steps and state.global_step >= state.max_steps:
+            best = state.best_model_checkpoint
+            trainer.state = state
+            trainer._load_from_checkpoint(best if best and Path(best).is_dir() else str(resume))
+            return
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)

@@ -1,4 +1,4 @@
-"""hiprm.rm.train_log.last_complete_checkpoint: which checkpoint a rerun resumes from.
+"""hiprm.training.last_complete_checkpoint: which checkpoint a rerun resumes from.
 
 Trainer writes a checkpoint's weights first and `trainer_state.json` last, not atomically, so a
 kill leaves checkpoints with no state file, an empty or torn one, or (killed earlier) no weights.
@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from hiprm.rm.train_log import last_complete_checkpoint  # noqa: E402
+from hiprm.training import last_complete_checkpoint  # noqa: E402
 
 STATE = json.dumps({"global_step": 10, "log_history": [{"step": 10, "loss": 0.5}]})
 

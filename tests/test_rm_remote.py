@@ -233,3 +233,33 @@ def test_rm_eval_and_eval_score_through_a_server_named_by_url(tiny_rm_dir, tmp_p
         assert sorted(cached) == pytest.approx(sorted(fake_prob(t) for t in sent))
         search = SearchConfig(prm=spec, methods=["prm-step"])
         assert isinstance(_build_scorers(search, resolve_methods(search))["prm"], RemoteScorer)
+
+
+def test_rm_score_takes_a_served_model_as_every_runner_does(tiny_rm_dir, tmp_path, capsys):
+    """`hiprm rm score model=http://HOST:PORT#CKPT` scores through the server (load_scorer, the
+    one scorer loader): the same rewards as the checkpoint scored in process."""
+    from hiprm.artifacts import write_jsonl
+    from hiprm.cli import main
+    from hiprm.serve.app import create_app
+    from tests.test_serve import _ServerThread
+
+    src = tmp_path / "solutions.jsonl"
+    write_jsonl(src, [{"question": "What is 2 + 3?", "steps": ["2 + 3 = 5.", "# Answer\n\n5"]},
+                      {"question": "What is 7 * 6?", "steps": ["7 * 6 = 48.", "So 48.", "# Answer\n\n48"]}])  # fmt: skip
+    assert main(["rm", "score", f"model={tiny_rm_dir}", f"input={src}", "device=cpu",
+                 f"output={tmp_path / 'local.jsonl'}"]) == 0  # fmt: skip
+    scorer = Scorer.from_pretrained(tiny_rm_dir, device="cpu")
+    with _ServerThread(create_app(scorer, served_name="rm", max_model_len=512)) as base:
+        assert main(["rm", "score", f"model={base}#{tiny_rm_dir}", f"input={src}",
+                     f"output={tmp_path / 'served.jsonl'}"]) == 0  # fmt: skip
+    local, served = ([json.loads(x)["step_rewards"] for x in (tmp_path / n).read_text().splitlines()]
+                     for n in ("local.jsonl", "served.jsonl"))  # fmt: skip
+    assert [len(r) for r in served] == [2, 3]
+    assert [x for r in served for x in r] == pytest.approx([x for r in local for x in r], abs=1e-5)
+
+
+def test_serve_refuses_a_url_as_its_model(capsys):
+    from hiprm.cli import main
+
+    assert main(["serve", "model=http://127.0.0.1:9#x"]) == 2
+    assert "is a server; `hiprm serve` serves a checkpoint folder" in capsys.readouterr().err

@@ -2,7 +2,8 @@
 
 Command (the runner below): `hiprm rm score model=PATH input=solutions.jsonl output=scored.jsonl`
 reads `{question, steps: [...], ...}` lines and writes the same records with `step_rewards`.
-The rewards come from `hiprm.rm.scorer` (`Scorer.from_pretrained`, `score_solutions`).
+`model` is whatever `hiprm.rm.remote.load_scorer` takes: a checkpoint folder, or a served model
+(`http://host:8000#CHECKPOINT`); the rewards come from `score_solutions`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from hiprm.artifacts import (
     write_json,
 )
 from hiprm.config import ConfigError, Positive, to_dict
-from hiprm.rm.scorer import Scorer, ScorerSettings, check_reward_checkpoint, score_solutions
+from hiprm.rm.remote import load_scorer
+from hiprm.rm.scorer import ScorerSettings, check_reward_checkpoint, score_solutions
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +78,8 @@ def check_score_config(cfg: ScoreConfig) -> tuple[Path, Path]:
         raise ConfigError("output: must differ from input")
     if out.is_dir():
         raise ConfigError(f"output: {out} is a folder; give a file path")
-    check_reward_checkpoint(cfg.model)
+    if not cfg.model.startswith(("http://", "https://")):
+        check_reward_checkpoint(cfg.model)
     prepare_out_dir(out.parent)
     return src, out
 
@@ -137,7 +140,7 @@ def run(cfg: ScoreConfig) -> Path:
         log.info("resuming: %d of %d solutions already scored in %s", len(done), len(rows), partial)
     write_json(meta_path, {"config": identity, "status": "running", "inputs": {str(src): sha256_file(src)}})
     todo = rows[len(done) :]
-    scorer = Scorer.from_pretrained(cfg.model, **cfg.scorer_kwargs()) if todo else None
+    scorer = load_scorer(cfg.model, **cfg.scorer_kwargs()) if todo else None
     with tqdm(total=len(rows), initial=len(done), desc="scoring", unit="sol") as bar, \
             partial.open("a", encoding="utf-8") as f:
         for start in range(0, len(todo), cfg.chunk_size):

@@ -14,8 +14,9 @@ previous steps, current step) input. Every caller reduces its work to such a lis
 How inputs share work (the token trie below, a server's batch) is the scorer's business, so the
 in-process `Scorer`, a fake in a test and `hiprm.rm.remote.RemoteScorer` are interchangeable.
 
-`Scorer.from_pretrained` is where `hiprm serve`, `hiprm rm score`, `hiprm rm eval` and `hiprm eval`
-load a reward model; it refuses a checkpoint whose classification head was never trained (a
+`Scorer.from_pretrained` is where a reward model is loaded (every runner, `hiprm serve`,
+`hiprm rm score`, `hiprm rm eval` and `hiprm eval`, reaches it through the one scorer loader,
+`hiprm.rm.remote.load_scorer`); it refuses a checkpoint whose classification head was never trained (a
 plain causal LM such as a policy model: AutoModelForSequenceClassification would add a random
 head and return rewards that change every run), see `check_reward_checkpoint`.
 

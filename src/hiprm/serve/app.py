@@ -31,6 +31,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.requests import ClientDisconnect
 
+from hiprm.rm.remote import load_scorer
 from hiprm.rm.scorer import Scorer, ScorerSettings, StepScorer, reward_from_logits, solution_input_tokens
 from hiprm.serve.batcher import Batcher
 from hiprm.serve.protocol import (
@@ -333,7 +334,9 @@ def run(cfg: ServeConfig) -> None:
     for key in ("max_batch", "max_tokens_per_call", "max_tokens_per_request", "read_timeout_s", "health_busy_after_s"):
         if getattr(cfg, key) <= 0:
             raise ConfigError(f"{key}: must be > 0, got {getattr(cfg, key)}")
-    scorer = Scorer.from_pretrained(cfg.model, **cfg.scorer_kwargs())
+    if cfg.model.startswith(("http://", "https://")):
+        raise ConfigError(f"model: {cfg.model} is a server; `hiprm serve` serves a checkpoint folder")
+    scorer = load_scorer(cfg.model, **cfg.scorer_kwargs())
     mc = scorer.model.config
     app = create_app(scorer, cfg, model_name=cfg.model, served_name=cfg.served_model_name or cfg.model,
                      max_model_len=int(getattr(mc, "max_position_embeddings", 8192) or 8192),

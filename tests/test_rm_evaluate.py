@@ -13,7 +13,7 @@ from hiprm.config import ConfigError
 from hiprm.records import Completion, LabeledStep, Solution
 from hiprm.rm import evaluate
 from hiprm.rm.eval_data import step_groups
-from hiprm.rm.evaluate import EvalConfig, RewardCache, eval_prm800k, eval_processbench
+from hiprm.rm.evaluate import RewardCache, RMEvalConfig, eval_prm800k, eval_processbench
 from hiprm.rm.metrics import binary_metrics, bootstrap_ci, wilson_ci
 from tests.rm_fixtures import FakeScorer, shared_tiny_rm
 
@@ -51,7 +51,7 @@ def test_step_groups_condition_on_chosen_steps_and_skip_unrated():
 def test_classification_numbers_by_hand(tmp_path):
     fake = FakeScorer(by_text)
     groups = step_groups([sol_a()])
-    res = eval_prm800k(fake, "m", groups, RewardCache(tmp_path / "c.jsonl"), EvalConfig(bootstrap=200))
+    res = eval_prm800k(fake, "m", groups, RewardCache(tmp_path / "c.jsonl"), RMEvalConfig(bootstrap=200))
     c = res["classification"]
     # labels/scores: good0 1/.9, bad0 0/.6, good1 1/.4, neu1 0/.7 (neutral=negative), bad1 0/.1, fin 1/.8
     # at 0.5: right on good0, bad1, fin -> 3/6; precision 2/4, recall 2/3 -> F1 4/7;
@@ -64,7 +64,7 @@ def test_classification_numbers_by_hand(tmp_path):
     lo, hi = c["auroc"]["ci95"]
     assert lo <= 7 / 9 <= hi
     # neutral=drop removes neu1: accuracy 3/5, AUROC 5/6.
-    drop = eval_prm800k(fake, "m", groups, RewardCache(tmp_path / "c.jsonl"), EvalConfig(neutral="drop", bootstrap=50))
+    drop = eval_prm800k(fake, "m", groups, RewardCache(tmp_path / "c.jsonl"), RMEvalConfig(neutral="drop", bootstrap=50))
     assert drop["classification"]["accuracy"]["value"] == pytest.approx(0.6)
     assert drop["classification"]["auroc"]["value"] == pytest.approx(5 / 6)
 
@@ -72,7 +72,7 @@ def test_classification_numbers_by_hand(tmp_path):
 def test_selection_numbers_by_hand(tmp_path):
     groups = step_groups([sol_a(), sol_b()])
     sel = eval_prm800k(FakeScorer(by_text), "m", groups, RewardCache(tmp_path / "c.jsonl"),
-                       EvalConfig(bootstrap=50))["selection"]
+                       RMEvalConfig(bootstrap=50))["selection"]
     # step0 of A: top = good0 (+1) hit, random 1/2; step1 of A: top = neu1 miss, random 1/3;
     # B: both +1 (not mixed) top = p1 hit, random 1; the last step of A has one rated: not counted.
     assert (sel["n_steps_2plus"], sel["n_steps_mixed"]) == (3, 2)
@@ -99,7 +99,7 @@ def test_processbench_threshold_and_f1_by_hand(tmp_path):
     # t in (.45, .9] -> [2, 1, -1, 1]: acc_err 1, acc_cor 1/2 -> F1 2/3; else F1 0.
     # The lowest best grid value is 0.21; on math it gives [-1, -1]: acc_err 0, acc_cor 1 -> F1 0.
     res = eval_processbench(FakeScorer(by_text), "m", _pb_entries(), RewardCache(tmp_path / "c.jsonl"),
-                            EvalConfig(bootstrap=50))
+                            RMEvalConfig(bootstrap=50))
     assert res["threshold"] == pytest.approx(0.21) and res["threshold_split"] == "gsm8k"
     assert res["threshold_split_f1"] == pytest.approx(2 / 3)
     g, m = res["splits"]["gsm8k"], res["splits"]["math"]
@@ -110,7 +110,7 @@ def test_processbench_threshold_and_f1_by_hand(tmp_path):
     assert res["average_f1"] == pytest.approx(1 / 3)
     # A fixed threshold skips the search.
     fixed = eval_processbench(FakeScorer(by_text), "m", _pb_entries(), RewardCache(tmp_path / "c.jsonl"),
-                              EvalConfig(threshold=0.5, bootstrap=50))
+                              RMEvalConfig(threshold=0.5, bootstrap=50))
     assert fixed["threshold"] == 0.5 and fixed["threshold_split"] is None
     assert fixed["splits"]["gsm8k"]["acc_correct"]["value"] == pytest.approx(0.5)
     assert fixed["splits"]["math"]["acc_erroneous"]["value"] == pytest.approx(1.0)
@@ -162,7 +162,7 @@ def test_runner_writes_reports_and_resumes_from_cache(tmp_path, monkeypatch):
         return fakes[-1]
 
     monkeypatch.setattr("hiprm.rm.scorer.Scorer.from_pretrained", fake_from_pretrained)
-    cfg = EvalConfig(models=[str(model)], out=str(tmp_path / "out"), data_dir=str(data), prm800k="prm800k/test.jsonl",
+    cfg = RMEvalConfig(models=[str(model)], out=str(tmp_path / "out"), data_dir=str(data), prm800k="prm800k/test.jsonl",
                      processbench_splits=["gsm8k", "math"], bootstrap=50)
     path = evaluate.run(cfg)
     report = json.loads(path.read_text())
@@ -191,14 +191,14 @@ def test_runner_writes_reports_and_resumes_from_cache(tmp_path, monkeypatch):
 
 def test_runner_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="models"):
-        evaluate.run(EvalConfig(out=str(tmp_path)))
+        evaluate.run(RMEvalConfig(out=str(tmp_path)))
     with pytest.raises(ConfigError, match="threshold_split"):
-        evaluate.run(EvalConfig(models=["x"], out=str(tmp_path), processbench_splits=["math"]))
+        evaluate.run(RMEvalConfig(models=["x"], out=str(tmp_path), processbench_splits=["math"]))
 
 
 def test_runner_on_shared_data_with_tiny_model(tmp_path, shared_data, tmp_path_factory, tiny_tokenizer):
     ckpt = shared_tiny_rm(tmp_path_factory, tiny_tokenizer)
-    cfg = EvalConfig(models=[str(ckpt)], out=str(tmp_path / "out"), data_dir=str(shared_data), prm800k_limit=2,
+    cfg = RMEvalConfig(models=[str(ckpt)], out=str(tmp_path / "out"), data_dir=str(shared_data), prm800k_limit=2,
                      limit=3, processbench_splits=["gsm8k", "math"], bootstrap=50, device="cpu")
     report = json.loads(evaluate.run(cfg).read_text())
     res = report["models"][str(ckpt)]
@@ -230,9 +230,9 @@ def test_evaluation_items_are_the_training_data_definition(shared_data, neutral)
 
     from hiprm.data.labels import build_examples
     from hiprm.data.prm800k import read_prm800k
-    from hiprm.rm.evaluate import EvalConfig, classification_rows
+    from hiprm.rm.evaluate import RMEvalConfig, classification_rows
 
-    skip = EvalConfig().skip_finish_reasons
+    skip = RMEvalConfig().skip_finish_reasons
     sols = [s for s in read_prm800k(shared_data / "prm800k" / "phase1_test.jsonl") if s.finish_reason not in skip]
     groups = step_groups(sols)
     # Each item's "reward" is its own index, so the rows say which item got which label.

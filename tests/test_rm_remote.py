@@ -223,7 +223,7 @@ def test_rm_eval_and_eval_score_through_a_server_named_by_url(tiny_rm_dir, tmp_p
 
     with FakeVLLM() as fake:
         spec = f"{fake.url}#{tiny_rm_dir}"
-        cfg = evaluate.EvalConfig(models=[spec], out=str(tmp_path / "out"), data_dir=str(shared_data),
+        cfg = evaluate.RMEvalConfig(models=[spec], out=str(tmp_path / "out"), data_dir=str(shared_data),
                                   prm800k_limit=1, processbench_splits=[], bootstrap=10)  # fmt: skip
         evaluate.run(cfg)
         assert fake.bodies, "rm eval never called the server"

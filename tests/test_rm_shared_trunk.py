@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from hiprm.rm import evaluate
-from hiprm.rm.evaluate import EvalConfig
+from hiprm.rm.evaluate import RMEvalConfig
 from hiprm.rm.scorer import Scorer
 from hiprm.rm.shared_trunk import SharedTrunk, shared_layers
 from tests.rm_fixtures import make_tiny_rm, make_tuned_copy
@@ -74,7 +74,7 @@ def test_rm_eval_shares_the_trunk_and_reports_the_same(tmp_path, shared_data, rm
     reports, caches = [], []
     for share in (True, False):
         out = tmp_path / f"share_{share}"
-        cfg = EvalConfig(models=models, out=str(out), data_dir=str(shared_data), prm800k_limit=2, limit=3,
+        cfg = RMEvalConfig(models=models, out=str(out), data_dir=str(shared_data), prm800k_limit=2, limit=3,
                          processbench_splits=["gsm8k"], bootstrap=20, device="cpu", share_trunk=share)
         reports.append(json.loads(evaluate.run(cfg).read_text())["models"])
         caches.append(sorted((r["model"], r["key"], tuple(r["rewards"]))

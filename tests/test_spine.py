@@ -174,3 +174,9 @@ def test_every_command_answers_help_with_its_keys(name, capsys):
         assert out.startswith(f"usage: hiprm {name}") and all(f"  {k} " in out for k in keys)
     assert main(["--help"]) == 0
     assert name in capsys.readouterr().out
+
+
+def test_one_name_per_config_class():
+    """Two runners' configs never share a class name (`rm eval`'s and `eval`'s were both EvalConfig)."""
+    names = [cls for _, cls, _, _ in COMMANDS.values()]
+    assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)

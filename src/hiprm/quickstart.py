@@ -408,8 +408,8 @@ def _need(path: Path, stage: str) -> None:
         raise ConfigError(f"{path} does not exist: run the '{stage}' stage first (stages=[{stage}, ...])")
 
 
-def _rm_eval_config(cfg: QuickstartConfig, models: list[Path], out: Path) -> rm_evaluate.EvalConfig:
-    return rm_evaluate.EvalConfig(
+def _rm_eval_config(cfg: QuickstartConfig, models: list[Path], out: Path) -> rm_evaluate.RMEvalConfig:
+    return rm_evaluate.RMEvalConfig(
         models=[str(m) for m in models],
         out=str(out),
         data_dir=cfg.data_dir,

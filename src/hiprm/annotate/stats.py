@@ -21,7 +21,7 @@ from hiprm.tree import read_trees, tree_stats
 
 
 @dataclass
-class StatsConfig:
+class TreeStatsConfig:
     """`path`: a trees JSONL file. `out_dir`: where `<stem>.stats.json` and `<stem>.mc.png` go
     (default: beside the file when it is in a writable run folder, else runs/annotate_stats).
     `plot`: write the PNG."""
@@ -84,7 +84,7 @@ def _default_out(path: Path) -> Path:
     return Path("runs/annotate_stats")
 
 
-def stats_path(cfg: StatsConfig) -> Path | None:
+def stats_path(cfg: TreeStatsConfig) -> Path | None:
     """`<stem>.stats.json` in the output folder (the PNG goes beside it); None without a path."""
     if not cfg.path:
         return None
@@ -94,7 +94,7 @@ def stats_path(cfg: StatsConfig) -> Path | None:
 
 
 @locked(stats_path)
-def run(cfg: StatsConfig) -> Path:
+def run(cfg: TreeStatsConfig) -> Path:
     if not cfg.path:
         raise DataError("<none>", "give a trees file: hiprm annotate stats TREES.jsonl")
     path = Path(cfg.path)

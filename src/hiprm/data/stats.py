@@ -21,7 +21,7 @@ PERCENTILES = (50, 90, 99, 100)
 
 
 @dataclass
-class StatsConfig:
+class DataStatsConfig:
     path: str = ""
     skip_bad: bool = False
 
@@ -100,7 +100,7 @@ def load_rows(path: str | Path, skip_bad: SkipLog | None = None) -> list[dict[st
     return rows
 
 
-def run(cfg: StatsConfig) -> None:
+def run(cfg: DataStatsConfig) -> None:
     if not cfg.path:
         raise DataError("<args>", "give the JSONL file or build directory: hiprm data stats FILE")
     skip_log = SkipLog() if cfg.skip_bad else None

@@ -1,6 +1,6 @@
 """What `hiprm rm eval` scores: PRM800K rated steps as `StepGroup`s and ProcessBench entries.
 
-Input: `EvalConfig.prm800k` (phase 1 test; solutions whose `finish_reason` is in
+Input: `RMEvalConfig.prm800k` (phase 1 test; solutions whose `finish_reason` is in
 `skip_finish_reasons` left out, the first `prm800k_limit` kept) and
 `processbench_dir/<split>.json` for each of `processbench_splits`, paths relative to `data_dir`.
 Output: one `StepGroup` per rated PRM800K step (the alternatives sharing a question and the

@@ -112,7 +112,7 @@ def selection_stats(groups: Sequence[StepGroup], rewards: Sequence[Sequence[floa
 
 
 @dataclass
-class EvalConfig(ScorerSettings):
+class RMEvalConfig(ScorerSettings):
     """`hiprm rm eval [configs/rm_eval.yaml] models=[CKPT, ...] out=DIR`; paths relative to data_dir."""
 
     models: list[str] = field(default_factory=list)  # checkpoint folders, or vLLM /classify servers as http://HOST:PORT#CHECKPOINT
@@ -209,7 +209,7 @@ def score_prm800k(score: ScoreAll, mkeys: list[str], solutions: list[tuple[list[
                 cache.put(m, key, "prm800k", [float(x) for x in flat])
 
 
-def eval_prm800k(scorer: Any, mkey: str, groups: list[StepGroup], cache: RewardCache, cfg: EvalConfig) -> dict[str, Any]:
+def eval_prm800k(scorer: Any, mkey: str, groups: list[StepGroup], cache: RewardCache, cfg: RMEvalConfig) -> dict[str, Any]:
     solutions = _prm800k_solutions(groups)
     score_prm800k(_alone(scorer), [mkey], solutions, cache)
     rewards: list[list[float]] = [[] for _ in groups]
@@ -277,7 +277,7 @@ def score_processbench(score: ScoreAll, mkeys: list[str], splits: dict[str, list
 
 
 def eval_processbench(scorer: Any, mkey: str, splits: dict[str, list[StepVerdicts]], cache: RewardCache,
-                      cfg: EvalConfig) -> dict[str, Any]:
+                      cfg: RMEvalConfig) -> dict[str, Any]:
     score_processbench(_alone(scorer), [mkey], splits, cache)
     rewards: dict[str, list[list[float]]] = {
         name: [cache.get(mkey, _key("processbench", e.question, e.steps)) for e in entries]  # type: ignore[misc]
@@ -323,7 +323,7 @@ def _no_nan(obj: Any) -> Any:
 
 
 @locked(lambda cfg: cfg.out)
-def run(cfg: EvalConfig) -> Path:
+def run(cfg: RMEvalConfig) -> Path:
     from hiprm.rm.remote import load_scorer
 
     if not cfg.models:

@@ -120,6 +120,11 @@ class World:
 class SimPolicy:
     """A Policy over Worlds: continues a prompt's moves by the world's probabilities."""
 
+    concurrent = False
+
+    def close(self) -> None:
+        pass
+
     def __init__(self, kind: str = "uniform") -> None:
         self.kind = kind
         self.worlds: dict[str, World] = {}
@@ -325,6 +330,7 @@ class OneAtATime:
     def __init__(self, inner):
         self.inner = inner
         self.render_chat, self.count_tokens = inner.render_chat, inner.count_tokens
+        self.concurrent, self.close = inner.concurrent, inner.close
 
     def generate(self, prompts: list[str], params: SamplingParams) -> list[list[str]]:
         out = []

@@ -27,6 +27,11 @@ WORDS = "add the two numbers so we get then multiply by three and subtract five 
 
 
 class SyntheticPolicy:
+    concurrent = False
+
+    def close(self) -> None:
+        pass
+
     def render_chat(self, u: str) -> str:
         return u
 

@@ -51,6 +51,7 @@ class InterruptingPolicy:
     def __init__(self, k: int):
         self.inner, self.k, self.seen = ScriptedPolicy(RULES), k, []
         self.render_chat, self.count_tokens = self.inner.render_chat, self.inner.count_tokens
+        self.concurrent, self.close = False, self.inner.close
 
     def generate(self, prompts, params):
         for p in prompts:

@@ -182,3 +182,29 @@ def test_scripted_policy_queue_max_tokens_and_missing_rule():
     assert pol.count_tokens("one two three") == 3
     with pytest.raises(KeyError, match="no rule matches"):
         ScriptedPolicy({"a": ["t"]}).generate(["zzz"], SamplingParams())
+
+
+def test_every_backend_declares_the_whole_policy_protocol(tiny_lm_dir):
+    """Callers use `concurrent` and `close()` without probing: each backend has every member."""
+    import typing
+
+    import httpx
+
+    from hiprm.policy.hf import HFPolicy
+    from hiprm.policy.openai_http import OpenAIPolicy
+    from hiprm.policy.protocol import Policy
+    from hiprm.policy.scripted import ScriptedPolicy
+
+    members = set(typing.get_type_hints(Policy)) | {n for n in vars(Policy) if not n.startswith("_")}
+    assert {"generate", "render_chat", "count_tokens", "close", "concurrent"} <= members
+    backends = {
+        "hf": HFPolicy(str(tiny_lm_dir)),
+        "openai": OpenAIPolicy(transport=httpx.MockTransport(lambda r: httpx.Response(500))),
+        "scripted": ScriptedPolicy({"q": ["a"]}),
+    }
+    for name, policy in backends.items():
+        missing = [m for m in members if not hasattr(policy, m)]
+        assert not missing, f"{name} lacks {missing}"
+        assert isinstance(policy.concurrent, bool)
+        policy.close()
+    assert backends["openai"].concurrent and not backends["hf"].concurrent

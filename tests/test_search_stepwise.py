@@ -39,6 +39,11 @@ class Scorer:
 class CountingPolicy:
     """ScriptedPolicy + counts of samples asked for per prompt."""
 
+    concurrent = False
+
+    def close(self):
+        pass
+
     def __init__(self, texts=TEXTS):
         self.inner = ScriptedPolicy({"2+3=?": texts})
         self.samples = 0

@@ -519,7 +519,7 @@ def grow_trees(
       left waiting on the slowest request of a round (the client's bounded concurrency still
       caps what is in flight)."""
     engine = Engine(policy, style, settings)
-    if getattr(policy, "concurrent", False) and settings.batch_problems > 1:
+    if policy.concurrent and settings.batch_problems > 1:
         yield from _grow_overlapped(engine, iter(problems), on_round)
     else:
         yield from _grow_lockstep(engine, iter(problems), on_round)

@@ -333,7 +333,7 @@ def _annotate(cfg: AnnotateConfig, todo: list[Problem], total: int, trees_path: 
             bar.update(1)
     finally:
         bar.close()
-        if own and hasattr(policy, "close"):
+        if own:
             policy.close()
 
 

@@ -102,6 +102,8 @@ class HFPolicy:
     Weights are loaded in fp32 on CPU (bf16 matmuls are many times slower there).
     """
 
+    concurrent = False  # batches within one call; one generator per process
+
     def __init__(
         self,
         model: str = "smollm2-135m-instruct",
@@ -146,6 +148,9 @@ class HFPolicy:
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def close(self) -> None:
+        """Nothing to release: the model lives as long as the object."""
 
     def generate(self, prompts: list[str], params: SamplingParams) -> list[list[str]]:
         import torch

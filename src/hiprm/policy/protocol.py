@@ -2,12 +2,14 @@
 
     policy.generate(["Question: 1+1?\\n"], SamplingParams(n=4, stop=["# END!"])) -> [[c1, c2, c3, c4]]
 
-Every backend (`hf`, `openai`, `scripted`) is a plain class with these three methods; nothing
-inherits from anything. A backend may also set `concurrent = True`: its `generate` can be called
-from several threads at once and gains from it (a server, which batches whatever is in flight),
-so callers overlap their calls instead of waiting for each (`hiprm.annotate.grow`). In-process
-backends leave it unset: they batch within one call. `cut_at_stop` is the one place stop strings
-are applied to a text, so all backends agree on what "keep the stop string" means.
+Every backend (`hf`, `openai`, `scripted`) is a plain class with the members of `Policy`; nothing
+inherits from anything, and callers never probe for a member. `concurrent` says whether
+`generate` can be called from several threads at once and gains from it (a server, which batches
+whatever is in flight), so callers overlap their calls instead of waiting for each
+(`hiprm.annotate.grow`); in-process backends say False: they batch within one call. `close()`
+releases what the backend holds (connections); callers that built a policy close it.
+`cut_at_stop` is the one place stop strings are applied to a text, so all backends agree on what
+"keep the stop string" means.
 """
 
 from __future__ import annotations
@@ -56,6 +58,12 @@ class SamplingParams:
 
 class Policy(Protocol):
     """A text generator. Implementations: HFPolicy, OpenAIPolicy, ScriptedPolicy."""
+
+    concurrent: bool  # generate() may be called from several threads at once, and gains from it
+
+    def close(self) -> None:
+        """Release connections or other resources; the policy is not used afterwards."""
+        ...
 
     def generate(self, prompts: list[str], params: SamplingParams) -> list[list[str]]:
         """Return, for each prompt, `params.n` continuations (the prompt itself not included)."""

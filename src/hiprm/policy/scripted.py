@@ -36,6 +36,11 @@ class ScriptedPolicy:
         self.calls: list[tuple[str, SamplingParams]] = []
         self.tokens_generated = 0
 
+    concurrent = False
+
+    def close(self) -> None:
+        """Nothing to release."""
+
     def render_chat(self, user_text: str) -> str:
         return user_text
 

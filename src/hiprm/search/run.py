@@ -162,6 +162,7 @@ class _CountingPolicy:
     def __init__(self, inner: Any):
         self.inner, self.calls, self.seconds = inner, 0, 0.0
         self.render_chat, self.count_tokens = inner.render_chat, inner.count_tokens
+        self.concurrent, self.close = inner.concurrent, inner.close
 
     def generate(self, prompts: list[str], params: SamplingParams) -> list[list[str]]:
         t = time.perf_counter()
@@ -408,5 +409,5 @@ def _solve_all(cfg, methods, todo, total, results_path, policy, scorers) -> None
                 append_jsonl(results_path, rec)
                 bar.update(1)
     finally:
-        if own_policy and hasattr(policy, "close"):
+        if own_policy:
             policy.close()

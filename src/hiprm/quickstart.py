@@ -93,7 +93,7 @@ class QuickstartConfig:
     # T 0.8 are right on any set tried. The quickstart annotates the three MATH problems it solves
     # greedily, at T 0.5, where 10-16% of its samples are right (25 of 192 measured), so the
     # trees have correct and wrong leaves and MC-scores strictly between 0 and 1. How they were
-    # found: scripts/solve_rates.py (README, "Annotation at this scale"). A short paragraph
+    # found: scripts/solve_rates.py (docs/results.md, "Quickstart: annotation at this scale"). A short paragraph
     # prompt: the paper's prompt makes this model copy its example's answer.
     annotate_backend: str = "hf"  # or openai: a vLLM / SGLang / llama.cpp server (annotate_base_url)
     annotate_base_url: str = ""

@@ -246,6 +246,12 @@ def from_dict(cls: type[T], values: dict[str, Any]) -> T:
     return _build(cls, values)
 
 
+def check_config_fields(cfg: Any) -> None:
+    """The checks `load_config` makes (types, ranges, choices), for a config built in code: a
+    runner calls it first, so its own checks are only those across fields."""
+    from_dict(type(cfg), to_dict(cfg))
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
     """Defaults of `cls` < YAML at `path` < `key=value` overrides; raises ConfigError on misfits."""
     values: dict[str, Any] = {}

@@ -45,6 +45,7 @@ from hiprm.config import (
     Positive,
     PositiveFloat,
     Probability,
+    check_config_fields,
     to_dict,
 )
 from hiprm.data.problems import load_problem_set
@@ -83,7 +84,7 @@ class AnnotateConfig:
     max_solution_tokens: Positive = 1024  # mcts: tokens per rollout
     rollouts_per_round: Positive = 4  # mcts: rollouts per problem per generate round
     c_explore: NonNegativeFloat = 0.1  # mcts: weight of the UCT exploration bonus
-    ci_width: NonNegativeFloat = 0.0  # mcts: stop once every 95% Wilson interval is narrower; 0 = off
+    ci_width: Probability = 0.0  # mcts: stop once every 95% Wilson interval is narrower; 0 = off
     truncated_as: Literal["wrong", "drop"] = "wrong"  # how depth-limited leaves count
     score: Literal["leaf_fraction", "child_mean"] = "leaf_fraction"  # MC-score rule (paper: leaf_fraction)
     grade_timeout: PositiveFloat = 3.0  # seconds for the symbolic answer check
@@ -112,32 +113,13 @@ OPERATIONAL_KEYS = {
 
 
 def check_config(cfg: AnnotateConfig) -> None:
-    """Ranges and names, before any work starts."""
-    checks = [
-        (cfg.children >= 1, "children", "must be >= 1"),
-        (cfg.max_depth >= 1, "max_depth", "must be >= 1"),
-        (cfg.budget >= 0, "budget", "must be >= 0 (0 = no budget)"),
-        (cfg.limit >= 0, "limit", "must be >= 0 (0 = all)"),
-        (cfg.temperature >= 0, "temperature", "must be >= 0"),
-        (0 < cfg.top_p <= 1, "top_p", "must be in (0, 1]"),
-        (
-            cfg.max_step_tokens >= 1 and cfg.max_solution_tokens >= 1,
-            "max_step_tokens/max_solution_tokens",
-            "must be >= 1",
-        ),
-        (cfg.rollouts_per_round >= 1, "rollouts_per_round", "must be >= 1"),
-        (cfg.batch_problems >= 1, "batch_problems", "must be >= 1"),
-        (0 <= cfg.ci_width <= 1, "ci_width", "must be in [0, 1]"),
-        (cfg.grade_timeout >= 0, "grade_timeout", "must be >= 0"),
-        (
-            cfg.mode == "bfs" or cfg.budget > 0 or cfg.ci_width > 0,
-            "budget",
-            "mode=mcts needs budget > 0 or ci_width > 0",
-        ),
-    ]
-    for ok, key, why in checks:
-        if not ok:
-            raise ConfigError(f"{key}: {why}")
+    """Before any work starts: each field's type and range (`check_config_fields`, as when the
+    config is loaded from YAML), then what no single field's type says."""
+    check_config_fields(cfg)
+    if not 0 < cfg.top_p:
+        raise ConfigError("top_p: must be in (0, 1]")
+    if cfg.mode == "mcts" and cfg.budget == 0 and cfg.ci_width == 0:
+        raise ConfigError("budget: mode=mcts needs budget > 0 or ci_width > 0")
     if cfg.executor not in EXECUTOR_NAMES:
         raise ConfigError(f"executor: {cfg.executor!r} is not one of {list(EXECUTOR_NAMES)}")
     if cfg.mode == "bfs" and cfg.temperature == 0 and cfg.children > 1:

@@ -27,6 +27,7 @@ import math
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -302,3 +303,40 @@ def train_or_restore(trainer: Any, resume: Path | None) -> None:
             trainer._load_from_checkpoint(best if best and Path(best).is_dir() else str(resume))
             return
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+
+
+def save_final_model(trainer: Any, out: Path, tokenizer: Any, base_for_lora: Callable[[], Any] | None,
+                     before_save: Callable[[Any], None] | None = None) -> Path:  # fmt: skip
+    """Write `out/model` atomically: the trained (best) weights, the KV cache switched back on,
+    LoRA merged, the tokenizer beside them.
+
+    `trainer.save_model` runs on every process (it gathers sharded ZeRO-3 / FSDP weights); with
+    LoRA it saves the adapter, and the main process merges it into `base_for_lora()`, a fresh
+    copy of the base model (None: no LoRA). `before_save(model)` adjusts the unwrapped model
+    first (a training-time attention switched back, say).
+    """
+    tmp, final = out / ".model.tmp", out / "model"
+    is_main = trainer.is_world_process_zero()
+    if is_main and tmp.exists():
+        shutil.rmtree(tmp)
+    # Trainer turns the KV cache off for training; generation-style callers want it on.
+    unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+    unwrapped.config.use_cache = True
+    if before_save is not None:
+        before_save(unwrapped)
+    trainer.save_model(str(tmp))
+    if not is_main:
+        return final
+    (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle; config.yaml says it all
+    if base_for_lora is not None:
+        from peft import PeftModel
+
+        merged = PeftModel.from_pretrained(base_for_lora(), str(tmp)).merge_and_unload()
+        shutil.rmtree(tmp)
+        merged.config.use_cache = True
+        merged.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return final

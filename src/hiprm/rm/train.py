@@ -32,8 +32,6 @@ Rerunning a finished run returns at once; a different config in the same folder 
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -63,6 +61,7 @@ from hiprm.training import (
     last_complete_checkpoint,
     plot_losses,
     prepare_output_dir,
+    save_final_model,
     train_or_restore,
     trainer_arguments,
     trim_metrics,
@@ -299,37 +298,15 @@ def build_model(path: str, tokenizer: Any, cfg: TrainConfig) -> Any:
 
 
 def save_final(trainer: Trainer, cfg: TrainConfig, backbone: str, tokenizer: Any, out: Path) -> Path:
-    """Write `out/model` atomically: the trained (best) weights, LoRA merged, tokenizer beside.
+    """`out/model` (`save_final_model`). Trie attention is a training-time switch: the saved
+    model is a plain `sdpa` one."""
 
-    `trainer.save_model` runs on every process (it gathers sharded ZeRO-3 / FSDP weights); with
-    LoRA it saves the adapter, which the main process merges into a fresh copy of the backbone.
-    """
-    tmp, final = out / ".model.tmp", out / "model"
-    is_main = trainer.is_world_process_zero()
-    if is_main and tmp.exists():
-        shutil.rmtree(tmp)
-    # Trainer turns the KV cache off for training; generation-style callers want it on. Trie
-    # attention is a training-time switch: the saved model is a plain `sdpa` one.
-    unwrapped = trainer.accelerator.unwrap_model(trainer.model)
-    unwrapped.config.use_cache = True
-    if trie.unwrap(unwrapped).config._attn_implementation == "hiprm_trie":
-        trie.restore_attention(unwrapped, "sdpa")
-    trainer.save_model(str(tmp))
-    if not is_main:
-        return final
-    (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle; config.yaml says it all
-    if cfg.lora.r > 0:
-        from peft import PeftModel
+    def plain_attention(model: Any) -> None:
+        if trie.unwrap(model).config._attn_implementation == "hiprm_trie":
+            trie.restore_attention(model, "sdpa")
 
-        merged = PeftModel.from_pretrained(build_model(backbone, tokenizer, _without_lora(cfg)), str(tmp))
-        merged = merged.merge_and_unload()
-        shutil.rmtree(tmp)
-        merged.save_pretrained(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    return final
+    base = (lambda: build_model(backbone, tokenizer, _without_lora(cfg))) if cfg.lora.r > 0 else None
+    return save_final_model(trainer, out, tokenizer, base, plain_attention)
 
 
 class LogAtCheckpoints(TrainerCallback):

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +23,7 @@ from transformers import Trainer
 
 from hiprm.config import ConfigError
 from hiprm.selftrain.loss import kl_transform, selftrain_loss_from_hidden
-from hiprm.training import trainer_arguments
+from hiprm.training import save_final_model, trainer_arguments
 
 log = logging.getLogger(__name__)
 
@@ -172,25 +170,6 @@ class SelftrainTrainer(Trainer):
 
 
 def save_final(trainer: Trainer, cfg: Any, backbone: str, tokenizer: Any, out: Path) -> Path:
-    """Write `out/model` atomically: the trained weights (LoRA merged), tokenizer, use_cache on."""
-    tmp, final = out / ".model.tmp", out / "model"
-    is_main = trainer.is_world_process_zero()
-    if is_main and tmp.exists():
-        shutil.rmtree(tmp)
-    trainer.accelerator.unwrap_model(trainer.model).config.use_cache = True
-    trainer.save_model(str(tmp))  # every process: gathers sharded weights
-    if not is_main:
-        return final
-    (tmp / "training_args.bin").unlink(missing_ok=True)
-    if cfg.lora.r > 0:
-        from peft import PeftModel
-
-        merged = PeftModel.from_pretrained(_load_lm(backbone, torch.float32), str(tmp)).merge_and_unload()
-        shutil.rmtree(tmp)
-        merged.config.use_cache = True
-        merged.save_pretrained(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    return final
+    """`out/model` (`save_final_model`): the trained weights (LoRA merged), tokenizer, use_cache on."""
+    base = (lambda: _load_lm(backbone, torch.float32)) if cfg.lora.r > 0 else None
+    return save_final_model(trainer, out, tokenizer, base)

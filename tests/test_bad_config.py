@@ -177,3 +177,13 @@ def test_an_output_path_that_cannot_be_one_is_one_line_and_leaves_nothing(args, 
     err = [x for x in capsys.readouterr().err.splitlines() if x.startswith("hiprm ")]
     assert len(err) == 1 and fragment in err[0], err
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+@pytest.mark.parametrize("command", [["data", "export-trl"], ["data", "stats"]])
+def test_an_empty_example_file_is_an_error_not_an_empty_result(command, tmp_path, capsys):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    capsys.readouterr()
+    assert cli.main([*command, str(empty)]) == 2
+    assert "no examples" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.jsonl"]

@@ -69,6 +69,8 @@ def run(cfg: ExportConfig) -> Path:
     out = check_output_file(export_path(cfg), "out")
     skip_log = SkipLog() if cfg.skip_bad else None
     rows = load_rows(src, skip_log)  # validated: every row has question, steps, label, kind
+    if not rows:  # an empty export would read as a finished one
+        raise DataError(src, "no examples to export" + (f" ({skip_log.summary()})" if skip_log else ""))
     converted = []
     for k, r in enumerate(rows, 1):
         try:

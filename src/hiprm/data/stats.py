@@ -105,6 +105,8 @@ def run(cfg: DataStatsConfig) -> None:
         raise DataError("<args>", "give the JSONL file or build directory: hiprm data stats FILE")
     skip_log = SkipLog() if cfg.skip_bad else None
     rows = load_rows(cfg.path, skip_log)
+    if not rows:
+        raise DataError(cfg.path, "no examples in it" + (f" ({skip_log.summary()})" if skip_log else ""))
     print(format_stats(compute_stats(rows), title=str(cfg.path)))
     if skip_log is not None:
         print(skip_log.summary())

@@ -2,16 +2,16 @@
 
     python scripts/solve_rates.py --answer-in-question --max-question-chars 200 --samples 1 --temperature 0
     python scripts/solve_rates.py --ids b76b0eef993517e0,62a72e84f58e33c6 --samples 32 --temperature 0.5
-    python scripts/solve_rates.py annotate_dataset=gsm8k-train annotate_order=shortest_solution --limit 200
+    python scripts/solve_rates.py dataset=gsm8k-train order=shortest_solution --limit 200
 
 The problems, prompt, policy and `max_solution_tokens` are the quickstart's annotation settings
-(`hiprm.quickstart.QuickstartConfig`; change them with the same key=value overrides, or a YAML
-file, as `hiprm quickstart`). For each candidate problem it samples `--samples` whole solutions
+(its annotate stage, `configs/quickstart/07_annotate.yaml`; change them with `hiprm annotate`'s
+key=value overrides, or give another annotate YAML first). For each candidate problem it samples `--samples` whole solutions
 to `# END!`, grades each as annotation grades a leaf (`hiprm.annotate.grow.grade_leaf`, in the
 annotation's `grading` mode), and prints, per problem,
 the correct / wrong / answerless counts, then the ids solved at least once.
 
-Candidates: every problem of the dataset in the configured order (the quickstart's `annotate_problem_ids`
+Candidates: every problem of the dataset in the configured order (the stage's `problem_ids`
 are ignored here), narrowed by `--ids`, `--max-question-chars`, `--answer-in-question` (the
 reference answer is a number written in the question: the only answers the 135M model is ever
 right about) and `--limit`.
@@ -27,6 +27,7 @@ from collections import Counter
 from pathlib import Path
 
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+QUICKSTART_ANNOTATE = Path(__file__).resolve().parents[1] / "configs" / "quickstart" / "07_annotate.yaml"
 
 
 def answer_in_question(question: str, answer: str) -> bool:
@@ -37,30 +38,28 @@ def answer_in_question(question: str, answer: str) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("overrides", nargs="*", help="quickstart settings: [CONFIG.yaml] key=value ...")
+    ap.add_argument("overrides", nargs="*", help="annotate settings: [ANNOTATE.yaml] key=value ...")
     ap.add_argument("--ids", default="", help="comma-separated problem ids (default: all)")
     ap.add_argument("--max-question-chars", type=int, default=0, help="only questions this short (0: any)")
     ap.add_argument("--answer-in-question", action="store_true", help="only answers written in the question")
     ap.add_argument("--limit", type=int, default=0, help="the first N candidates (0: all)")
     ap.add_argument("--samples", type=int, default=8, help="solutions per problem")
     ap.add_argument(
-        "--temperature", type=float, default=None, help="default: the quickstart's annotate_temperature"
+        "--temperature", type=float, default=None, help="default: the annotate config's temperature"
     )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="", help="also write every sample, graded, to this JSONL file")
     args = ap.parse_args(argv)
 
     from hiprm.annotate.grow import grade_leaf
-    from hiprm.annotate.run import load_problems
+    from hiprm.annotate.run import AnnotateConfig, load_problems
     from hiprm.artifacts import write_jsonl
     from hiprm.config import ConfigError, load_config
     from hiprm.policy.build import build_policy, build_style
     from hiprm.policy.protocol import SamplingParams
-    from hiprm.quickstart import QuickstartConfig, _annotate_config
 
-    path = args.overrides[0] if args.overrides and "=" not in args.overrides[0] else None
-    qc = load_config(QuickstartConfig, path, [o for o in args.overrides if "=" in o])
-    ac = _annotate_config(qc, Path("runs/solve_rates"))
+    path = args.overrides[0] if args.overrides and "=" not in args.overrides[0] else QUICKSTART_ANNOTATE
+    ac = load_config(AnnotateConfig, path, [o for o in args.overrides if "=" in o])
     ac.limit, ac.problem_ids = 0, args.ids.split(",") if args.ids else []
     try:
         problems, source = load_problems(ac)

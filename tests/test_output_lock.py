@@ -135,11 +135,12 @@ def _runner_commands(tmp_path: Path, shared_data: Path, tiny_rm_dir: Path, tiny_
         "annotate stats": (["annotate", "stats", str(trees), f"out_dir={o / 'stats'}"],
                            o / "stats" / f"{trees.stem}.stats.json"),
         "quickstart": (["quickstart", f"out_dir={o / 'qs'}"], o / "qs"),
+        "report": (["report", str(o / "qs")], o / "qs" / "report.md"),
     }
 
 
 RUNNERS = ["annotate", "eval", "eval shard", "rm score", "rm eval", "rm train", "selftrain", "data build",
-           "data build trees", "data export-trl", "annotate hnc", "annotate stats", "quickstart"]  # fmt: skip
+           "data build trees", "data export-trl", "annotate hnc", "annotate stats", "quickstart", "report"]  # fmt: skip
 
 
 @pytest.mark.parametrize("name", RUNNERS)

@@ -25,24 +25,8 @@ from typing import Any
 import yaml
 
 from hiprm.artifacts import DataError, StageError
+from hiprm.commands import COMMANDS
 from hiprm.config import ConfigError, load_config
-
-# name -> (module, config class, run function, positional field or None)
-COMMANDS: dict[str, tuple[str, str, str, str | None]] = {
-    "data build": ("hiprm.data.build", "BuildConfig", "run", None),
-    "data stats": ("hiprm.data.stats", "DataStatsConfig", "run", "path"),
-    "data export-trl": ("hiprm.data.export", "ExportConfig", "run", "path"),
-    "rm train": ("hiprm.rm.train", "TrainConfig", "run", None),
-    "rm score": ("hiprm.rm.score_file", "ScoreConfig", "run", None),
-    "rm eval": ("hiprm.rm.evaluate", "RMEvalConfig", "run", None),
-    "serve": ("hiprm.serve.app", "ServeConfig", "run", None),
-    "eval": ("hiprm.search.run", "EvalConfig", "run", None),
-    "annotate": ("hiprm.annotate.run", "AnnotateConfig", "run", None),
-    "annotate stats": ("hiprm.annotate.stats", "TreeStatsConfig", "run", "path"),
-    "annotate hnc": ("hiprm.annotate.hnc_run", "HNCConfig", "run", None),
-    "selftrain": ("hiprm.selftrain.train", "SelftrainConfig", "run", None),
-    "quickstart": ("hiprm.quickstart", "QuickstartConfig", "run", None),
-}
 
 log = logging.getLogger("hiprm")
 

@@ -252,34 +252,42 @@ def check_config_fields(cfg: Any) -> None:
     from_dict(type(cfg), to_dict(cfg))
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
-    """Defaults of `cls` < YAML at `path` < `key=value` overrides; raises ConfigError on misfits."""
-    values: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.exists():
-            raise ConfigError(f"{p}: config file not found")
-        if not p.is_file():  # a folder, or a named pipe that would block the read forever
-            raise ConfigError(f"{p}: not a regular file")
-        try:
-            text = p.read_bytes().decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise ConfigError(f"{p}: not valid UTF-8 (byte {e.start})") from None
-        try:
-            loaded = yaml.load(text, Loader=_UniqueKeyLoader) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: invalid YAML: {' '.join(str(e).split())}") from None
-        except ValueError as e:
-            raise ConfigError(f"{p}: {str(e).split(':')[0]}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{p}: expected a mapping at the top level")
-        values = loaded
+def read_yaml_config(path: str | Path) -> dict[str, Any]:
+    """The mapping in a YAML config file, or ConfigError naming the file (missing, not a regular
+    file, not UTF-8, invalid YAML, a key given twice, not a mapping)."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{p}: config file not found")
+    if not p.is_file():  # a folder, or a named pipe that would block the read forever
+        raise ConfigError(f"{p}: not a regular file")
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not valid UTF-8 (byte {e.start})") from None
+    try:
+        loaded = yaml.load(text, Loader=_UniqueKeyLoader) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: invalid YAML: {' '.join(str(e).split())}") from None
+    except ValueError as e:
+        raise ConfigError(f"{p}: {str(e).split(':')[0]}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{p}: expected a mapping at the top level")
+    return loaded
+
+
+def build_config(cls: type[T], values: dict[str, Any], overrides: list[str] | None = None, where: str = "") -> T:
+    """`cls` from `values` (a YAML mapping) < `key=value` overrides, checked; errors name `where`."""
     values = _merge(values, parse_overrides(overrides or []))
     try:
         return _build(cls, values)
     except ConfigError as e:
-        where = f"{path}: " if path else ""
-        raise ConfigError(f"{where}{e}") from None
+        raise ConfigError(f"{where}: {e}" if where else str(e)) from None
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
+    """Defaults of `cls` < YAML at `path` < `key=value` overrides; raises ConfigError on misfits."""
+    values = read_yaml_config(path) if path is not None else {}
+    return build_config(cls, values, overrides, str(path) if path else "")
 
 
 def _field_comments(cls: type) -> dict[str, str]:

@@ -128,7 +128,8 @@ def test_the_default_plan_end_to_end_resumes_runs_a_subset_and_reports(tmp_path,
 @pytest.mark.slow
 def test_the_tree_plan_with_a_stage_through_a_launcher(tmp_path, shared_data, tiny_backbone_dir):
     """configs/mcts_cpu (Sec. 4.2: trees -> PRM / HRM on them -> their evaluation), with one
-    training stage run the way the paper plans run theirs: through a launcher, in its own process."""
+    training stage run the way the paper plans run theirs: through `accelerate launch` (here the
+    shipped 2-process CPU config, data-parallel over gloo), in processes of its own."""
     plan = tmp_path / "plan"
     plan.mkdir()
     for f in (ROOT / "configs" / "mcts_cpu").iterdir():
@@ -136,7 +137,8 @@ def test_the_tree_plan_with_a_stage_through_a_launcher(tmp_path, shared_data, ti
     spec = yaml.safe_load((plan / "stages.yaml").read_text())
     for s in spec["stages"]:
         if s["name"] == "tree_rm_hrm":
-            s["launcher"] = sys.executable  # `python -m hiprm.cli rm train RESOLVED.yaml`
+            s["launcher"] = f"{Path(sys.executable).parent / 'accelerate'} launch --config_file " \
+                            f"{ROOT / 'configs' / 'accelerate' / 'cpu_2proc.yaml'}"  # fmt: skip
     (plan / "stages.yaml").write_text(yaml.safe_dump(spec))
     _, stages = load_plan(str(plan))
     out = tmp_path / "qs"
@@ -147,6 +149,7 @@ def test_the_tree_plan_with_a_stage_through_a_launcher(tmp_path, shared_data, ti
     assert (out / "rm_eval_trees" / "rm_eval.json").exists()
     assert (out / ".quickstart" / "tree_rm_hrm.yaml").is_file()  # what the launched process read
     assert (out / "rm" / "tree_hrm" / "model" / "config.json").is_file()
+    assert json.loads((out / "rm" / "tree_hrm" / "meta.json").read_text())["world_size"] == 2
 
 
 def test_a_skipped_stage_and_the_stage_that_needs_it(tmp_path, shared_data):

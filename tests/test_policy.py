@@ -208,3 +208,35 @@ def test_every_backend_declares_the_whole_policy_protocol(tiny_lm_dir):
         assert isinstance(policy.concurrent, bool)
         policy.close()
     assert backends["openai"].concurrent and not backends["hf"].concurrent
+
+
+def test_samples_carry_the_tokens_the_backend_generated(tiny_lm_dir):
+    """The hf decoder's own count, a server's `usage` when the request returned one sample, and
+    None (so callers count the text) when one `usage` covers several samples."""
+    import json
+
+    import httpx
+
+    from hiprm.policy.hf import HFPolicy
+    from hiprm.policy.openai_http import OpenAIPolicy
+    from hiprm.policy.protocol import Sample, generated_tokens
+
+    hf = HFPolicy(str(tiny_lm_dir))
+    before = hf.tokens_generated
+    (samples,) = hf.generate(["Question: 1+1?\n"], SamplingParams(n=3, max_tokens=5, temperature=0.7, seed=1))
+    assert all(isinstance(s, Sample) and 1 <= s.tokens <= 5 for s in samples)
+    assert sum(s.tokens for s in samples) == hf.tokens_generated - before
+
+    def server(request: httpx.Request) -> httpx.Response:
+        n = json.loads(request.content)["n"]
+        choices = [{"index": i, "text": f"step {i}", "finish_reason": "length"} for i in range(n)]
+        return httpx.Response(200, json={"choices": choices, "usage": {"completion_tokens": 7 * n}})
+
+    api = OpenAIPolicy(transport=httpx.MockTransport(server))
+    (one,) = api.generate(["q"], SamplingParams(n=1, max_tokens=8))
+    assert one[0].tokens == 7 and generated_tokens(api, one[0]) == 7
+    (two,) = api.generate(["q"], SamplingParams(n=2, max_tokens=8))
+    assert [s.tokens for s in two] == [None, None]  # one usage for both: counted from the text
+    assert generated_tokens(api, two[0]) == api.count_tokens("step 0")
+    (scripted,) = ScriptedPolicy({"q": ["a b c"]}).generate(["q"], SamplingParams(n=1))
+    assert scripted[0].tokens == 3

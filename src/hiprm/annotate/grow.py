@@ -79,7 +79,7 @@ from typing import Any, Literal
 from hiprm.artifacts import StageError
 from hiprm.grading import GradingMode, extract_answer, is_equivalent
 from hiprm.policy.prompts import PromptStyle
-from hiprm.policy.protocol import Policy, SamplingParams
+from hiprm.policy.protocol import Policy, SamplingParams, generated_tokens
 from hiprm.policy.steps import ANSWER_MARK, split_solution, split_trailing_header
 from hiprm.records import Problem
 from hiprm.tree import Tree, TreeNode, intervals, path_to, recompute
@@ -300,7 +300,7 @@ class Engine:
         g.cost["calls"] += 1
         # Cost is every token the policy returned, stop strings included (a step's next-step
         # header, the end marker): it generated them, though they are not part of any step.
-        g.cost["generated_tokens"] += sum(self.policy.count_tokens(t) for t in texts)
+        g.cost["generated_tokens"] += sum(generated_tokens(self.policy, t) for t in texts)
         if self.s.mode == "bfs":
             for text in texts:
                 node = self._add(g, nid, raw_step(text, self.style), classify_step(text, self.style), True)
@@ -365,7 +365,7 @@ class Engine:
     # --- mcts ------------------------------------------------------------------------------------
     def _mcts_rollout(self, g: _Growth, start: str, text: str) -> None:
         g.cost["rollouts"] += 1
-        total = self.policy.count_tokens(text)
+        total = generated_tokens(self.policy, text)
         pieces = split_rollout(text, self.style) or [text]
         at = start
         leaf: TreeNode | None = None

@@ -25,7 +25,7 @@ from typing import Any
 
 from hiprm.artifacts import DataError, StageError, read_json
 from hiprm.policy.decode import DECODERS
-from hiprm.policy.protocol import SamplingParams, cut_at_stop
+from hiprm.policy.protocol import Sample, SamplingParams, cut_at_stop
 
 try:  # transformers is an optional extra; the class below is only built when it is installed
     from transformers import StoppingCriteria
@@ -194,7 +194,8 @@ class HFPolicy:
             new = run(ids, mask, rows, max_new, params)
         self.tokens_generated += sum(len(t) for t in new)
         texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
-        texts = [cut_at_stop(t, params.stop, params.include_stop)[0] for t in texts]
+        texts = [Sample(cut_at_stop(t, params.stop, params.include_stop)[0], len(ids_))
+                 for t, ids_ in zip(texts, new, strict=True)]  # fmt: skip
         grouped = [texts[i * per : (i + 1) * per] for i in range(len(prompts))]
         return [g * params.n if greedy else g for g in grouped]
 

@@ -38,7 +38,7 @@ import httpx
 
 from hiprm.artifacts import StageError
 from hiprm.http import ServerPool
-from hiprm.policy.protocol import SamplingParams, cut_at_stop
+from hiprm.policy.protocol import Sample, SamplingParams, cut_at_stop
 
 log = logging.getLogger(__name__)
 
@@ -142,14 +142,17 @@ class OpenAIPolicy:
             # Greedy samples are all the same, and vLLM rejects n > 1 at temperature 0 ("n must
             # be 1 when using greedy sampling"): ask for one and repeat it.
             if params.temperature == 0:
-                choices = self._request(prompt, params, 1, seed)
+                choices, used = self._request(prompt, params, 1, seed)
                 if not choices:
                     raise PolicyServerError(f"{self.url}: response had no choices (model {self.model!r})")
-                return [self._choice_text(choices[0], params)] * params.n
-            choices = self._request(prompt, params, need, seed)
+                return [Sample(self._choice_text(choices[0], params), used)] * params.n
+            choices, used = self._request(prompt, params, need, seed)
             if not choices:
                 raise PolicyServerError(f"{self.url}: response had no choices (model {self.model!r})")
-            texts.extend(self._choice_text(c, params) for c in choices[:need])
+            # The server's `usage` counts the whole request: it is one sample's count when the
+            # request returned one (a server that ignores `n`, or n = 1).
+            each = used if len(choices) == 1 else None
+            texts.extend(Sample(self._choice_text(c, params), each) for c in choices[:need])
             rounds += 1
             if rounds > params.n + 3:
                 raise PolicyServerError(
@@ -181,7 +184,11 @@ class OpenAIPolicy:
                 )
         return text
 
-    def _request(self, prompt: str, params: SamplingParams, n: int, seed: int | None) -> list[dict[str, Any]]:
+    def _request(
+        self, prompt: str, params: SamplingParams, n: int, seed: int | None
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        """The response's choices in index order, and the server's completion tokens (None if
+        it reports none)."""
         payload: dict[str, Any] = {
             "model": self.model,
             "prompt": prompt,
@@ -201,8 +208,10 @@ class OpenAIPolicy:
         if not isinstance(choices, list):
             raise PolicyServerError(f"{self.url}: response has no 'choices' list: {str(data)[:200]}")
         usage = data.get("usage") or {}
+        used = usage.get("completion_tokens") if isinstance(usage, dict) else None
+        used = used if isinstance(used, int) and not isinstance(used, bool) else None
         with self._lock:
             self.requests += 1
-            if isinstance(usage.get("completion_tokens"), int):
-                self.tokens_generated += usage["completion_tokens"]
-        return sorted(choices, key=lambda c: c.get("index", 0) if isinstance(c, dict) else 0)
+            if used is not None:
+                self.tokens_generated += used
+        return sorted(choices, key=lambda c: c.get("index", 0) if isinstance(c, dict) else 0), used

@@ -56,6 +56,32 @@ class SamplingParams:
             raise ValueError(f"SamplingParams.temperature must be >= 0, got {self.temperature}")
 
 
+class Sample(str):
+    """A generated text that carries the number of tokens the backend generated for it: `tokens`
+    (None where the backend cannot tell: a server that batches several samples in one request
+    reports one total). A `str`, so every caller that wants the text is unchanged; operations on
+    it return plain strings.
+
+    >>> s = Sample("x = 1", tokens=4)
+    >>> s == "x = 1", s.tokens, type(s.strip()).__name__
+    (True, 4, 'str')
+    """
+
+    tokens: int | None
+
+    def __new__(cls, text: str, tokens: int | None = None) -> Sample:
+        obj = super().__new__(cls, text)
+        obj.tokens = tokens
+        return obj
+
+
+def generated_tokens(policy: Policy, text: str) -> int:
+    """What generating `text` cost in tokens: the backend's own count where it reported one
+    (`Sample.tokens`), else the policy's count of the text (re-tokenized, or estimated)."""
+    tokens = getattr(text, "tokens", None)  # a Sample's attribute; a plain str has none
+    return tokens if tokens is not None else policy.count_tokens(text)
+
+
 class Policy(Protocol):
     """A text generator. Implementations: HFPolicy, OpenAIPolicy, ScriptedPolicy."""
 
@@ -66,7 +92,8 @@ class Policy(Protocol):
         ...
 
     def generate(self, prompts: list[str], params: SamplingParams) -> list[list[str]]:
-        """Return, for each prompt, `params.n` continuations (the prompt itself not included)."""
+        """Return, for each prompt, `params.n` continuations (the prompt itself not included), as
+        `Sample`s carrying the tokens the backend generated for each where it knows them."""
         ...
 
     def render_chat(self, user_text: str) -> str:

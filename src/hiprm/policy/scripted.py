@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import math
 
-from hiprm.policy.protocol import SamplingParams, cut_at_stop
+from hiprm.policy.protocol import Sample, SamplingParams, cut_at_stop
 
 
 class ScriptedPolicy:
@@ -57,6 +57,7 @@ class ScriptedPolicy:
             # gets does not depend on which other prompts share the call (cross-problem batching).
             occ = seen[prompt] = seen.get(prompt, -1) + 1
             samples = [self._sample(prompt, params, f"{occ}.{j}", params.seed_for(i)) for j in range(params.n)]
+            samples = [Sample(s, self.count_tokens(s)) for s in samples]
             self.tokens_generated += sum(self.count_tokens(s) for s in samples)
             out.append(samples)
         return out

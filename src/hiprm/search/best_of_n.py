@@ -26,7 +26,7 @@ import numpy as np
 
 from hiprm.grading import is_equivalent
 from hiprm.policy.prompts import PromptStyle
-from hiprm.policy.protocol import Policy, SamplingParams
+from hiprm.policy.protocol import Policy, SamplingParams, generated_tokens
 from hiprm.policy.steps import final_answer, split_solution
 from hiprm.rm.scorer import score_solutions
 from hiprm.search.aggregate import AGGREGATIONS, aggregate, best_index, majority_vote, weighted_vote
@@ -153,7 +153,7 @@ def sample_pool(
                 steps=split_solution(text, style) or [text.strip()],
                 answer=answer,
                 correct=answer is not None and is_equivalent(answer, reference),
-                tokens=policy.count_tokens(text),
+                tokens=generated_tokens(policy, text),
             )
         )
     return out

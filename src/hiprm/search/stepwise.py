@@ -27,7 +27,7 @@ from typing import Any
 
 from hiprm.grading import is_equivalent
 from hiprm.policy.prompts import PromptStyle
-from hiprm.policy.protocol import Policy, SamplingParams
+from hiprm.policy.protocol import Policy, SamplingParams, generated_tokens
 from hiprm.policy.steps import final_answer, is_final, step_texts
 from hiprm.search.aggregate import best_index
 from hiprm.search.best_of_n import nested_subset
@@ -121,7 +121,7 @@ def step_search(
             for (prefix, slot), texts in zip(requests, policy.generate(prompts, call_params), strict=True):
                 pools[prefix][slot] = StepCandidate(
                     text=texts[0],
-                    tokens=policy.count_tokens(texts[0]),
+                    tokens=generated_tokens(policy, texts[0]),
                     final=is_final(texts[0], style) or not texts[0].strip(),
                 )
         # 2. score the candidates each reward model needs: one call per model for every prefix

@@ -144,17 +144,26 @@ def read_json(path: str | Path) -> Any:
 @contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "w") -> Iterator[Any]:
     """Open a temporary file beside `path`; rename it over `path` only if the block succeeds."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    with _staged(Path(path), mode, publish=True) as (f, _):
+        yield f
+
+
+@contextlib.contextmanager
+def _staged(path: Path, mode: str, publish: bool) -> Iterator[tuple[Any, str]]:
+    """A temporary file beside `path` (the same folder, so a rename is atomic), yielded with its
+    name. When the block succeeds it is flushed, fsynced, made 0644 and, with `publish`, renamed
+    over `path`; when anything fails it is removed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as f:
-            yield f
+            yield f, tmp
             f.flush()
             os.fsync(f.fileno())
         # mkstemp creates 0600 files; artifacts are meant to be shared like any other output.
         os.chmod(tmp, 0o644)
-        os.replace(tmp, p)
+        if publish:
+            os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -343,23 +352,18 @@ def write_files(contents: dict[Path, bytes]) -> None:
     """Write several files all or none: each goes to a temporary beside it first, and only when
     every one is written (and fsynced) are they renamed into place. A full disk or a bad folder
     leaves the previous files as they were and no temporary behind."""
-    tmps: list[tuple[str, Path]] = []
+    staged: list[str] = []
     try:
         for path, data in contents.items():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            tmps.append((tmp, path))
-            with os.fdopen(fd, "wb") as f:
+            with _staged(path, "wb", publish=False) as (f, tmp):
                 f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)
+            staged.append(tmp)
     except BaseException:
-        for tmp, _ in tmps:
+        for tmp in staged:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
         raise
-    for tmp, path in tmps:
+    for tmp, path in zip(staged, contents, strict=True):
         os.replace(tmp, path)
 
 

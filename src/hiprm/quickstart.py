@@ -190,7 +190,8 @@ def run(cfg: QuickstartConfig) -> Path:
     chosen = [s for s in stages if not cfg.stages or s.name in cfg.stages]
     # Every config is built (and checked) before the first stage runs.
     built = {s.name: stage_config(s, run_dir, str(out), overrides[s.name]) for s in chosen}
-    write_meta(out, to_dict(cfg), plan=str(plan_file(cfg.plan)))
+    plan_path = str(plan_file(cfg.plan))
+    write_meta(out, to_dict(cfg), plan=plan_path)
     manifest_path = out / "quickstart.json"
     old = read_json(manifest_path).get("stages", {}) if manifest_path.is_file() else {}
     record: dict[str, Any] = {s.name: old[s.name] for s in stages if s.name in old}
@@ -217,7 +218,7 @@ def run(cfg: QuickstartConfig) -> Path:
             log.warning("%s skipped: %s", stage.name, entry["why"])
         record[stage.name] = entry
         ordered = {s.name: record[s.name] for s in stages if s.name in record}
-        write_json(manifest_path, {"plan": str(plan_file(cfg.plan)), "stages": ordered})
+        write_json(manifest_path, {"plan": plan_path, "stages": ordered})
     report = write_report(out)
     seconds = sum(record[s.name]["seconds"] for s in chosen)
     print(f"\nquickstart done in {seconds / 60:.1f} min; report: {report}")

@@ -67,7 +67,7 @@ def base_vs_tuned(base: Path, tuned: dict[str, Path]) -> list[str]:
     return lines
 
 
-def report_lines(run_dir: Path, manifest: dict[str, Any]) -> list[str]:
+def report_lines(manifest: dict[str, Any]) -> list[str]:
     stages: dict[str, dict[str, Any]] = manifest.get("stages", {})
     times = ", ".join(f"{name} {s['seconds'] / 60:.1f}" for name, s in stages.items() if "seconds" in s)
     lines = ["# hiprm quickstart report", "", f"Plan: `{manifest.get('plan', '?')}`. Stage minutes: {times}."]
@@ -137,7 +137,7 @@ def write_report(run_dir: str | Path) -> Path:
         raise DataError(manifest_path, "not found: give a folder `hiprm quickstart` ran in")
     path = d / "report.md"
     with atomic_write(path) as f:
-        f.write("\n".join(report_lines(d, read_json(manifest_path))) + "\n")
+        f.write("\n".join(report_lines(read_json(manifest_path))) + "\n")
     return path
 
 

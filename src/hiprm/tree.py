@@ -232,7 +232,7 @@ class Tree:
             raise DataError(where, f"expected a tree object, got {type(d).__name__}", line)
         f = _Fields(where, line)
         question = f.text(d, "question")
-        answer = f.answer(d, "answer", "answer")
+        answer = f.answer(d, "answer")
         nodes = d.get("nodes")
         if not isinstance(nodes, list) or not nodes:
             raise DataError(where, f"expected a non-empty list of nodes, got {_shown(nodes)}", line, "nodes")
@@ -312,7 +312,7 @@ class _Fields:
             raise self._fail("a string or null", v, field)
         return v
 
-    def answer(self, d: dict[str, Any], key: str, at: str) -> str:
+    def answer(self, d: dict[str, Any], key: str) -> str:
         """A reference answer: a string, or a JSON number written as text (GSM8K's are)."""
         v, field = self._get(d, key, "", _REQUIRED)
         if isinstance(v, bool) or not isinstance(v, str | int | float) or (isinstance(v, float) and not math.isfinite(v)):
@@ -568,7 +568,7 @@ def from_openr(obj: dict[str, Any], where: str = "<openr>", line: int | None = N
             raise DataError(where, "missing (OpenR tree line)", line, key)
     f = _Fields(where, line)
     question = f.text(obj, "question")
-    t = Tree(problem_id_for(question), question, f.answer(obj, "final_answer", ""),
+    t = Tree(problem_id_for(question), question, f.answer(obj, "final_answer"),
              source=f"{where}:{line}" if line else where, mc_from="given")  # fmt: skip
     root = obj["reasoning_steps"]
     stack: list[tuple[dict[str, Any], str | None, list[str], str]] = [(root, None, [], "reasoning_steps")]

@@ -12,7 +12,6 @@ Backends are imported only when chosen (transformers for `hf`, httpx for `openai
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from hiprm.artifacts import DataError, read_json
@@ -103,15 +102,15 @@ POLICIES = {"hf": _hf_policy, "openai": _openai_policy, "scripted": _scripted_po
 
 def check_policy_config(c: PolicyConfig) -> None:
     """Fail before any work starts on a backend name that does not exist, or an hf policy whose
-    folder holds a reward model (`resolve_policy_model` reads its config.json, no weights)."""
+    folder holds a reward model (`check_policy_folder` reads its config.json, no weights)."""
     if c.backend not in POLICIES:
         raise ConfigError(f"policy.backend: {c.backend!r} is not one of {sorted(POLICIES)}")
     if c.decoder not in DECODERS:
         raise ConfigError(f"policy.decoder: {c.decoder!r} is not one of {sorted(DECODERS)}")
-    if c.backend == "hf" and Path(c.model).expanduser().is_dir():
-        from hiprm.policy.hf import resolve_policy_model
+    if c.backend == "hf":
+        from hiprm.policy.hf import check_policy_folder
 
-        resolve_policy_model(c.model)
+        check_policy_folder(c.model)
 
 
 def build_policy(c: PolicyConfig) -> Any:

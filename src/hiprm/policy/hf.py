@@ -72,20 +72,25 @@ class StopOnStrings(StoppingCriteria):
 REWARD_HEADS = ("ForSequenceClassification", "ForTokenClassification", "ForProcessRewardModel")
 
 
-def resolve_policy_model(name_or_path: str) -> str:
-    """A local folder as is; otherwise an embedded model name known to `hiprm.models`.
+def check_policy_folder(name_or_path: str) -> None:
+    """Refuse a local folder whose config.json names a reward model's architecture (a
+    classification head, as `hiprm rm train` writes), before anything loads: loaded as a causal
+    LM it would get a fresh, untrained lm_head with no error, and its score head would be
+    silently dropped. Reads config.json only; anything that is not a folder passes."""
+    cfg_path = Path(name_or_path).expanduser() / "config.json"
+    archs = [str(a) for a in (read_json(cfg_path).get("architectures") or [])] if cfg_path.is_file() else []
+    if archs and all(a.endswith(REWARD_HEADS) for a in archs):
+        raise DataError(cfg_path, f"{', '.join(archs)} is a reward model (a classification head), not a "
+                                  "policy; give a causal LM (the base model the reward model was trained "
+                                  "from, say)", field="architectures")  # fmt: skip
 
-    A folder whose config.json names a reward model's architecture (a classification head,
-    as `hiprm rm train` writes) is refused before loading: loaded as a causal LM it would get a
-    fresh, untrained lm_head with no error, and its score head would be silently dropped."""
+
+def resolve_policy_model(name_or_path: str) -> str:
+    """A local folder as is (`check_policy_folder`); otherwise an embedded model name known to
+    `hiprm.models`."""
     folder = Path(name_or_path).expanduser()
     if folder.is_dir():
-        cfg_path = folder / "config.json"
-        archs = [str(a) for a in (read_json(cfg_path).get("architectures") or [])] if cfg_path.is_file() else []
-        if archs and all(a.endswith(REWARD_HEADS) for a in archs):
-            raise DataError(cfg_path, f"{', '.join(archs)} is a reward model (a classification head), not a "
-                                      "policy; give a causal LM (the base model the reward model was trained "
-                                      "from, say)", field="architectures")  # fmt: skip
+        check_policy_folder(name_or_path)
         return str(folder)
     from hiprm.models import resolve_model_path
 

@@ -117,10 +117,9 @@ def check_config(cfg: SelftrainConfig) -> None:
         if not ok:
             raise ConfigError(message)
     check_input_file(cfg.trees)
-    if Path(cfg.model).expanduser().is_dir():
-        from hiprm.policy.hf import resolve_policy_model
+    from hiprm.policy.hf import check_policy_folder
 
-        resolve_policy_model(cfg.model)  # a reward model's folder is refused here, before any output
+    check_policy_folder(cfg.model)  # a reward model's folder is refused here, before any output
 
 
 def pick(cfg: SelftrainConfig) -> tuple[list[Trajectory], list[Trajectory], dict[str, Any]]:

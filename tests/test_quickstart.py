@@ -208,3 +208,37 @@ def test_solve_rates_script_counts_graded_samples(tmp_path, shared_data, tiny_ba
     assert "3 problems of" in printed and "of 6 (" in printed
     with pytest.raises(SystemExit, match="not problem ids"):
         mod.main([f"data_dir={shared_data}", f"policy.model={tiny_backbone_dir}", "--ids", "nope"])
+
+
+@pytest.mark.slow
+def test_a_plan_killed_mid_run_resumes_to_the_outputs_of_an_uninterrupted_run(tmp_path, shared_data,
+                                                                               tiny_backbone_dir):  # fmt: skip
+    """`hiprm quickstart` is killed with SIGKILL once a stage after the annotation has started;
+    the same command again finishes every stage, with the trees and tree data of a run that was
+    never killed and a manifest that records each stage once."""
+    from tests.killing import hiprm_cmd, kill_when, run_to_end
+
+    _, stages = load_plan("configs/mcts_cpu")
+    tiny = [f"set=[{','.join(_tiny(stages, shared_data, tiny_backbone_dir))}]"]
+    ref, out = tmp_path / "ref", tmp_path / "killed"
+    run_to_end(hiprm_cmd("quickstart", "configs/mcts_cpu", f"out_dir={ref}", *tiny))
+    cmd = hiprm_cmd("quickstart", "configs/mcts_cpu", f"out_dir={out}", *tiny)
+
+    def training_started() -> bool:
+        return (out / "rm" / "tree_prm" / "meta.json").is_file()
+
+    kill_when(cmd, training_started, tmp_path / "killed.log")
+    assert not (out / "report.md").exists()
+    run_to_end(cmd)
+
+    def trees(d: Path) -> list[dict]:
+        return [{k: v for k, v in json.loads(x).items() if k != "cost"} for x in (d / "annotate" / "trees.jsonl").read_text().splitlines()]  # fmt: skip
+
+    assert trees(out) == trees(ref)
+    for kind in ("prm", "hrm"):
+        for split in ("train", "val"):
+            name = f"data/tree_{kind}/{split}.jsonl"  # (each example's `source` names its run folder)
+            assert (out / name).read_text().replace(str(out), str(ref)) == (ref / name).read_text(), name
+    manifest = json.loads((out / "quickstart.json").read_text())["stages"]
+    assert list(manifest) == [s.name for s in stages] and all(s["status"] == "done" for s in manifest.values())
+    assert (out / "rm_eval_trees" / "rm_eval.json").is_file() and (out / "report.md").is_file()

@@ -140,11 +140,17 @@ def _key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, ensure_ascii=False).encode()).hexdigest()[:24]
 
 
-def model_key(path: str) -> str:
-    """Identity of a checkpoint for the cache: its config and weight files' sizes and mtimes."""
-    p = Path(path).resolve()
+def model_key(spec: str) -> str:
+    """Identity of a scorer spec for the cache: its options, and for a checkpoint folder its
+    config and weight files' sizes and mtimes (a server: its URL and options)."""
+    from hiprm.rm.formats import split_spec
+
+    location, fragment, options = split_spec(spec)
+    if location.startswith(("http://", "https://")):
+        return f"served-{_key(location, fragment, options)[:12]}"
+    p = Path(location).resolve()
     stamp = [(f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in sorted(p.glob("*")) if f.is_file()]
-    return f"{p.name}-{_key(str(p), stamp)[:12]}"
+    return f"{p.name}-{_key(str(p), stamp, *([options] if options else []))[:12]}"
 
 
 class RewardCache:

@@ -212,6 +212,23 @@ def _local_root(card: dict[str, Any]) -> str | None:
     return root if isinstance(root, str) and (Path(root) / "config.json").is_file() else None
 
 
+def check_scorer_spec(spec: str) -> None:
+    """Before a run starts: a local checkpoint's format resolves (config.json and tokenizer are
+    read, no weights), so a wrong pairing fails in a second, naming the checkpoint."""
+    from transformers import AutoTokenizer
+
+    from hiprm.rm.formats import FormatSpec, resolve_format, split_spec
+
+    location, _, options = split_spec(spec)
+    fspec = FormatSpec.parse(options, spec)
+    if location.startswith(("http://", "https://")):
+        return
+    p = Path(location)
+    if not (p / "config.json").is_file():
+        raise ConfigError(f"model: {p} is not a checkpoint folder (no config.json)")
+    resolve_format(p, read_json(p / "config.json"), fspec, AutoTokenizer.from_pretrained(str(p)))
+
+
 def load_scorer(
     spec: str,
     *,
@@ -226,22 +243,33 @@ def load_scorer(
     concurrency: int = 4,
     max_retries: int = 3,
 ) -> StepScorer:
-    """The scorer a config string names: a checkpoint folder, or a server.
+    """The scorer a config string names: a checkpoint folder of any format, or a server.
 
     - `runs/rm/hrm/model`: `Scorer.from_pretrained` with `device`, `dtype`, `batch_size`,
-      `max_tokens_per_batch` and `prefix_cache`;
+      `max_tokens_per_batch` and `prefix_cache`; the format comes from the checkpoint
+      (`hiprm.rm.formats.resolve_format`);
+    - `PATH?format=tag&step_tag=%20ки`: options of the format (`hiprm.rm.formats.FormatSpec`),
+      needed for a causal-LM PRM (`format=tag` Math-Shepherd, `format=chat` RLHFlow);
     - `http://host:8000#runs/rm/hrm/model`: a `RemoteScorer` on the server, with the checkpoint
       folder after `#` (a URL fragment never reaches the server) or given as `checkpoint`, or
       neither when the server's own model folder exists here; `served_model`, `timeout`,
-      `concurrency`, `max_retries`, and `batch_size` as inputs per request.
+      `concurrency`, `max_retries`, and `batch_size` as inputs per request. The format decides
+      the endpoint: `/classify` for seqcls, `/pooling` (STEP pooling) for token and tag.
     Settings of the other kind are ignored, so one config block serves both.
     """
-    if spec.startswith(("http://", "https://")):
-        url, _, fragment = spec.partition("#")
+    from hiprm.rm.formats import FormatSpec, split_spec
+
+    location, fragment, options = split_spec(spec)
+    fspec = FormatSpec.parse(options, spec)
+    if location.startswith(("http://", "https://")):
         if fragment and checkpoint and Path(fragment) != Path(checkpoint):
             raise ConfigError(f"checkpoint: {spec!r} names {fragment!r} after '#' and checkpoint={checkpoint!r}; "
                               "give one")  # fmt: skip
-        return RemoteScorer(url, model=served_model, checkpoint=fragment or checkpoint, timeout=timeout,
-                            batch_size=batch_size, concurrency=concurrency, max_retries=max_retries)  # fmt: skip
-    return Scorer.from_pretrained(spec, device=device, dtype=dtype, batch_size=batch_size,
-                                  max_tokens_per_batch=max_tokens_per_batch, prefix_cache=prefix_cache)  # fmt: skip
+        return RemoteScorer(location, model=served_model, checkpoint=fragment or checkpoint, timeout=timeout,
+                            batch_size=batch_size, concurrency=concurrency, max_retries=max_retries,
+                            spec=fspec)  # fmt: skip
+    if fragment:
+        raise ConfigError(f"model: {spec!r}: '#CHECKPOINT' follows a server URL only")
+    return Scorer.from_pretrained(location, device=device, dtype=dtype, batch_size=batch_size,
+                                  max_tokens_per_batch=max_tokens_per_batch, prefix_cache=prefix_cache,
+                                  spec=fspec)  # fmt: skip

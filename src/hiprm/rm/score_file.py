@@ -29,8 +29,9 @@ from hiprm.artifacts import (
     write_json,
 )
 from hiprm.config import ConfigError, Positive, to_dict
-from hiprm.rm.remote import load_scorer
-from hiprm.rm.scorer import ScorerSettings, check_reward_checkpoint, score_solutions
+from hiprm.rm.formats import split_spec
+from hiprm.rm.remote import check_scorer_spec, load_scorer
+from hiprm.rm.scorer import ScorerSettings, score_solutions
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +79,7 @@ def check_score_config(cfg: ScoreConfig) -> tuple[Path, Path]:
         raise ConfigError("output: must differ from input")
     if out.is_dir():
         raise ConfigError(f"output: {out} is a folder; give a file path")
-    if not cfg.model.startswith(("http://", "https://")):
-        check_reward_checkpoint(cfg.model)
+    check_scorer_spec(cfg.model)
     prepare_out_dir(out.parent)
     return src, out
 
@@ -103,7 +103,7 @@ def run(cfg: ScoreConfig) -> Path:
     rows = [(line, obj, *_check_record(obj, src, line)) for line, obj in read_jsonl(src)]
     partial = out.with_name(out.name + ".partial")
     meta_path = score_meta_path(out)
-    identity = {**to_dict(cfg), "weights": weights_fingerprint(cfg.model)}
+    identity = {**to_dict(cfg), "weights": weights_fingerprint(split_spec(cfg.model)[0])}
     if (partial.exists() or out.exists()) and not cfg.overwrite:
         old = read_json(meta_path).get("config") if meta_path.is_file() else None
         if old is None:

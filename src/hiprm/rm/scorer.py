@@ -43,7 +43,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 from hiprm.artifacts import DataError, read_json
 from hiprm.config import ConfigError, Device, Positive
 from hiprm.rm import trie
-from hiprm.rm.template import PREVIOUS_HEADER, FitReport, TemplateConfig, fitted_texts, render
+from hiprm.rm.formats import Encoder, Format, FormatSpec, head_token_ids, resolve_format
+from hiprm.rm.template import PREVIOUS_HEADER, FitReport, TemplateConfig, render
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +109,8 @@ def reward_from_logits(row: Sequence[float]) -> float:
 
 
 def check_reward_checkpoint(path: str | os.PathLike[str]) -> Path:
-    """`path` as a Path when its config.json describes a sequence classifier, else an error
-    (read before any weight is loaded). The weights are checked as they load (`from_pretrained`)."""
+    """`path` as a Path when its config.json describes a sequence classifier (hiprm's `seqcls`
+    format, what `/classify` serves), else an error (read before any weight is loaded)."""
     p = Path(path)
     cfg_path = p / "config.json"
     if not cfg_path.is_file():
@@ -120,6 +121,53 @@ def check_reward_checkpoint(path: str | os.PathLike[str]) -> Path:
                                   "head; a policy or base model?); give a checkpoint from `hiprm rm train`",
                         field="architectures")  # fmt: skip
     return p
+
+
+def load_reward_model(folder: Path, fmt: Format, dtype: Any) -> Any:
+    """The model of a checkpoint in `fmt`, refusing one whose head would be initialised at
+    random (a policy loaded as a classifier returns rewards that change every run)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+    if fmt.layout == "qwen":
+        from hiprm.rm.qwen_prm import Qwen2ForProcessRewardModel as auto
+    else:
+        auto = {"seqcls": AutoModelForSequenceClassification, "token": AutoModelForTokenClassification,
+                "tag": AutoModelForCausalLM, "chat": AutoModelForCausalLM}[fmt.name]  # fmt: skip
+    model, info = auto.from_pretrained(str(folder), dtype=dtype, output_loading_info=True)
+    missing = sorted(k for k in info["missing_keys"] if not (fmt.name in ("tag", "chat") and k == "lm_head.weight"))
+    if missing:
+        raise DataError(folder, f"weights {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''} are not in "
+                                f"the checkpoint (transformers would initialise them at random); a {fmt.label} reward "
+                                "model needs its trained head: give a checkpoint from `hiprm rm train` or the "
+                                "public model's own files")  # fmt: skip
+    if fmt.name in ("seqcls", "token") and model.config.num_labels != 2:
+        raise ConfigError(f"model: {folder} has {model.config.num_labels} labels; a reward model has 2")
+    return model
+
+
+def _base(model: Any) -> Any:
+    """The backbone (decoder without head) of a transformers model, None if it has none."""
+    m = trie.unwrap(model)
+    return getattr(m, getattr(m, "base_model_prefix", ""), None)
+
+
+def _head(model: Any, fmt: Format, tokenizer: Any) -> Callable[[Any], Any]:
+    """hidden (n, H) -> rows (n, 2) = [bad, good] logits, so that the reward is softmax(row)[1]."""
+    m = trie.unwrap(model)
+    if fmt.name in ("seqcls", "token"):
+        head = getattr(m, "score", None) or getattr(m, "classifier", None)
+        if head is None:
+            raise ConfigError(f"{type(m).__name__} has no `score` or `classifier` head")
+        return lambda h: head(h)
+    ids = head_token_ids(fmt, tokenizer)
+    lm_head = m.get_output_embeddings()
+    cap = getattr(m.config, "final_logit_softcapping", None)
+
+    def rows(h: Any) -> Any:
+        out = lm_head(h)[:, ids]
+        return cap * (out / cap).tanh() if cap else out
+
+    return rows
 
 
 def _resolve_device(device: str) -> str:
@@ -185,10 +233,14 @@ class Scorer:
         batch_size: int = 32,
         max_tokens_per_batch: int = 16384,
         prefix_cache: bool = True,
+        fmt: Format | None = None,
     ):
         self.model = model.eval()
         self.tokenizer = tokenizer
-        self.template = template or TemplateConfig()
+        self.format = fmt or Format("seqcls", template=template or TemplateConfig())
+        self.template = self.format.template or TemplateConfig(max_length=self.format.max_length)
+        self.encoder = Encoder(self.format, tokenizer)
+        self._head = _head(model, self.format, tokenizer)
         self.batch_size = batch_size
         self.max_tokens_per_batch = max_tokens_per_batch
         self.device = next(model.parameters()).device
@@ -198,12 +250,11 @@ class Scorer:
             if pad is None:
                 raise ValueError("neither the model config nor the tokenizer defines a pad or eos token")
             model.config.pad_token_id = pad
-        # The classification head reads the last token that is not `config.pad_token_id`, so we
-        # pad with exactly that id.
+        # Padding is never read (each result is taken at its own last token); any id will do.
         self.pad_id = int(pad)
         self.stats = _Stats()
         # None = not checked yet; the first trie call compares against the plain path.
-        self._prefix_cache_ok: bool | None = None if prefix_cache and trie.supported(model) is None else False
+        self._prefix_cache_ok: bool | None = None if prefix_cache and _base(model) is not None else False
         if self._prefix_cache_ok is None:
             self._attention = trie.use_trie_attention(model)  # plain batches still run as before
 
@@ -216,26 +267,20 @@ class Scorer:
         batch_size: int = 32,
         max_tokens_per_batch: int = 16384,
         prefix_cache: bool = True,
+        spec: FormatSpec | None = None,
     ) -> Scorer:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        """A checkpoint of any format (`hiprm.rm.formats`): from its config.json, or `spec`."""
+        from transformers import AutoTokenizer
 
-        p = check_reward_checkpoint(path)
-        device = _resolve_device(device)
-        model, info = AutoModelForSequenceClassification.from_pretrained(
-            str(p), dtype=_resolve_dtype(dtype, device), output_loading_info=True)
-        # Weights missing from the checkpoint were just initialised at random: scores from them
-        # would be noise, different on every load.
-        missing = sorted(info["missing_keys"])
-        if missing:
-            raise DataError(p, f"weights {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''} are not in "
-                               "the checkpoint (transformers would initialise them at random); a reward model "
-                               "needs a trained classification head: give a checkpoint from `hiprm rm train`")  # fmt: skip
-        if model.config.num_labels != 2:
-            raise ConfigError(f"model: {p} has {model.config.num_labels} labels; a reward model has 2")
+        p = Path(path)
+        cfg_path = p / "config.json"
+        if not cfg_path.is_file():
+            raise ConfigError(f"model: {p} is not a checkpoint folder (no config.json)")
         tokenizer = AutoTokenizer.from_pretrained(str(p))
-        template = TemplateConfig.from_saved(getattr(model.config, "hiprm_template", None), p)
-        return cls(model.to(device), tokenizer, template, batch_size, max_tokens_per_batch,
-                   prefix_cache)
+        fmt = resolve_format(p, read_json(cfg_path), spec or FormatSpec(), tokenizer)
+        device = _resolve_device(device)
+        model = load_reward_model(p, fmt, _resolve_dtype(dtype, device))
+        return cls(model.to(device), tokenizer, fmt.template, batch_size, max_tokens_per_batch, prefix_cache, fmt)
 
     # ---- public API -------------------------------------------------------------------------
 
@@ -258,11 +303,10 @@ class Scorer:
         return out, tokens
 
     def encode_inputs(self, inputs: Sequence[ScoreInput]) -> list[list[int]]:
-        """Token ids of each input's fitted text, as in training. Each distinct step is counted
-        once per call (render_fitted's step_costs), so fitting the N steps of a long solution
-        does not re-count steps[:i] for every i: linear in N, not quadratic."""
-        texts, reports = fitted_texts(self.tokenizer, inputs, self.template)
-        seqs = self.encode_texts(texts) if texts else []
+        """Token ids of each input in the model's format (`hiprm.rm.formats.Encoder`), each ending
+        at its reward position, fitted to the format's max_length as in training. Each distinct
+        step is counted once per call, so fitting the N steps of a long solution is linear in N."""
+        seqs, reports = self.encoder.encode(inputs)
         for report, ids in zip(reports, seqs, strict=True):
             self._count(report, ids)
         self._warn_cuts(len(inputs))
@@ -329,8 +373,9 @@ class Scorer:
             for r, i in enumerate(batch):
                 ids[r, : len(seqs[i])] = torch.tensor(seqs[i])
                 mask[r, : len(seqs[i])] = 1
+            ends = torch.tensor([r * width + len(seqs[i]) - 1 for r, i in enumerate(batch)])
             with torch.inference_mode():
-                logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+                logits = self._rows(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), ends=ends)
             self.stats.forward_passes += 1
             rows = logits.float().tolist()
             for r, i in enumerate(batch):
@@ -346,12 +391,23 @@ class Scorer:
         for r in range(len(packed.ids)):
             batch = trie.tensors(packed, self.pad_id, [r])
             with torch.inference_mode():
-                logits = trie.classifier_logits(self.model, batch)
+                logits = self._rows(input_ids=batch["input_ids"].to(self.device),
+                                    attention_mask=batch["attention_mask"].to(self.device),
+                                    position_ids=batch["position_ids"].to(self.device),
+                                    trie_plan=batch["trie_plan"].to(self.device), ends=batch["ends"])  # fmt: skip
             self.stats.forward_passes += 1
             for k, row in zip(batch["sequences"], logits.float().tolist(), strict=True):
                 out[k] = row
         self.stats.trie_tokens += packed.tokens
         return out
+
+    def _rows(self, ends: Any, **inputs: Any) -> Any:
+        """The format's head rows (n, 2) at the flat positions `ends` of a batch: the backbone
+        runs once, the head only where a reward is read (an LM head over the whole vocabulary at
+        every position would cost more than the backbone)."""
+        hidden = _base(self.model)(**inputs, use_cache=False).last_hidden_state  # (R, L, H)
+        picked = hidden.reshape(-1, hidden.shape[-1])[ends.to(hidden.device)]  # (n, H)
+        return self._head(picked)
 
     def _check_shared(self, shared: list[list[float]], seqs: Sequence[list[int]]) -> bool:
         """Compare the trie path with the plain one (the model's own attention) on real inputs,

@@ -1,0 +1,155 @@
+"""Every reward-model format scores its tiny public-layout checkpoint as the model card does.
+
+The checkpoints and the references (the model cards' usage, written independently of hiprm) are
+in `tests/public_prms.py`. hiprm loads each folder through `load_scorer`, the way every runner
+does, and must give the reference's rewards within 1e-5 on the trie path and the plain one.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hiprm.config import ConfigError
+from hiprm.rm.remote import load_scorer
+from hiprm.rm.scorer import Scorer, score_solutions
+from tests import public_prms
+
+SOLUTIONS = [
+    ("What is 2 + 3 * 4?", ["First, 3 * 4 = 12.", "Then 2 + 12 = 14.", "The answer is 14."]),
+    ("Tom has 12 apples and gets 7 more. How many?", ["12 + 7 = 19.", "So Tom has 19 apples."]),
+    ("Solve x + 1 = 3.", ["Subtract 1: x = 2."]),
+]
+
+LAYOUTS = {
+    "qwen": (public_prms.make_qwen_prm, public_prms.reference_qwen, ""),
+    "trl": (public_prms.make_trl_prm, public_prms.reference_trl, ""),
+    "math_shepherd": (public_prms.make_math_shepherd, public_prms.reference_math_shepherd, "?format=tag"),
+    "rlhflow": (public_prms.make_rlhflow, public_prms.reference_rlhflow, "?format=chat"),
+}
+
+
+@pytest.fixture(scope="module")
+def public_dirs(tmp_path_factory, tiny_tokenizer):
+    root = tmp_path_factory.mktemp("public_prms")
+    return {name: make(root / name, tiny_tokenizer) for name, (make, _, _) in LAYOUTS.items()}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("prefix_cache", [True, False])
+def test_rewards_equal_the_model_card(public_dirs, layout, prefix_cache):
+    folder = public_dirs[layout]
+    _, reference, options = LAYOUTS[layout]
+    scorer = load_scorer(f"{folder}{options}", device="cpu", prefix_cache=prefix_cache)
+    got = score_solutions(scorer, SOLUTIONS)
+    want = [reference(folder, q, steps) for q, steps in SOLUTIONS]
+    for g, w in zip(got, want, strict=True):
+        assert len(g) == len(w)
+        assert g == pytest.approx(w, abs=1e-5)
+    spread = [x for row in want for x in row]
+    assert max(spread) - min(spread) > 0.05  # rewards that differ: a wrong position would show
+    if prefix_cache:
+        assert scorer._prefix_cache_ok
+        # One solution's inputs are prefixes of each other: the trie runs each token once.
+        assert scorer.stats.trie_tokens <= sum(len(s) for s in scorer.encode_inputs(
+            [(q, st[:-1], st[-1]) for q, st in SOLUTIONS]))
+
+
+def test_format_detected_from_the_checkpoint(public_dirs):
+    assert load_scorer(str(public_dirs["qwen"]), device="cpu").format.label == "token/qwen"
+    assert load_scorer(str(public_dirs["trl"]), device="cpu").format.label == "token/trl"
+    ms = load_scorer(f"{public_dirs['math_shepherd']}?format=tag", device="cpu")
+    assert (ms.format.name, ms.format.step_tag) == ("tag", " ки")
+
+
+def test_long_inputs_drop_oldest_steps_and_keep_the_reward_position(public_dirs):
+    folder = public_dirs["qwen"]
+    q, steps = SOLUTIONS[0]
+    full = load_scorer(str(folder), device="cpu")
+    n_last = len(full.encode_inputs([(q, steps[:-1], steps[-1])])[0])
+    short = load_scorer(f"{folder}?max_length={n_last - 3}", device="cpu")
+    seq = short.encode_inputs([(q, steps[:-1], steps[-1])])[0]
+    assert len(seq) <= n_last - 3
+    assert seq[-1] == short.encoder.tag_id
+    assert short.stats.dropped_steps == 0  # reported and reset by the warning
+    # What remains is exactly the input without the oldest step.
+    assert seq == short.encode_inputs([(q, steps[1:-1], steps[-1])])[0]
+
+
+def test_wrong_pairings_are_one_clear_error(public_dirs, tiny_lm_dir, tmp_path):
+    # A causal LM without format= (a policy?) is refused.
+    with pytest.raises(ValueError, match="format=tag or format=chat"):
+        load_scorer(str(tiny_lm_dir), device="cpu")
+    # format=token on a causal LM.
+    with pytest.raises(ValueError, match="token classifier"):
+        load_scorer(f"{tiny_lm_dir}?format=token", device="cpu")
+    # A tag token the tokenizer splits into several tokens.
+    with pytest.raises(ConfigError, match="good_token '\\+\\+' is not one token"):
+        load_scorer(f"{public_dirs['math_shepherd']}?format=tag&good_token=%2B%2B", device="cpu")
+    # format=chat on a tokenizer without a chat template.
+    no_template = tmp_path / "no_template"
+    no_template.mkdir()
+    for f in public_dirs["math_shepherd"].iterdir():
+        (no_template / f.name).write_bytes(f.read_bytes())
+    cfg = json.loads((no_template / "tokenizer_config.json").read_text())
+    cfg.pop("chat_template", None)
+    (no_template / "tokenizer_config.json").write_text(json.dumps(cfg))
+    (no_template / "chat_template.jinja").unlink(missing_ok=True)
+    with pytest.raises(ConfigError, match="no chat template"):
+        load_scorer(f"{no_template}?format=chat", device="cpu")
+    # A 3-label token classifier.
+    three = tmp_path / "three"
+    three.mkdir()
+    for f in public_dirs["trl"].iterdir():
+        (three / f.name).write_bytes(f.read_bytes())
+    cfg = json.loads((three / "config.json").read_text())
+    cfg["id2label"] = {"0": "a", "1": "b", "2": "c"}
+    cfg["label2id"] = {"a": 0, "b": 1, "c": 2}
+    (three / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="has 3"):
+        load_scorer(str(three), device="cpu")
+    # An unknown option or format.
+    with pytest.raises(ConfigError, match="unknown scorer option"):
+        load_scorer(f"{public_dirs['qwen']}?fromat=tag", device="cpu")
+    with pytest.raises(ConfigError, match="is not one of"):
+        load_scorer(f"{public_dirs['qwen']}?format=bogus", device="cpu")
+
+
+def test_cli_names_the_checkpoint_and_exits_2(tiny_lm_dir, tmp_path, capsys):
+    from hiprm.cli import main
+
+    data = tmp_path / "in.jsonl"
+    data.write_text(json.dumps({"question": "q", "steps": ["a"]}) + "\n")
+    code = main(["rm", "score", f"model={tiny_lm_dir}?format=token", f"input={data}", f"output={tmp_path / 'o.jsonl'}"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert str(tiny_lm_dir) in err and "token classifier" in err
+
+
+def test_seqcls_unchanged(tiny_rm_dir):
+    """hiprm's own checkpoints keep the paper's format and rewards (the plain model forward)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from hiprm.rm.template import render
+
+    scorer = load_scorer(str(tiny_rm_dir), device="cpu")
+    assert isinstance(scorer, Scorer) and scorer.format.name == "seqcls"
+    q, steps = SOLUTIONS[0]
+    got = score_solutions(scorer, [(q, steps)])[0]
+    tok = AutoTokenizer.from_pretrained(tiny_rm_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_rm_dir).eval()
+    want = []
+    for i, s in enumerate(steps):
+        ids = tok(render(q, steps[:i], s), return_tensors="pt")
+        with torch.no_grad():
+            want.append(model(**ids).logits.softmax(-1)[0, 1].item())
+    assert got == pytest.approx(want, abs=1e-5)
+
+
+@pytest.fixture(scope="module")
+def tiny_rm_dir(tmp_path_factory, tiny_tokenizer):
+    from tests.rm_fixtures import shared_tiny_rm
+
+    return shared_tiny_rm(tmp_path_factory, tiny_tokenizer)

@@ -163,7 +163,7 @@ def test_runner_writes_reports_and_resumes_from_cache(tmp_path, monkeypatch):
 
     monkeypatch.setattr("hiprm.rm.scorer.Scorer.from_pretrained", fake_from_pretrained)
     cfg = RMEvalConfig(models=[str(model)], out=str(tmp_path / "out"), data_dir=str(data), prm800k="prm800k/test.jsonl",
-                     processbench_splits=["gsm8k", "math"], bootstrap=50)
+                     processbench_splits=["gsm8k", "math"], bootstrap=50, prmbench_dir="")
     path = evaluate.run(cfg)
     report = json.loads(path.read_text())
     res = report["models"][str(model)]
@@ -199,13 +199,20 @@ def test_runner_config_errors(tmp_path):
 def test_runner_on_shared_data_with_tiny_model(tmp_path, shared_data, tmp_path_factory, tiny_tokenizer):
     ckpt = shared_tiny_rm(tmp_path_factory, tiny_tokenizer)
     cfg = RMEvalConfig(models=[str(ckpt)], out=str(tmp_path / "out"), data_dir=str(shared_data), prm800k_limit=2,
-                     limit=3, processbench_splits=["gsm8k", "math"], bootstrap=50, device="cpu")
+                     limit=3, processbench_splits=["gsm8k", "math"], bootstrap=50, device="cpu",
+                       prmbench_limit=1)
     report = json.loads(evaluate.run(cfg).read_text())
     res = report["models"][str(ckpt)]
     cls = res["prm800k"]["classification"]
     assert cls["n"] > 5 and 0.0 <= cls["accuracy"]["value"] <= 1.0
     assert set(res["processbench"]["splits"]) == {"gsm8k", "math"}
     assert res["processbench"]["splits"]["math"]["n"] == 3
+    bench = res["prmbench"]["subsets"]
+    assert set(bench) == {"test", "prm800k_train", "all"}
+    assert bench["test"]["categories"]["multi_solutions"]["n"] == 1  # one per category and source
+    assert "correct" in bench["test"]["categories"]
+    assert (tmp_path / "out" / "prmbench.png").stat().st_size > 1000
+    assert "PRMBench" in (tmp_path / "out" / "rm_eval.md").read_text()
 
 
 def test_mixed_inputs_in_one_call_score_as_each_alone(tmp_path_factory, tiny_tokenizer):
@@ -246,3 +253,70 @@ def test_evaluation_items_are_the_training_data_definition(shared_data, neutral)
     want = Counter((e.question, tuple(e.previous_steps), e.current_step, e.label)
                    for e in build_examples(sols, "prm", neutral=neutral))  # fmt: skip
     assert got == want and sum(want.values()) > 2000
+
+
+def _bench_file(folder, name, records):
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / name).open("w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+
+
+def _record(idx, classification, steps, errors, original=None):
+    return {"original_question": "oq", "modified_question": f"q {idx}", "original_process": original or ["o1"],
+            "modified_process": steps, "modified_steps": errors, "error_steps": errors, "reason": "",
+            "idx": idx, "question": "oq", "classification": classification}
+
+
+def test_prmbench_metrics_by_hand(tmp_path):
+    """PRMBench's official numbers on a small file, worked out by hand (and checked against
+    ssmisya/PRMBench's own `evaluate_function` on the same predictions):
+    - correct_a (derived from redundency_a's original process, 3 steps) predicted [T, T, F];
+    - redundency_a, error steps [2, 3], predicted [T, F, T, T]: TP 2 FP 1 TN 1 FN 0 ->
+      F1 0.8, negative F1 2/3, PRMScore 0.7333;
+    - circular_a, error step [4], predicted [T, T, T, F, F]: TP 3 FP 0 TN 1 FN 1 ->
+      F1 6/7, negative F1 2/3, PRMScore 0.7619;
+    - multi_solutions_a, no errors, predicted [T, F, T]: F1 0.8 = its PRMScore (F1 only);
+    - overall (all but the correct sample): TP 7 FP 1 TN 2 FN 2 -> F1 14/17, negative F1 4/7,
+      PRMScore 0.69748; simplicity = (0.7333 + 0.7619) / 2 = 0.7476.
+    A reward of exactly the threshold is a negative prediction (the rule is reward > threshold).
+    """
+    folder = tmp_path / "prmbench"
+    _bench_file(folder, "prm800k_test_p1_4o_redundency.jsonl",
+                [_record("a", "redundency", ["r1", "r2", "r3", "r4"], [2, 3], original=["c1", "c2", "c3"])])
+    _bench_file(folder, "prm800k_test_p1_4o_circular.jsonl", [_record("a", "circular", ["s1", "s2", "s3", "s4", "s5"], [4])])
+    _bench_file(folder, "prm_test_p12_multi_solutions.jsonl",
+                [_record("a", "multi_solutions", ["m1", "m2", "m3"], []),
+                 _record("a", "multi_solutions", ["dup"], [])])  # a repeated (classification, idx): the first kept
+    preds = {"c1": 1, "c2": 1, "c3": 0.5, "r1": 1, "r2": 0, "r3": 1, "r4": 1, "s1": 1, "s2": 1, "s3": 1, "s4": 0,
+             "s5": 0, "m1": 1, "m2": 0, "m3": 1}
+    fake = FakeScorer(lambda q, prev, cur: float(preds[cur]))
+    from hiprm.rm.eval_data import load_prmbench
+
+    samples = load_prmbench(folder, None, 0)
+    assert [s.id for s in samples] == ["circular_a", "redundency_a", "multi_solutions_a", "correct_a"]
+    res = evaluate.eval_prmbench(fake, "m", samples, RewardCache(tmp_path / "c.jsonl"),
+                                 RMEvalConfig(bootstrap=50))["subsets"]
+    assert set(res) == {"test"}  # no PRM800K-train files: no separate subsets
+    cats = res["test"]["categories"]
+    assert cats["redundency"]["prm_score"]["value"] == pytest.approx(0.73333, abs=1e-4)
+    assert cats["circular"]["prm_score"]["value"] == pytest.approx(0.76190, abs=1e-4)
+    assert cats["multi_solutions"]["prm_score"]["value"] == pytest.approx(0.8)
+    assert (cats["correct"]["f1"], cats["correct"]["negative_f1"]) == (pytest.approx(0.8), 0.0)
+    overall = res["test"]["overall"]
+    assert overall["f1"] == pytest.approx(14 / 17) and overall["negative_f1"] == pytest.approx(4 / 7)
+    assert overall["prm_score"]["value"] == pytest.approx(0.69748, abs=1e-5)
+    assert res["test"]["groups"]["simplicity"] == pytest.approx(0.74762, abs=1e-4)
+    lo, hi = overall["prm_score"]["ci95"]
+    assert lo <= overall["prm_score"]["value"] <= hi
+
+
+def test_prmbench_bad_record_names_file_line_field(tmp_path):
+    from hiprm.artifacts import DataError
+    from hiprm.data.prmbench import read_prmbench
+
+    folder = tmp_path / "prmbench"
+    bad = _record("a", "circular", ["s1", "s2"], [0])
+    _bench_file(folder, "x.jsonl", [_record("b", "circular", ["s"], [1]), bad])
+    with pytest.raises(DataError, match=r"x.jsonl:2: field 'error_steps\[0\]'"):
+        read_prmbench(folder)

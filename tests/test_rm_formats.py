@@ -153,3 +153,20 @@ def tiny_rm_dir(tmp_path_factory, tiny_tokenizer):
     from tests.rm_fixtures import shared_tiny_rm
 
     return shared_tiny_rm(tmp_path_factory, tiny_tokenizer)
+
+
+def test_rm_eval_mixes_formats(public_dirs, tiny_rm_dir, shared_data, tmp_path):
+    """`rm eval models=[...]` with hiprm's own checkpoint and public layouts side by side: one
+    table per benchmark, the format and cost of each model."""
+    from hiprm.rm import evaluate
+
+    models = [str(tiny_rm_dir), str(public_dirs["qwen"]), f"{public_dirs['math_shepherd']}?format=tag"]
+    cfg = evaluate.RMEvalConfig(models=models, out=str(tmp_path / "out"), data_dir=str(shared_data), prm800k_limit=1,
+                                limit=2, processbench_splits=["gsm8k"], prmbench_limit=1, bootstrap=20, device="cpu")
+    report = json.loads(evaluate.run(cfg).read_text())
+    assert [report["cost"][m]["format"] for m in models] == ["seqcls", "token/qwen", "tag"]
+    for m in models:
+        assert {"prm800k", "processbench", "prmbench"} <= set(report["models"][m])
+        assert report["cost"][m]["inputs"] > 0 and report["cost"][m]["seconds"] > 0
+    md = (tmp_path / "out" / "rm_eval.md").read_text()
+    assert md.count("?format=tag") >= 4  # a row in each table

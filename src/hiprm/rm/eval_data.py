@@ -79,3 +79,16 @@ def load_processbench(folder: Path, splits: list[str], limit: int | None, seed: 
     from hiprm.data.processbench import read_processbench
 
     return {name: sample(read_processbench(folder / f"{name}.json"), limit, seed) for name in splits}
+
+
+def load_prmbench(folder: Path, limit: int | None, seed: int) -> list:
+    """PRMBench samples (`hiprm.data.prmbench`), `limit` per (source, category) drawn with `seed`."""
+    from hiprm.data.prmbench import read_prmbench
+
+    samples = read_prmbench(folder)
+    if limit is None:
+        return samples
+    by: dict[tuple[str, str], list] = {}
+    for s in samples:
+        by.setdefault((s.source, s.classification), []).append(s)
+    return [s for key in sorted(by) for s in sample(by[key], limit, seed)]

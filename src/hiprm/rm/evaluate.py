@@ -34,23 +34,27 @@ import numpy as np
 
 from hiprm.artifacts import (
     append_jsonl,
-    atomic_write,
     locked,
     prepare_out_dir,
     read_appended,
+    write_files,
     write_json,
     write_meta,
 )
 from hiprm.config import ConfigError, NonNegative, Positive, Probability, to_dict
 from hiprm.data.labels import Neutral, step_label
+from hiprm.data.prmbench import PRMBenchSample
 from hiprm.records import StepVerdicts
-from hiprm.rm.eval_data import StepGroup, data_path, load_prm800k_groups, load_processbench
-from hiprm.rm.eval_report import markdown_report
+from hiprm.rm.eval_data import StepGroup, data_path, load_prm800k_groups, load_prmbench, load_processbench
+from hiprm.rm.eval_report import markdown_report, plots
 from hiprm.rm.metrics import (
+    PRMBENCH_GROUPS,
     binary_metrics,
     bootstrap_ci,
     choose_threshold,
     first_error,
+    prmbench_counts,
+    prmbench_scores,
     processbench_scores,
     wilson_ci,
 )
@@ -130,6 +134,9 @@ class RMEvalConfig(ScorerSettings):
     threshold_split: str = "gsm8k"
     threshold: Probability | None = None  # fixed threshold: skip the search
     threshold_grid: Positive = 99  # search thresholds 1/(g+1) .. g/(g+1)
+    prmbench_dir: str = "prmbench"  # empty = skip PRMBench
+    prmbench_limit: Positive | None = None  # N samples per PRMBench category and source, drawn with `seed` (CPU runs)
+    prmbench_threshold: Probability = 0.5  # a step is judged correct when its reward > this (the official rule)
     bootstrap: NonNegative = 1000
     seed: int = 0
     # `hiprm.rm.shared_trunk`: the same rewards; needs the memory of all the local models at once.
@@ -179,6 +186,29 @@ def _value(v: float, ci: tuple[float, float]) -> dict[str, Any]:
 # Scores inputs for several models at once: one list of rewards per model (a `SharedTrunk`'s
 # `score_inputs`, or one scorer's wrapped by `_alone`).
 ScoreAll = Callable[[list[ScoreInput]], list[list[float]]]
+
+
+class _Timed:
+    """A scorer whose `score_inputs` calls are timed and counted, for the report's cost columns
+    (what this run scored: rewards read from the cache cost nothing)."""
+
+    def __init__(self, inner: Any):
+        self.inner, self.seconds, self.inputs = inner, 0.0, 0
+
+    def score_inputs(self, inputs: Sequence[ScoreInput]) -> list[float]:
+        import time
+
+        start = time.perf_counter()
+        out = self.inner.score_inputs(inputs)
+        self.seconds += time.perf_counter() - start
+        self.inputs += len(inputs)
+        return out
+
+    def cost(self) -> dict[str, Any]:
+        stats = getattr(self.inner, "stats", None)
+        return {"seconds": round(self.seconds, 3), "inputs": self.inputs,
+                "input_tokens": getattr(stats, "input_tokens", getattr(self.inner, "prompt_tokens", None)),
+                "model_tokens": getattr(stats, "trie_tokens", None) or getattr(stats, "input_tokens", None)}  # fmt: skip
 
 
 def _alone(scorer: Any) -> ScoreAll:
@@ -251,17 +281,18 @@ def eval_prm800k(scorer: Any, mkey: str, groups: list[StepGroup], cache: RewardC
     return {"classification": cls, "selection": selection}
 
 
-def score_processbench(score: ScoreAll, mkeys: list[str], splits: dict[str, list[StepVerdicts]],
-                       cache: RewardCache) -> None:
-    """Put the step rewards of every ProcessBench entry into the cache for each model of `mkeys`."""
+def score_processbench(score: ScoreAll, mkeys: list[str], splits: dict[str, Sequence[Any]], cache: RewardCache,
+                       task: str = "processbench") -> None:
+    """Put the step rewards of every entry (anything with `.question` and `.steps`: ProcessBench
+    entries, PRMBench samples under `task="prmbench"`) into the cache for each model of `mkeys`."""
     from tqdm import tqdm
 
     from hiprm.rm.scorer import solution_inputs
 
     for name, entries in splits.items():
-        keys = [_key("processbench", e.question, e.steps) for e in entries]
+        keys = [_key(task, e.question, e.steps) for e in entries]
         todo = [i for i, k in enumerate(keys) if any(cache.get(m, k) is None for m in mkeys)]
-        with tqdm(total=len(entries), initial=len(entries) - len(todo), desc=f"processbench {name}",
+        with tqdm(total=len(entries), initial=len(entries) - len(todo), desc=f"{task} {name}" if name != task else task,
                   unit="sol") as bar:
             # Batches of 8 entries counted from the first, not from the first missing one, and a
             # batch that is partly cached (a run killed while writing it) is scored whole again:
@@ -278,7 +309,7 @@ def score_processbench(score: ScoreAll, mkeys: list[str], splits: dict[str, list
                         r = [float(x) for x in flat[at : at + len(entries[i].steps)]]
                         at += len(entries[i].steps)
                         if cache.get(m, keys[i]) is None:
-                            cache.put(m, keys[i], f"processbench/{name}", r)
+                            cache.put(m, keys[i], f"{task}/{name}", r)
                 bar.update(len(missing))
 
 
@@ -317,6 +348,51 @@ def eval_processbench(scorer: Any, mkey: str, splits: dict[str, list[StepVerdict
     return out
 
 
+def prmbench_subset(samples: Sequence[PRMBenchSample], counts: np.ndarray, cfg: RMEvalConfig) -> dict[str, Any]:
+    """PRMBench's metrics on some samples (per-sample [TP, FP, TN, FN] rows in `counts`): each
+    category's pooled scores, the groups' means of category PRMScores, and the overall scores,
+    pooled over every sample but the all-correct ones (as `mr_eval` computes them); PRMScores
+    with bootstrap intervals over samples."""
+    def ci(rows: np.ndarray, f1_only: bool = False) -> tuple[float, float]:
+        return bootstrap_ci(lambda c: prmbench_scores(c.sum(0), f1_only)["prm_score"], rows,
+                            n_boot=cfg.bootstrap, seed=cfg.seed)  # fmt: skip
+
+    cats: dict[str, Any] = {}
+    for cat in sorted({s.classification for s in samples}):
+        rows = counts[[i for i, s in enumerate(samples) if s.classification == cat]]
+        only = cat == "multi_solutions"
+        sc = prmbench_scores(rows.sum(0), f1_only=only)
+        cats[cat] = {"n": int(len(rows)), "steps": int(rows.sum()), "f1": sc["f1"], "negative_f1": sc["negative_f1"],
+                     "correct_step_acc": sc["correct_step_acc"], "wrong_step_acc": sc["wrong_step_acc"],
+                     "prm_score": _value(sc["prm_score"], ci(rows, only))}  # fmt: skip
+    rows = counts[[i for i, s in enumerate(samples) if s.classification != "correct"]]
+    sc = prmbench_scores(rows.sum(0))
+    groups = {g: float(np.mean([cats[c]["prm_score"]["value"] for c in members if c in cats]))
+              for g, members in PRMBENCH_GROUPS.items() if any(c in cats for c in members)}  # fmt: skip
+    overall = {"n": int(len(rows)), "steps": int(rows.sum()), "f1": sc["f1"], "negative_f1": sc["negative_f1"],
+               "correct_step_acc": sc["correct_step_acc"], "wrong_step_acc": sc["wrong_step_acc"],
+               "prm_score": _value(sc["prm_score"], ci(rows))}  # fmt: skip
+    return {"overall": overall, "groups": groups, "categories": cats}
+
+
+def eval_prmbench(scorer: Any, mkey: str, samples: list[PRMBenchSample], cache: RewardCache,
+                  cfg: RMEvalConfig) -> dict[str, Any]:
+    """PRMBench per source (`test`, `prm800k_train`: see `hiprm.data.prmbench`) and over all
+    its files (`all`, the official benchmark's number), at `prmbench_threshold`."""
+    score_processbench(_alone(scorer), [mkey], {"prmbench": samples}, cache, task="prmbench")
+    t = cfg.prmbench_threshold
+    counts = np.asarray([prmbench_counts(s.labels(), cache.get(mkey, _key("prmbench", s.question, s.steps)) or [], t)
+                         for s in samples], dtype=np.int64).reshape(-1, 4)  # fmt: skip
+    out: dict[str, Any] = {"threshold": t, "rule": "a step is judged correct when its reward > threshold",
+                           "subsets": {}}  # fmt: skip
+    sources = {s.source for s in samples}
+    for name in ("test", "prm800k_train", "all"):
+        idx = [i for i, s in enumerate(samples) if name in ("all", s.source)]
+        if idx and (name != "all" or len(sources) > 1):
+            out["subsets"][name] = prmbench_subset([samples[i] for i in idx], counts[idx], cfg)
+    return out
+
+
 def _no_nan(obj: Any) -> Any:
     """NaN (an undefined rate) -> None, so rm_eval.json is strict JSON."""
     if isinstance(obj, float) and obj != obj:
@@ -346,6 +422,11 @@ def run(cfg: RMEvalConfig) -> Path:
     folder = data_path(cfg.data_dir, cfg.processbench_dir)
     splits = load_processbench(folder, cfg.processbench_splits, cfg.limit, cfg.seed)
     inputs += [folder / f"{name}.json" for name in cfg.processbench_splits]
+    bench: list[PRMBenchSample] = []
+    if cfg.prmbench_dir:
+        bench_dir = data_path(cfg.data_dir, cfg.prmbench_dir)
+        bench = load_prmbench(bench_dir, cfg.prmbench_limit, cfg.seed)
+        inputs += sorted(bench_dir.glob("*.jsonl"))
     cache = RewardCache(out / "rewards.jsonl")
     loaded: dict[str, Any] = {}
     local = list(dict.fromkeys(p for p in cfg.models if not p.startswith(("http://", "https://"))))
@@ -354,7 +435,7 @@ def run(cfg: RMEvalConfig) -> Path:
         from hiprm.rm.shared_trunk import SharedTrunk
 
         loaded = {p: load_scorer(p, **cfg.scorer_kwargs()) for p in local}
-        if all(isinstance(s, Scorer) for s in loaded.values()):
+        if all(isinstance(s, Scorer) and s.format.name == "seqcls" for s in loaded.values()):
             group = SharedTrunk(list(loaded.values()))
             log.info("%d models, %d bottom layers in common%s", len(local), group.depth,
                      ": run once for all" if group.depth else ": scored one by one")  # fmt: skip
@@ -363,25 +444,34 @@ def run(cfg: RMEvalConfig) -> Path:
                 score_prm800k(group.score_inputs, mkeys, _prm800k_solutions(groups), cache)
             if splits:
                 score_processbench(group.score_inputs, mkeys, splits, cache)
+            if bench:
+                score_processbench(group.score_inputs, mkeys, {"prmbench": bench}, cache, task="prmbench")
             del group
     results: dict[str, Any] = {}
+    cost: dict[str, Any] = {}  # per model: what this run scored, apart from the results (a rerun costs nothing)
     for path in cfg.models:
         log.info("evaluating %s", path)
         # What the shared pass scored is in the cache now; a model it loaded is reused for anything left.
-        scorer = loaded.pop(path, None) or load_scorer(path, **cfg.scorer_kwargs())
+        scorer = _Timed(loaded.pop(path, None) or load_scorer(path, **cfg.scorer_kwargs()))
         mkey = model_key(path)
-        res: dict[str, Any] = {"path": str(path), "cache_key": mkey}
+        res: dict[str, Any] = {"path": str(path), "cache_key": mkey,
+                               "format": getattr(getattr(scorer.inner, "format", None), "label", "seqcls")}
         if groups:
             res["prm800k"] = eval_prm800k(scorer, mkey, groups, cache, cfg)
         if splits:
             res["processbench"] = eval_processbench(scorer, mkey, splits, cache, cfg)
+        if bench:
+            res["prmbench"] = eval_prmbench(scorer, mkey, bench, cache, cfg)
+        cost[str(path)] = {"format": res["format"], **scorer.cost()}
         results[str(path)] = res
         del scorer
-    report = {"config": to_dict(cfg), "models": results,
-              "data": {"prm800k_steps": len(groups), "processbench": {k: len(v) for k, v in splits.items()}}}
+    report = {"config": to_dict(cfg), "models": results, "cost": cost,
+              "data": {"prm800k_steps": len(groups), "processbench": {k: len(v) for k, v in splits.items()},
+                       "prmbench": {src: sum(s.source == src for s in bench) for src in ("test", "prm800k_train")}}}
     report = _no_nan(report)
     write_json(out / "rm_eval.json", report)
-    with atomic_write(out / "rm_eval.md") as f:
-        f.write(markdown_report(report))
+    files = {out / "rm_eval.md": markdown_report(report).encode()}
+    files.update({out / name: png for name, png in plots(report).items()})
+    write_files(files)
     write_meta(out, to_dict(cfg), inputs=inputs)
     return out / "rm_eval.json"

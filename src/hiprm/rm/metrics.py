@@ -186,3 +186,60 @@ def choose_threshold(rewards: Sequence[Sequence[float]], labels: Sequence[int],
         if f1 > best_f1:
             best_t, best_f1 = float(t), f1
     return best_t, best_f1
+
+
+# ---- PRMBench (the official `mr_eval` evaluation, ssmisya/PRMBench) ---------------------------
+
+PRMBENCH_GROUPS = {
+    "simplicity": ("redundency", "circular"),
+    "soundness": ("counterfactual", "step_contradiction", "domain_inconsistency", "confidence"),
+    "sensitivity": ("missing_condition", "deception", "multi_solutions"),
+}
+
+
+def prmbench_counts(labels: Sequence[int], rewards: Sequence[float], threshold: float = 0.5) -> list[int]:
+    """[TP, FP, TN, FN] of one sample's steps, the positive class being a correct step: a step
+    is predicted correct when its reward is strictly above `threshold` (the official rule).
+    Steps without a reward are not counted.
+
+    >>> prmbench_counts([1, 1, 0, 1], [0.9, 0.6, 0.7, 0.2])
+    [2, 1, 0, 1]
+    """
+    tp = fp = tn = fn = 0
+    for y, r in zip(labels, rewards, strict=False):
+        pred = r > threshold
+        if y == 1:
+            tp, fn = tp + pred, fn + (not pred)
+        else:
+            fp, tn = fp + pred, tn + (not pred)
+    return [int(tp), int(fp), int(tn), int(fn)]
+
+
+def _official_ratio(a: float, b: float) -> float:
+    return a / b if b else -1.0  # mr_eval's sentinel for an empty denominator
+
+
+def _official_f1(p: float, r: float) -> float:
+    return 2 * p * r / (p + r) if p + r else -1.0
+
+
+def prmbench_scores(counts: Sequence[float], f1_only: bool = False) -> dict[str, float]:
+    """PRMBench's metrics of pooled [TP, FP, TN, FN]: F1 of correct steps, F1 of erroneous steps
+    (`negative_f1`) and PRMScore = (f1 + negative_f1) / 2, clamped at 0 (`f1_only`: the
+    multi-solution category's PRMScore is its f1). As in `mr_eval`, a ratio with an empty
+    denominator is -1 and enters the arithmetic as such.
+
+    >>> s = prmbench_scores([2, 1, 0, 1])   # negative P = R = 0 -> negative_f1 = -1
+    >>> round(s["f1"], 4), s["negative_f1"], s["prm_score"]
+    (0.6667, -1.0, 0.0)
+    >>> prmbench_scores([2, 1, 0, 0])["prm_score"]   # every step called correct
+    0.4
+    """
+    tp, fp, tn, fn = (float(x) for x in counts)
+    f1 = _official_f1(_official_ratio(tp, tp + fp), _official_ratio(tp, tp + fn))
+    nf1 = _official_f1(_official_ratio(tn, tn + fn), _official_ratio(tn, tn + fp))
+    score = f1 if f1_only else 0.5 * f1 + 0.5 * nf1
+    pos, neg = tp + fn, tn + fp
+    return {"f1": f1, "negative_f1": nf1, "prm_score": score if score > 0 else 0.0,
+            "correct_step_acc": tp / pos if pos else float("nan"),
+            "wrong_step_acc": tn / neg if neg else float("nan")}  # fmt: skip

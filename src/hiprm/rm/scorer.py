@@ -126,7 +126,11 @@ def check_reward_checkpoint(path: str | os.PathLike[str]) -> Path:
 def load_reward_model(folder: Path, fmt: Format, dtype: Any) -> Any:
     """The model of a checkpoint in `fmt`, refusing one whose head would be initialised at
     random (a policy loaded as a classifier returns rewards that change every run)."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoModelForTokenClassification
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoModelForTokenClassification,
+    )
 
     if fmt.layout == "qwen":
         from hiprm.rm.qwen_prm import Qwen2ForProcessRewardModel as auto

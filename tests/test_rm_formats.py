@@ -79,7 +79,7 @@ def test_long_inputs_drop_oldest_steps_and_keep_the_reward_position(public_dirs)
 
 def test_wrong_pairings_are_one_clear_error(public_dirs, tiny_lm_dir, tmp_path):
     # A causal LM without format= (a policy?) is refused.
-    with pytest.raises(ValueError, match="format=tag or format=chat"):
+    with pytest.raises(ValueError, match="format=tag / format=chat"):
         load_scorer(str(tiny_lm_dir), device="cpu")
     # format=token on a causal LM.
     with pytest.raises(ValueError, match="token classifier"):

@@ -224,7 +224,7 @@ def test_rm_eval_and_eval_score_through_a_server_named_by_url(tiny_rm_dir, tmp_p
     with FakeVLLM() as fake:
         spec = f"{fake.url}#{tiny_rm_dir}"
         cfg = evaluate.RMEvalConfig(models=[spec], out=str(tmp_path / "out"), data_dir=str(shared_data),
-                                  prm800k_limit=1, processbench_splits=[], bootstrap=10)  # fmt: skip
+                                  prm800k_limit=1, processbench_splits=[], prmbench_dir="", bootstrap=10)  # fmt: skip
         evaluate.run(cfg)
         assert fake.bodies, "rm eval never called the server"
         sent = [t for b in fake.bodies for t in b["input"]]

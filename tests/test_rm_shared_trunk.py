@@ -75,7 +75,7 @@ def test_rm_eval_shares_the_trunk_and_reports_the_same(tmp_path, shared_data, rm
     for share in (True, False):
         out = tmp_path / f"share_{share}"
         cfg = RMEvalConfig(models=models, out=str(out), data_dir=str(shared_data), prm800k_limit=2, limit=3,
-                         processbench_splits=["gsm8k"], bootstrap=20, device="cpu", share_trunk=share)
+                         processbench_splits=["gsm8k"], bootstrap=20, device="cpu", share_trunk=share, prmbench_limit=1)
         reports.append(json.loads(evaluate.run(cfg).read_text())["models"])
         caches.append(sorted((r["model"], r["key"], tuple(r["rewards"]))
                              for r in map(json.loads, (out / "rewards.jsonl").read_text().splitlines())))

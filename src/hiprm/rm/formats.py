@@ -147,9 +147,10 @@ def resolve_format(folder: Path, config: dict[str, Any], spec: FormatSpec, token
     implied = architecture_format(archs)
     name = spec.format if spec.format != "auto" else saved.get("format") or (implied[0] if implied else "")
     if not name:
-        raise DataError(cfg_path, f"{', '.join(archs) or 'no architectures'}: not a reward model by itself (a causal "
-                                  "LM: a policy, or a PRM read at a tag); give format=tag or format=chat for a "
-                                  "causal-LM PRM, or a checkpoint from `hiprm rm train`", field="architectures")  # fmt: skip
+        raise DataError(cfg_path, f"{', '.join(archs) or 'no architectures'} is not a reward model by itself (no trained "
+                                  "classification head: a policy or base model?); give a checkpoint from `hiprm rm train`, "
+                                  "or format=tag / format=chat for a causal-LM PRM (Math-Shepherd, RLHFlow)",
+                        field="architectures")  # fmt: skip
     is_lm = any(a.endswith("ForCausalLM") for a in archs)
     if name in ("tag", "chat") and archs and not is_lm:
         raise DataError(cfg_path, f"format={name} reads a causal LM's next-token logits; {', '.join(archs)} has no "
@@ -365,3 +366,31 @@ class Encoder:
             seqs.append(seq)
             reports.append(report)
         return seqs, reports
+
+
+def vllm_args(fmt: Format, tokenizer: Any) -> list[str]:
+    """The `vllm serve` arguments (vLLM 0.32) that make a checkpoint of this format answer as
+    hiprm reads it: `/classify` with P(positive) in column 1 for seqcls, `/pooling` with one
+    [P(bad), P(good)] row per step tag (STEP pooling) for token/qwen and tag, and a row per
+    token (ALL pooling) for chat, whose reward position is not a tag.
+
+    A causal-LM PRM becomes a 2-label token classifier whose head is the LM head's rows of the
+    bad and good tokens (`--convert classify`, `classifier_from_token`, in that order, so the
+    softmax's column 1 is P(good) as for every format).
+    """
+    import json
+
+    if fmt.name == "seqcls":
+        return ["--runner", "pooling"]
+    if fmt.layout == "qwen":
+        return ["--pooler-config", json.dumps({"step_tag_id": single_token(tokenizer, fmt.step_tag)})]
+    if fmt.name in ("tag", "chat"):
+        bad, good = head_token_ids(fmt, tokenizer)
+        names = tokenizer.convert_ids_to_tokens([bad, good])
+        pooling: dict[str, Any] = {"task": "token_classify", "pooling_type": "STEP" if fmt.name == "tag" else "ALL"}
+        if fmt.name == "tag":
+            pooling["step_tag_id"] = int(tokenizer(fmt.step_tag, add_special_tokens=False)["input_ids"][-1])
+        return ["--runner", "pooling", "--convert", "classify",
+                "--hf-overrides", json.dumps({"classifier_from_token": names, "method": "no_post_processing"}),
+                "--pooler-config", json.dumps(pooling)]  # fmt: skip
+    raise ConfigError(f"format={fmt.label}: hiprm knows no vLLM 0.32 settings that serve this layout; score it in process")

@@ -43,7 +43,8 @@ from typing import Any
 from hiprm.artifacts import StageError, read_json
 from hiprm.config import ConfigError
 from hiprm.http import ServerPool
-from hiprm.rm.scorer import ScoreInput, Scorer, StepScorer, check_reward_checkpoint
+from hiprm.rm.formats import Encoder, FormatSpec, resolve_format
+from hiprm.rm.scorer import ScoreInput, Scorer, StepScorer
 from hiprm.rm.template import TemplateConfig, fitted_texts
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ class RemoteScorer:
         backoff: float = 1.0,
         max_backoff: float = 30.0,
         api_key_env: str = "",
+        spec: FormatSpec | None = None,
     ):
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
             raise ConfigError(f"base_url: expected http://host:port, got {base_url!r}")
@@ -103,18 +105,21 @@ class RemoteScorer:
             raise ConfigError(f"checkpoint: {self.base_url} serves {self.model!r} from {card.get('root')!r}, which is "
                               "not a folder here; give the checkpoint folder (its config.json and tokenizer files; "
                               "weights not needed) as checkpoint=FOLDER or in the spec as URL#FOLDER")  # fmt: skip
-        self.checkpoint = check_reward_checkpoint(folder)
-        self.template = TemplateConfig.from_saved(read_json(self.checkpoint / "config.json").get("hiprm_template"),
-                                                  self.checkpoint)  # fmt: skip
-        max_len = card.get("max_model_len")
-        if isinstance(max_len, int) and max_len < self.template.max_length:
-            raise ConfigError(f"model: {self.base_url} serves {self.model!r} with max_model_len {max_len}, but "
-                              f"{self.checkpoint} fits inputs to max_length {self.template.max_length} tokens; "
-                              f"start the server with --max-model-len {self.template.max_length} or more")  # fmt: skip
+        p = Path(folder)
+        if not (p / "config.json").is_file():
+            raise ConfigError(f"checkpoint: {p} is not a checkpoint folder (no config.json)")
         from transformers import AutoTokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(str(self.checkpoint))
-        self.dropped_steps = self.truncated = 0  # fitting cuts since the last warning
+        self.checkpoint = p
+        self.tokenizer = AutoTokenizer.from_pretrained(str(p))
+        self.format = resolve_format(p, read_json(p / "config.json"), spec or FormatSpec(), self.tokenizer)
+        self.template = self.format.template or TemplateConfig(max_length=self.format.max_length)
+        self.encoder = Encoder(self.format, self.tokenizer)
+        max_len = card.get("max_model_len")
+        if isinstance(max_len, int) and max_len < self.format.max_length:
+            raise ConfigError(f"model: {self.base_url} serves {self.model!r} with max_model_len {max_len}, but "
+                              f"{self.checkpoint} fits inputs to max_length {self.format.max_length} tokens; "
+                              f"start the server with --max-model-len {self.format.max_length} or more")  # fmt: skip
 
     @property
     def retries(self) -> int:
@@ -129,25 +134,70 @@ class RemoteScorer:
     # ---- the StepScorer protocol ------------------------------------------------------------
 
     def score_inputs(self, inputs: Sequence[ScoreInput]) -> list[float]:
-        """P(positive) of each (question, previous, current) input, `batch_size` per request."""
+        """P(positive) of each (question, previous, current) input, `batch_size` per request:
+        texts to `/classify` (seqcls), else token ids to `/pooling`, one per solution."""
+        if self.format.name != "seqcls":
+            return self._score_pooling(inputs)
         texts = self.texts(inputs)
-        batches = [texts[i : i + self.batch_size] for i in range(0, len(texts), self.batch_size)]
+        return [p for part in self._map(self._classify, texts) for p in part]
+
+    def _map(self, fn: Any, items: list[Any]) -> list[Any]:
+        batches = [items[i : i + self.batch_size] for i in range(0, len(items), self.batch_size)]
         if len(batches) <= 1 or self.concurrency == 1:
-            parts = [self._classify(b) for b in batches]
+            return [fn(b) for b in batches]
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(batches))) as pool:
+            return list(pool.map(fn, batches))
+
+    def _score_pooling(self, inputs: Sequence[ScoreInput]) -> list[float]:
+        """Each input's token ids end at its reward position, and the inputs of one solution are
+        prefixes of each other: only the longest ones (the leaves of their trie) are sent, and
+        every input reads its row from the leaf that contains it."""
+        seqs, reports = self.encoder.encode(inputs)
+        self._warn(reports, len(inputs))
+        order = sorted(range(len(seqs)), key=lambda i: seqs[i])
+        leaf_of = [0] * len(seqs)
+        leaves: list[list[int]] = []
+        for pos in reversed(range(len(order))):  # an extension sorts right after its prefix
+            i = order[pos]
+            nxt = order[pos + 1] if pos + 1 < len(order) else None
+            if nxt is not None and seqs[nxt][: len(seqs[i])] == seqs[i]:
+                leaf_of[i] = leaf_of[nxt]
+            else:
+                leaf_of[i] = len(leaves)
+                leaves.append(seqs[i])
+        rows = [r for part in self._map(self._pool, leaves) for r in part]
+        return [self._row_at(leaves[leaf_of[i]], rows[leaf_of[i]], len(seqs[i]) - 1) for i in range(len(seqs))]
+
+    def _row_at(self, leaf: list[int], rows: list[list[float]], position: int) -> float:
+        """P(good) at `position` of `leaf`: rows for every token (ALL pooling), or for each step
+        tag (STEP pooling), the k-th row being the k-th tag's."""
+        where = f"{self.base_url}/pooling"
+        tag = self.encoder.tag_id
+        if len(rows) == len(leaf):
+            row = rows[position]
+        elif tag >= 0 and len(rows) == sum(t == tag for t in leaf):
+            row = rows[sum(t == tag for t in leaf[: position + 1]) - 1]
         else:
-            with ThreadPoolExecutor(max_workers=min(self.concurrency, len(batches))) as pool:
-                parts = list(pool.map(self._classify, batches))
-        return [p for part in parts for p in part]
+            raise RewardServerError(f"{where}: {self.model!r} returned {len(rows)} rows for an input of {len(leaf)} "
+                                    f"tokens; hiprm expects a row per token or per step tag (id {tag}) for "
+                                    f"format={self.format.label}: start the server with the arguments of "
+                                    "hiprm.rm.formats.vllm_args (see docs/evaluate.md)")  # fmt: skip
+        if len(row) != 2:
+            raise RewardServerError(f"{where}: {self.model!r} returns rows of {len(row)} values; a PRM has 2")
+        return float(row[1])
 
     def texts(self, inputs: Sequence[ScoreInput]) -> list[str]:
-        """The reward-model text of each input, fitted as the in-process Scorer fits it."""
+        """The reward-model text of each input, fitted as the in-process Scorer fits it (seqcls)."""
         out, reports = fitted_texts(self.tokenizer, inputs, self.template)
+        self._warn(reports, len(inputs))
+        return out
+
+    def _warn(self, reports: Sequence[Any], n: int) -> None:
         dropped = sum(r.dropped_steps for r in reports)
         truncated = sum(int(r.truncated) for r in reports)
         if dropped or truncated:
             log.warning("inputs over max_length=%d: %d old steps dropped, %d inputs with cut text (of %d just scored)",
-                        self.template.max_length, dropped, truncated, len(inputs))  # fmt: skip
-        return out
+                        self.format.max_length, dropped, truncated, n)  # fmt: skip
 
     # ---- HTTP -------------------------------------------------------------------------------
 
@@ -172,6 +222,34 @@ class RemoteScorer:
         raise ConfigError(
             f"model: {self.base_url} does not serve {model!r}; it serves {', '.join(names) or 'nothing'}"
         )
+
+    def _pool(self, leaves: list[list[int]]) -> list[list[list[float]]]:
+        """The rows of each token-id input, from one `/pooling` request."""
+        body = self.pool.request("POST", "/pooling", {"model": self.model, "input": leaves, "use_activation": True})
+        where = f"{self.base_url}/pooling"
+        data = body.get("data") if isinstance(body, dict) else None
+        if not isinstance(data, list) or len(data) != len(leaves):
+            raise RewardServerError(f"{where}: expected 'data' with {len(leaves)} entries, got {str(body)[:200]}")
+        out: list[Any] = [None] * len(leaves)
+        for k, d in enumerate(data):
+            index = d.get("index", k) if isinstance(d, dict) else None
+            rows = d.get("data") if isinstance(d, dict) else None
+            if not isinstance(index, int) or not 0 <= index < len(leaves) or not isinstance(rows, list) or not all(
+                isinstance(r, list) for r in rows
+            ):
+                raise RewardServerError(f"{where}: entry {k} is not {{'index', 'data': [[p0, p1], ...]}}: {str(d)[:200]}")
+            out[index] = rows
+        if any(r is None for r in out):
+            raise RewardServerError(f"{where}: the response repeats an index and misses another")
+        self._count_usage(body)
+        return out
+
+    def _count_usage(self, body: dict[str, Any]) -> None:
+        usage = body.get("usage")
+        with self._lock:
+            self.requests += 1
+            if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
+                self.prompt_tokens += usage["prompt_tokens"]
 
     def _classify(self, texts: list[str]) -> list[float]:
         """P(positive) of each text, from one `/classify` request."""
@@ -198,11 +276,7 @@ class RemoteScorer:
             rows[index] = float(probs[1])
         if any(r is None for r in rows):
             raise RewardServerError(f"{where}: the response repeats an index and misses another")
-        usage = body.get("usage")
-        with self._lock:
-            self.requests += 1
-            if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
-                self.prompt_tokens += usage["prompt_tokens"]
+        self._count_usage(body)
         return rows
 
 
@@ -217,7 +291,7 @@ def check_scorer_spec(spec: str) -> None:
     read, no weights), so a wrong pairing fails in a second, naming the checkpoint."""
     from transformers import AutoTokenizer
 
-    from hiprm.rm.formats import FormatSpec, resolve_format, split_spec
+    from hiprm.rm.formats import split_spec
 
     location, _, options = split_spec(spec)
     fspec = FormatSpec.parse(options, spec)
@@ -257,7 +331,7 @@ def load_scorer(
       the endpoint: `/classify` for seqcls, `/pooling` (STEP pooling) for token and tag.
     Settings of the other kind are ignored, so one config block serves both.
     """
-    from hiprm.rm.formats import FormatSpec, split_spec
+    from hiprm.rm.formats import split_spec
 
     location, fragment, options = split_spec(spec)
     fspec = FormatSpec.parse(options, spec)

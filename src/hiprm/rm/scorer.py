@@ -36,7 +36,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -242,8 +242,7 @@ class Scorer:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.format = fmt or Format("seqcls", template=template or TemplateConfig())
-        self.template = self.format.template or TemplateConfig(max_length=self.format.max_length)
-        self.encoder = Encoder(self.format, tokenizer)
+        self.template = self.format.template or TemplateConfig(max_length=self.format.max_length)  # builds the encoder
         self._head = _head(model, self.format, tokenizer)
         self.batch_size = batch_size
         self.max_tokens_per_batch = max_tokens_per_batch
@@ -285,6 +284,18 @@ class Scorer:
         device = _resolve_device(device)
         model = load_reward_model(p, fmt, _resolve_dtype(dtype, device))
         return cls(model.to(device), tokenizer, fmt.template, batch_size, max_tokens_per_batch, prefix_cache, fmt)
+
+    @property
+    def template(self) -> TemplateConfig:
+        return self._template
+
+    @template.setter
+    def template(self, value: TemplateConfig) -> None:
+        """Setting the template (seqcls) changes the format, and so how inputs are encoded."""
+        self._template = value
+        if self.format.name == "seqcls":
+            self.format = replace(self.format, template=value, max_length=value.max_length)
+        self.encoder = Encoder(self.format, self.tokenizer)
 
     # ---- public API -------------------------------------------------------------------------
 

@@ -39,7 +39,18 @@ def _tokenizer_with(base, specials=(), tokens=(), template=None):
     return tok
 
 
-def make_qwen_prm(folder: Path, base_tokenizer, seed: int = 0) -> Path:
+def _llama_config(tok, width: int, **kw):
+    """tests.conftest's tiny Llama, `width` wide: 32 in-process; 64 (head size 32, the smallest
+    vLLM's CPU attention takes) for a model vLLM serves."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=len(tok), hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
+                       num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048,
+                       pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id,
+                       initializer_range=0.3, **kw)  # fmt: skip
+
+
+def make_qwen_prm(folder: Path, base_tokenizer, seed: int = 0, width: int = 32) -> Path:
     import torch
     from safetensors.torch import save_file
     from transformers import Qwen2Config, Qwen2Model
@@ -48,12 +59,12 @@ def make_qwen_prm(folder: Path, base_tokenizer, seed: int = 0) -> Path:
         "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"))
     torch.manual_seed(seed)
-    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
                       num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048,
                       pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=False,
                       initializer_range=0.3)
     body = Qwen2Model(cfg)
-    head = torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.ReLU(), torch.nn.Linear(32, 2))
+    head = torch.nn.Sequential(torch.nn.Linear(width, width), torch.nn.ReLU(), torch.nn.Linear(width, 2))
     with torch.no_grad():
         head[2].weight.mul_(4.0)
     state = {f"model.{k}": v.contiguous() for k, v in body.state_dict().items()}
@@ -90,14 +101,12 @@ def reference_qwen(folder: Path, question: str, steps: list[str]) -> list[float]
     return probs[ids[0] == sep][:, 1].tolist()
 
 
-def make_trl_prm(folder: Path, base_tokenizer, seed: int = 0) -> Path:
+def make_trl_prm(folder: Path, base_tokenizer, seed: int = 0, width: int = 32) -> Path:
     import torch
     from transformers import LlamaForTokenClassification
 
-    from tests.conftest import tiny_llama_config
-
     torch.manual_seed(seed)
-    model = LlamaForTokenClassification(tiny_llama_config(base_tokenizer, num_labels=2, initializer_range=0.3))
+    model = LlamaForTokenClassification(_llama_config(base_tokenizer, width, num_labels=2))
     model.save_pretrained(folder)
     base_tokenizer.save_pretrained(folder)
     return folder
@@ -124,15 +133,13 @@ def reference_trl(folder: Path, question: str, steps: list[str], separator: str 
     return [probs[i, 1].item() for i, x in enumerate(lab) if x != -100]
 
 
-def make_math_shepherd(folder: Path, base_tokenizer, seed: int = 0) -> Path:
+def make_math_shepherd(folder: Path, base_tokenizer, seed: int = 0, width: int = 32) -> Path:
     import torch
     from transformers import LlamaForCausalLM
 
-    from tests.conftest import tiny_llama_config
-
     tok = _tokenizer_with(base_tokenizer, tokens=[" ки"])
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(tiny_llama_config(tok, initializer_range=0.3))
+    model = LlamaForCausalLM(_llama_config(tok, width))
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
@@ -155,16 +162,14 @@ def reference_math_shepherd(folder: Path, question: str, steps: list[str]) -> li
     return scores[ids == tag].tolist()
 
 
-def make_rlhflow(folder: Path, base_tokenizer, seed: int = 0) -> Path:
+def make_rlhflow(folder: Path, base_tokenizer, seed: int = 0, width: int = 32) -> Path:
     import torch
     from transformers import LlamaForCausalLM
-
-    from tests.conftest import tiny_llama_config
 
     tok = _tokenizer_with(base_tokenizer, specials=["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
                                                     "<|eot_id|>"], template=LLAMA3_TEMPLATE)  # fmt: skip
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(tiny_llama_config(tok, initializer_range=0.3))
+    model = LlamaForCausalLM(_llama_config(tok, width))
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder

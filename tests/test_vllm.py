@@ -221,3 +221,71 @@ def test_remote_scorer_matches_the_in_process_scorer(vllm_rm, shared_data, caplo
     assert [len(r) for r in theirs] == [len(s) for _, s in sols]
     for a, b in zip(theirs, ours, strict=True):
         assert a == pytest.approx(b, abs=1e-5)
+
+
+@pytest.fixture(scope="module")
+def vllm_public_prms(tmp_path_factory, tiny_tokenizer):
+    """Tiny Qwen2.5-Math-PRM-layout and Math-Shepherd-layout checkpoints, each served by the CPU
+    vLLM with the arguments `hiprm.rm.formats.vllm_args` gives (the two servers start together):
+    {name: (hiprm spec options, checkpoint folder, base url)}."""
+    if os.environ.get("HIPRM_VLLM_URL") or not (ROOT / ".venv-vllm" / "bin" / "python").exists():
+        pytest.skip("the STEP-pooling parity check starts its own vLLM from .venv-vllm")
+    import shutil
+
+    from hiprm.rm.remote import load_scorer
+    from tests import public_prms
+
+    root = tmp_path_factory.mktemp("vllm_public")
+    made = {"qwen": ("", public_prms.make_qwen_prm(root / "qwen", tiny_tokenizer, width=64)),
+            "math_shepherd": ("?format=tag", public_prms.make_math_shepherd(root / "ms", tiny_tokenizer, width=64))}
+    script = ROOT / "scripts" / "vllm_server.sh"
+    procs, out = [], {}
+    for k, (name, (options, folder)) in enumerate(made.items()):
+        from hiprm.rm.formats import vllm_args
+
+        scorer = load_scorer(f"{folder}{options}", device="cpu")
+        # vLLM builds a Qwen2 tokenizer for model_type qwen2 and ignores a custom tokenizer.json
+        # unless the tokenizer comes from a folder of its own.
+        tok_dir = root / f"{name}_tokenizer"
+        tok_dir.mkdir()
+        for f in folder.iterdir():
+            if f.name.startswith(("tokenizer", "special_tokens", "chat_template")):
+                shutil.copy(f, tok_dir / f.name)
+        port = PORT + 2 + k
+        args = ["bash", str(script), "start", str(folder), str(port), "--tokenizer", str(tok_dir),
+                *vllm_args(scorer.format, scorer.tokenizer)]  # fmt: skip
+        procs.append(subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                      env={**os.environ, "VLLM_NAME": name}))  # fmt: skip
+        out[name] = (options, folder, f"http://127.0.0.1:{port}")
+    try:
+        for p in procs:
+            stdout, stderr = p.communicate(timeout=900)
+            if p.returncode != 0:
+                pytest.fail(f"vLLM (STEP pooling) did not start: {stdout[-1000:]} {stderr[-2000:]}")
+        yield out
+    finally:
+        for k in range(len(made)):
+            subprocess.run(["bash", str(script), "stop", str(PORT + 2 + k)], cwd=ROOT, capture_output=True)
+
+
+@pytest.mark.parametrize("name", ["qwen", "math_shepherd"])
+def test_vllm_step_pooling_matches_hiprm_rewards(vllm_public_prms, name):
+    """vLLM's STEP pooling (`/pooling`) of a Qwen2.5-Math-PRM-layout model (native) and of a
+    Math-Shepherd-layout causal LM (converted to a 2-label token classifier from the `-`/`+`
+    rows of its LM head) gives hiprm's in-process rewards within 1e-5, through `RemoteScorer`;
+    one request carries each solution once."""
+    from hiprm.rm.remote import RemoteScorer, load_scorer
+    from tests.test_rm_formats import SOLUTIONS
+
+    options, folder, base = vllm_public_prms[name]
+    local = load_scorer(f"{folder}{options}", device="cpu")
+    remote = load_scorer(f"{base}{options}#{folder}", batch_size=8)
+    assert isinstance(remote, RemoteScorer) and remote.format == local.format
+    want, got = score_solutions(local, SOLUTIONS), score_solutions(remote, SOLUTIONS)
+    for g, w in zip(got, want, strict=True):
+        assert g == pytest.approx(w, abs=1e-5)
+    flat = [x for row in want for x in row]
+    assert max(flat) - min(flat) > 0.01  # rewards that differ: a wrong row would show
+    assert remote.requests == 1
+    # Only the longest input of each solution went to the server.
+    assert remote.prompt_tokens == sum(len(local.encode_inputs([(q, s[:-1], s[-1])])[0]) for q, s in SOLUTIONS)

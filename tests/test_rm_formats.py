@@ -170,3 +170,26 @@ def test_rm_eval_mixes_formats(public_dirs, tiny_rm_dir, shared_data, tmp_path):
         assert report["cost"][m]["inputs"] > 0 and report["cost"][m]["seconds"] > 0
     md = (tmp_path / "out" / "rm_eval.md").read_text()
     assert md.count("?format=tag") >= 4  # a row in each table
+
+
+def test_serve_scores_a_public_format(public_dirs):
+    """`hiprm serve` of a Qwen2.5-Math-PRM-layout checkpoint: /v1/score and /pooling with
+    {question, steps} give the in-process rewards; a formatted text (hiprm's seqcls template)
+    is refused with 422."""
+    from fastapi.testclient import TestClient
+
+    from hiprm.serve.app import create_app
+
+    scorer = load_scorer(str(public_dirs["qwen"]), device="cpu")
+    want = score_solutions(scorer, SOLUTIONS[:2])
+    body = [{"question": q, "steps": s} for q, s in SOLUTIONS[:2]]
+    with TestClient(create_app(scorer, model_name="qwen", served_name="prm")) as client:
+        r = client.post("/v1/score", json=body)
+        assert r.status_code == 200, r.text
+        for g, w in zip(r.json()["rewards"], want, strict=True):
+            assert g == pytest.approx(w, abs=1e-6)
+        r = client.post("/pooling", json={"model": "prm", "input": body})
+        assert r.status_code == 200, r.text
+        assert [[row[1] for row in d["data"]] for d in r.json()["data"]] == [pytest.approx(w, abs=1e-6) for w in want]
+        r = client.post("/classify", json={"model": "prm", "input": ["Question: q"]})
+        assert r.status_code == 422 and "token/qwen" in r.text

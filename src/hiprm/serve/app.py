@@ -238,6 +238,7 @@ def create_app(scorer: StepScorer, cfg: ServeConfig | None = None, model_name: s
 
     served = served_name or model_name
     labels = id2label or {0: "negative", 1: "positive"}
+    fmt = getattr(getattr(scorer, "format", None), "label", "")  # texts are hiprm's seqcls template only
 
     def rows_out(logits: list[float], activation: bool | None) -> list[float]:
         if activation is False:
@@ -263,6 +264,9 @@ def create_app(scorer: StepScorer, cfg: ServeConfig | None = None, model_name: s
             elif kind is PoolingRequest:
                 return refuse(RequestError(422, "task token_classify needs hiprm's structured input "
                                                 "{question, steps}: a formatted text does not say where steps end"))
+            elif fmt not in ("", "seqcls"):
+                return refuse(RequestError(422, f"this reward model reads steps in the {fmt} format: send hiprm's "
+                                                "structured input {question, steps}, not a formatted text"))
             else:
                 items.append(("text", x) if isinstance(x, str) else ("ids", list(x)))
         try:

@@ -154,10 +154,11 @@ def test_every_runner_refuses_an_output_another_process_is_writing(
 
 
 def test_every_runner_is_in_the_lock_test():
-    """A new runner that writes must be added to RUNNERS (serve and data stats write nothing)."""
+    """A new runner that writes must be added to RUNNERS (serve, data stats and rm vllm-command
+    write nothing)."""
     from hiprm.cli import COMMANDS
 
-    writers = set(COMMANDS) - {"serve", "data stats"}
+    writers = set(COMMANDS) - {"serve", "data stats", "rm vllm-command"}
     assert writers <= {n.removesuffix(" shard").removesuffix(" trees") for n in RUNNERS}
 
 

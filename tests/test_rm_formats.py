@@ -193,3 +193,16 @@ def test_serve_scores_a_public_format(public_dirs):
         assert [[row[1] for row in d["data"]] for d in r.json()["data"]] == [pytest.approx(w, abs=1e-6) for w in want]
         r = client.post("/classify", json={"model": "prm", "input": ["Question: q"]})
         assert r.status_code == 422 and "token/qwen" in r.text
+
+
+def test_vllm_command(public_dirs, tiny_rm_dir, capsys):
+    """`hiprm rm vllm-command` prints the server arguments per format (the vllm-marked parity
+    test starts servers with exactly these)."""
+    from hiprm.cli import main
+
+    assert main(["rm", "vllm-command", f"model={public_dirs['math_shepherd']}?format=tag"]) == 0
+    out = capsys.readouterr().out
+    assert "--convert classify" in out and '"classifier_from_token": ["-", "+"]' in out and '"pooling_type": "STEP"' in out
+    assert main(["rm", "vllm-command", str(tiny_rm_dir)]) == 0
+    assert "--runner pooling" in capsys.readouterr().out
+    assert main(["rm", "vllm-command", str(public_dirs["trl"])]) == 2

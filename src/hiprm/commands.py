@@ -13,6 +13,7 @@ COMMANDS: dict[str, tuple[str, str, str, str | None]] = {
     "rm train": ("hiprm.rm.train", "TrainConfig", "run", None),
     "rm score": ("hiprm.rm.score_file", "ScoreConfig", "run", None),
     "rm eval": ("hiprm.rm.evaluate", "RMEvalConfig", "run", None),
+    "rm vllm-command": ("hiprm.rm.remote", "VllmCommandConfig", "vllm_command", "model"),
     "serve": ("hiprm.serve.app", "ServeConfig", "run", None),
     "eval": ("hiprm.search.run", "EvalConfig", "run", None),
     "annotate": ("hiprm.annotate.run", "AnnotateConfig", "run", None),

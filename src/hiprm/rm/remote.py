@@ -1,4 +1,5 @@
-"""Rewards from a reward model served elsewhere, through vLLM's pooling API (`POST /classify`).
+"""Rewards from a reward model served elsewhere (vLLM's `/classify` or `/pooling`), the one
+scorer loader, and the `vllm serve` command for a checkpoint (`hiprm rm vllm-command`).
 
     vllm serve runs/rm/hrm/model --runner pooling --served-model-name rm --max-model-len 4096
     scorer = RemoteScorer("http://gpu1:8000", checkpoint="runs/rm/hrm/model")
@@ -11,7 +12,14 @@ Input: (question, previous steps, current step) inputs, as for every `StepScorer
 reward in [0, 1] per input, equal to the in-process Scorer's within 1e-5 (tests/test_vllm.py
 checks it against the real vLLM CPU server).
 
-Each input becomes the text the in-process Scorer scores: `render_fitted` with the checkpoint's
+seqcls checkpoints (hiprm's own) are read through `/classify`; the other formats
+(`hiprm.rm.formats`: Qwen2.5-Math-PRM, Math-Shepherd-style tag PRMs, RLHFlow-style chat PRMs)
+through `/pooling`, token ids in, one [P(bad), P(good)] row per step tag (STEP pooling) or per
+token (ALL pooling) out; the inputs of one solution are prefixes of each other, so each solution
+is sent once, as its longest input, and every step reads its own row. `hiprm rm vllm-command
+CKPT` prints the `vllm serve` arguments that make a server answer that way.
+
+For seqcls, each input becomes the text the in-process Scorer scores: `render_fitted` with the checkpoint's
 tokenizer and its `hiprm_template` (a long input is fitted here, before it is sent, exactly as in
 training), and the server tokenizes it with special tokens, as the Scorer does. So the client
 reads the checkpoint folder, but only `config.json` and the tokenizer files: the weights may live
@@ -37,6 +45,7 @@ import os
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -347,3 +356,34 @@ def load_scorer(
     return Scorer.from_pretrained(location, device=device, dtype=dtype, batch_size=batch_size,
                                   max_tokens_per_batch=max_tokens_per_batch, prefix_cache=prefix_cache,
                                   spec=fspec)  # fmt: skip
+
+
+@dataclass
+class VllmCommandConfig:
+    """`hiprm rm vllm-command MODEL [served_name=prm] [max_model_len=N]`: the `vllm serve` command
+    that serves a reward-model checkpoint of any format the way hiprm's RemoteScorer reads it."""
+
+    model: str = ""  # a checkpoint folder, with ?format=... options for a causal-LM PRM
+    served_name: str = "prm"
+    max_model_len: int | None = None  # default: the format's max_length
+
+
+def vllm_command(cfg: VllmCommandConfig) -> str:
+    """Print (and return) the command; `rm eval` / `eval` then take `http://HOST:8000?OPTIONS#MODEL`."""
+    import shlex
+
+    from transformers import AutoTokenizer
+
+    from hiprm.rm.formats import split_spec, vllm_args
+
+    if not cfg.model:
+        raise ConfigError("model: required (hiprm rm vllm-command CHECKPOINT[?format=...])")
+    location, _, options = split_spec(cfg.model)
+    p = Path(location)
+    if not (p / "config.json").is_file():
+        raise ConfigError(f"model: {p} is not a checkpoint folder (no config.json)")
+    tok = AutoTokenizer.from_pretrained(str(p))
+    fmt = resolve_format(p, read_json(p / "config.json"), FormatSpec.parse(options, cfg.model), tok)
+    args = ["vllm", "serve", str(p), "--served-model-name", cfg.served_name,
+            "--max-model-len", str(cfg.max_model_len or fmt.max_length), *vllm_args(fmt, tok)]  # fmt: skip
+    return " ".join(shlex.quote(a) for a in args)

@@ -206,3 +206,22 @@ def test_vllm_command(public_dirs, tiny_rm_dir, capsys):
     assert main(["rm", "vllm-command", str(tiny_rm_dir)]) == 0
     assert "--runner pooling" in capsys.readouterr().out
     assert main(["rm", "vllm-command", str(public_dirs["trl"])]) == 2
+
+
+def test_every_runner_takes_any_format(public_dirs, tmp_path):
+    """`eval` and `rm score` build their scorers through load_scorer: a tag-format spec works
+    there as in rm eval, and `rm score`'s output equals score_solutions."""
+    from hiprm.cli import main
+    from hiprm.search.run import EvalConfig, _build_scorers, resolve_methods
+
+    spec = f"{public_dirs['math_shepherd']}?format=tag"
+    cfg = EvalConfig(prm=spec, methods=["prm-step"])
+    assert _build_scorers(cfg, resolve_methods(cfg))["prm"].format.name == "tag"
+    data = tmp_path / "in.jsonl"
+    data.write_text("".join(json.dumps({"question": q, "steps": s}) + "\n" for q, s in SOLUTIONS))
+    out = tmp_path / "out.jsonl"
+    assert main(["rm", "score", f"model={spec}", f"input={data}", f"output={out}", "device=cpu"]) == 0
+    got = [json.loads(line)["step_rewards"] for line in out.read_text().splitlines()]
+    want = score_solutions(load_scorer(spec, device="cpu"), SOLUTIONS)
+    for g, w in zip(got, want, strict=True):
+        assert g == pytest.approx(w, abs=1e-6)

@@ -535,8 +535,9 @@ def weights_fingerprint(path: str | Path) -> str:
     """What identifies a model folder's weights: a hash of each config / weight file's name,
     size and first and last MiB, so a model retrained at the same path differs (reading whole
     multi-GB files at every start would cost more than the check is worth). "" if `path` is not
-    a folder (a served or hub model is identified by its name)."""
-    folder = Path(path).expanduser()
+    a folder (a served or hub model is identified by its name). A scorer spec's options
+    (`FOLDER?format=tag`, `hiprm.rm.formats`) are not part of the folder's name."""
+    folder = Path(str(path).partition("?")[0]).expanduser()
     if not folder.is_dir():
         return ""
     h = hashlib.sha256()

@@ -29,7 +29,6 @@ from hiprm.artifacts import (
     write_json,
 )
 from hiprm.config import ConfigError, Positive, to_dict
-from hiprm.rm.formats import split_spec
 from hiprm.rm.remote import check_scorer_spec, load_scorer
 from hiprm.rm.scorer import ScorerSettings, score_solutions
 
@@ -103,7 +102,7 @@ def run(cfg: ScoreConfig) -> Path:
     rows = [(line, obj, *_check_record(obj, src, line)) for line, obj in read_jsonl(src)]
     partial = out.with_name(out.name + ".partial")
     meta_path = score_meta_path(out)
-    identity = {**to_dict(cfg), "weights": weights_fingerprint(split_spec(cfg.model)[0])}
+    identity = {**to_dict(cfg), "weights": weights_fingerprint(cfg.model)}
     if (partial.exists() or out.exists()) and not cfg.overwrite:
         old = read_json(meta_path).get("config") if meta_path.is_file() else None
         if old is None:

@@ -127,12 +127,33 @@ class FeatureDataset:
         return [len(f["input_ids"]) for f in self.features]
 
 
+def encode_in_format(encoder: Any, examples: Sequence[RMExample]) -> tuple[list[dict[str, Any]], CutCounts]:
+    """`encode_examples` for the other formats (`hiprm.rm.formats.Encoder`: token ids ending at
+    the step's reward position, fitted as scoring fits them). No label is ever lost to length:
+    each example is fitted on its own, its oldest previous steps dropped first."""
+    import numpy as np
+
+    cuts = CutCounts(examples=len(examples))
+    seqs, reports = encoder.encode([(ex.question, ex.previous_steps, ex.current_step) for ex in examples])
+    features = []
+    for ex, ids, report in zip(examples, seqs, reports, strict=True):
+        cuts.dropped_steps += report.dropped_steps
+        cuts.examples_with_dropped_steps += int(report.dropped_steps > 0 and not report.truncated)
+        cuts.truncated_text += int(report.truncated)
+        features.append({"input_ids": np.asarray(ids, dtype=np.int32), "labels": float(ex.label)})
+    return features, cuts
+
+
 def load_split(
-    path: str | Path, tokenizer: Any, template: TemplateConfig, limit: int | None = None
+    path: str | Path, tokenizer: Any, template: TemplateConfig, limit: int | None = None, encoder: Any = None
 ) -> tuple[FeatureDataset, dict[str, Any]]:
-    """Read, encode and wrap one JSONL file; warns with counts about inputs that were cut."""
+    """Read, encode and wrap one JSONL file; warns with counts about inputs that were cut.
+    `encoder`: a `hiprm.rm.formats.Encoder` for a format other than seqcls."""
     examples = read_examples(path, limit)
-    features, cuts = encode_examples(tokenizer, examples, template)
+    if encoder is not None and encoder.fmt.name != "seqcls":
+        features, cuts = encode_in_format(encoder, examples)
+    else:
+        features, cuts = encode_examples(tokenizer, examples, template)
     cuts.warn_if_cut(str(path), template.max_length)
     ds = FeatureDataset(features)
     lengths = ds.lengths()
@@ -142,6 +163,7 @@ def load_split(
         "max_tokens": max(lengths),
         "soft_labels": sum(1 for f in features if 0.0 < f["labels"] < 1.0),
         "inputs_cut": cuts.examples_with_dropped_steps + cuts.truncated_text,
+        "old_steps_dropped": cuts.dropped_steps,
     }
     return ds, stats
 
@@ -154,8 +176,10 @@ class PadCollator:
     `pad_id`, so `pad_id` must be `model.config.pad_token_id` (and differ from eos).
     """
 
-    def __init__(self, pad_id: int, pad_to_multiple_of: int | None = None, pad_to_length: int | None = None):
+    def __init__(self, pad_id: int, pad_to_multiple_of: int | None = None, pad_to_length: int | None = None,
+                 ends: bool = False):
         self.pad_id = pad_id
+        self.ends = ends  # also give `ends`: flat index (row * width + i) of each row's last token
         self.multiple = pad_to_multiple_of
         # Only the benchmark sets this: the paper's pad-everything-to-max_length baseline.
         self.pad_to_length = pad_to_length
@@ -173,7 +197,10 @@ class PadCollator:
             ids[r, :n] = torch.as_tensor(f["input_ids"], dtype=torch.long)
             mask[r, :n] = 1
         labels = torch.tensor([float(f["labels"]) for f in batch], dtype=torch.float32)
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        out = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        if self.ends:
+            out["ends"] = torch.tensor([r * width + len(f["input_ids"]) - 1 for r, f in enumerate(batch)])
+        return out
 
 
 def soft_label_loss(logits: Any, labels: Any) -> Any:

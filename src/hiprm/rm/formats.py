@@ -47,6 +47,7 @@ QWEN_SYSTEM = "Please reason step by step, and put your final answer within \\bo
 QWEN_TAG = "<extra_0>"
 MATH_SHEPHERD_TAG = " ки"
 TRL_SEPARATOR = "\n"
+DEFAULT_TAGS = {("token", "qwen"): QWEN_TAG, ("token", "trl"): TRL_SEPARATOR, ("tag", ""): MATH_SHEPHERD_TAG}
 # The longest input a public model gets by default (its max_position_embeddings when smaller).
 DEFAULT_MAX_LENGTH = 4096
 
@@ -101,6 +102,12 @@ class Format:
     @property
     def label(self) -> str:
         return f"{self.name}/{self.layout}" if self.layout else self.name
+
+    def saved(self) -> dict[str, Any]:
+        """What a trained checkpoint keeps in `config.json` (`hiprm_format`), read back by
+        `resolve_format`."""
+        return {"format": self.name, "layout": self.layout, "step_tag": self.step_tag, "good_token": self.good_token,
+                "bad_token": self.bad_token, "system_prompt": self.system_prompt, "max_length": self.max_length}  # fmt: skip
 
 
 def split_spec(spec: str) -> tuple[str, str, dict[str, str]]:
@@ -170,8 +177,7 @@ def resolve_format(folder: Path, config: dict[str, Any], spec: FormatSpec, token
     num_labels = len(config.get("id2label") or {}) or int(config.get("num_labels") or 2)
     if name == "token" and num_labels != 2:
         raise DataError(cfg_path, f"a token-format PRM has 2 labels; this classifier has {num_labels}", field="id2label")
-    default_tag = {("token", "qwen"): QWEN_TAG, ("token", "trl"): TRL_SEPARATOR, ("tag", ""): MATH_SHEPHERD_TAG}
-    tag = spec.step_tag if spec.step_tag is not None else saved.get("step_tag", default_tag.get((name, layout), ""))
+    tag = spec.step_tag if spec.step_tag is not None else saved.get("step_tag", DEFAULT_TAGS.get((name, layout), ""))
     fmt = Format(name, layout, tag, spec.good_token if spec.good_token != "+" else saved.get("good_token", "+"),
                  spec.bad_token if spec.bad_token != "-" else saved.get("bad_token", "-"),
                  spec.system_prompt if spec.system_prompt is not None else saved.get("system_prompt", QWEN_SYSTEM),

@@ -39,7 +39,7 @@ from typing import Any, Literal
 from transformers import Trainer, TrainerCallback
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from hiprm.artifacts import check_input_file, locked, write_meta
+from hiprm.artifacts import atomic_write, check_input_file, locked, write_meta
 from hiprm.config import (
     ConfigError,
     NonNegative,
@@ -53,6 +53,7 @@ from hiprm.config import (
 from hiprm.models import freeze_lower_layers, load_tokenizer, resolve_model_path
 from hiprm.rm import trie
 from hiprm.rm.data_collate import FeatureDataset, PadCollator, load_split, soft_label_loss
+from hiprm.rm.formats import DEFAULT_TAGS, QWEN_SYSTEM, Encoder, Format, check_tokenizer, head_token_ids
 from hiprm.rm.metrics import binary_metrics
 from hiprm.rm.template import TemplateConfig
 from hiprm.training import (
@@ -138,8 +139,23 @@ class LoraConfig:
 
 
 @dataclass
+class FormatOptions:
+    """Where the reward is read in the `token` and `tag` formats (`hiprm.rm.formats`)."""
+
+    layout: Literal["trl", "qwen"] = "trl"  # token: TRL's *ForTokenClassification, or Qwen2ForProcessRewardModel (a Qwen2 backbone)
+    step_tag: str | None = None  # default: "\n" (trl), "<extra_0>" (qwen), " ки" (tag)
+    good_token: str = "+"  # tag: the tokens whose logits make the reward
+    bad_token: str = "-"
+    system_prompt: str | None = None  # qwen: default the Qwen2.5-Math-PRM model card's
+
+
+@dataclass
 class TrainConfig:
     output_dir: str = "runs/rm/prm"
+    # seqcls: the paper's per-prefix sequence classifier; token: token classification at a step
+    # tag; tag: a causal LM that learns `+`/`-` at a step tag (Math-Shepherd / OpenR layout).
+    format: Literal["seqcls", "token", "tag"] = "seqcls"
+    format_options: FormatOptions = field(default_factory=FormatOptions)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     template: TemplateConfig = field(default_factory=TemplateConfig)
@@ -158,8 +174,11 @@ class RMTrainer(Trainer):
     # compute_loss returns a per-batch mean: Trainer divides it by the accumulation steps.
     loss_is_scaled_for_ga = False
 
-    def __init__(self, *args: Any, train_sampler: Any = None, **kwargs: Any):
+    def __init__(self, *args: Any, train_sampler: Any = None, fmt: Format | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        self.fmt = fmt or Format("seqcls")
+        # tag: the LM head's rows of [bad, good]; None: a classifier head
+        self.lm_ids = head_token_ids(self.fmt, self.processing_class) if self.fmt.name == "tag" else None
         self.model_accepts_loss_kwargs = False  # no token counting / num_items_in_batch
         self.train_sampler = train_sampler  # a trie.PrefixBlockSampler; None = Trainer's own (random)
 
@@ -173,10 +192,10 @@ class RMTrainer(Trainer):
     ) -> Any:
         inputs = dict(inputs)
         labels = inputs.pop("labels")  # (batch,) in [0, 1]
-        if "ends" in inputs:  # a trie batch (TrieCollator)
-            outputs = SequenceClassifierOutput(logits=trie.classifier_logits(model, inputs))
+        if "ends" in inputs:  # a trie batch (TrieCollator), or rows of a format read at a position
+            outputs = SequenceClassifierOutput(logits=trie.head_rows(model, inputs, self.lm_ids))
         else:
-            outputs = model(**inputs, use_cache=False)  # logits: (batch, 2)
+            outputs = model(**inputs, use_cache=False)  # seqcls rows, logits: (batch, 2)
         loss = soft_label_loss(outputs.logits, labels)
         return (loss, outputs) if return_outputs else loss
 
@@ -253,39 +272,77 @@ def validation_metrics(eval_pred: Any) -> dict[str, float]:
 
 
 def load_sets(
-    cfg: TrainConfig, tokenizer: Any
+    cfg: TrainConfig, tokenizer: Any, fmt: Format | None = None
 ) -> tuple[FeatureDataset, FeatureDataset | None, dict[str, Any]]:
     """Train and validation features (tokenized once) and their statistics for meta.json."""
-    train, stats = load_split(cfg.data.train, tokenizer, cfg.template, cfg.data.max_train)
+    enc = Encoder(fmt, tokenizer) if fmt is not None and fmt.name != "seqcls" else None
+    train, stats = load_split(cfg.data.train, tokenizer, cfg.template, cfg.data.max_train, enc)
     all_stats = {"train": stats}
     val = None
     if has_val(cfg):
-        val, all_stats["val"] = load_split(cfg.data.val, tokenizer, cfg.template, cfg.data.max_val)
+        val, all_stats["val"] = load_split(cfg.data.val, tokenizer, cfg.template, cfg.data.max_val, enc)
     return train, val, all_stats
 
 
-def build_model(path: str, tokenizer: Any, cfg: TrainConfig) -> Any:
-    """A 2-label classifier on the backbone, pad id and formatter settings in its config."""
-    import torch
-    from transformers import AutoModelForSequenceClassification
+def train_format(cfg: TrainConfig, tokenizer: Any, backbone: str) -> Format:
+    """The format a run trains, its tokens checked against the tokenizer."""
+    o = cfg.format_options
+    layout = o.layout if cfg.format == "token" else ""
+    if cfg.format == "seqcls":
+        return Format("seqcls", max_length=cfg.template.max_length, template=cfg.template)
+    tag = o.step_tag if o.step_tag is not None else DEFAULT_TAGS[(cfg.format, layout)]
+    fmt = Format(cfg.format, layout, tag, o.good_token, o.bad_token, o.system_prompt or QWEN_SYSTEM,
+                 cfg.template.max_length)  # fmt: skip
+    check_tokenizer(fmt, tokenizer, Path(backbone))
+    return fmt
 
-    model = AutoModelForSequenceClassification.from_pretrained(
-        path,
-        num_labels=2,
-        id2label=LABELS,
-        label2id={v: k for k, v in LABELS.items()},
-        dtype=torch.float32,
+
+def build_model(path: str, tokenizer: Any, cfg: TrainConfig, fmt: Format | None = None) -> Any:
+    """The reward model of `fmt` on the backbone (seqcls: a 2-label sequence classifier; token: a
+    token classifier, or Qwen2ForProcessRewardModel; tag: the causal LM itself), with its pad id
+    and format settings in its config."""
+    import torch
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoModelForTokenClassification,
     )
+
+    fmt = fmt or Format("seqcls", template=cfg.template)
+    labels = {"num_labels": 2, "id2label": LABELS, "label2id": {v: k for k, v in LABELS.items()}}
+    if fmt.layout == "qwen":
+        from transformers import AutoConfig
+
+        from hiprm.rm.qwen_prm import Qwen2ForProcessRewardModel
+
+        if AutoConfig.from_pretrained(path).model_type != "qwen2":
+            raise ConfigError(f"format_options.layout=qwen needs a Qwen2 backbone; {path} is not one")
+        model = Qwen2ForProcessRewardModel.from_pretrained(path, dtype=torch.float32, **labels)
+    elif fmt.name == "tag":
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    elif fmt.name == "token":
+        # No dropout before the head (transformers' default is 0.1): the paper's classifier has
+        # none, and training stays a function of the data order (trie and row batches agree).
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(path, **labels)
+        config.classifier_dropout = 0.0
+        model = AutoModelForTokenClassification.from_pretrained(path, config=config, dtype=torch.float32)
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32, **labels)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))  # load_tokenizer had to add a pad token
     model.config.pad_token_id = tokenizer.pad_token_id
     model.config.hiprm_template = cfg.template.to_dict()
+    if fmt.name != "seqcls":
+        model.config.hiprm_format = fmt.saved()
     if cfg.lora.r > 0:
         from peft import LoraConfig as PeftLoraConfig
         from peft import get_peft_model
 
         peft_cfg = PeftLoraConfig(
-            task_type="SEQ_CLS",  # keeps the new `score` head fully trainable (modules_to_save)
+            # keeps a new classification head fully trainable (modules_to_save)
+            task_type={"seqcls": "SEQ_CLS", "token": "TOKEN_CLS", "tag": "CAUSAL_LM"}[fmt.name],
             r=cfg.lora.r,
             lora_alpha=cfg.lora.alpha,
             lora_dropout=cfg.lora.dropout,
@@ -297,7 +354,8 @@ def build_model(path: str, tokenizer: Any, cfg: TrainConfig) -> Any:
     return model
 
 
-def save_final(trainer: Trainer, cfg: TrainConfig, backbone: str, tokenizer: Any, out: Path) -> Path:
+def save_final(trainer: Trainer, cfg: TrainConfig, backbone: str, tokenizer: Any, out: Path,
+               fmt: Format | None = None) -> Path:
     """`out/model` (`save_final_model`). Trie attention is a training-time switch: the saved
     model is a plain `sdpa` one."""
 
@@ -305,8 +363,21 @@ def save_final(trainer: Trainer, cfg: TrainConfig, backbone: str, tokenizer: Any
         if trie.unwrap(model).config._attn_implementation == "hiprm_trie":
             trie.restore_attention(model, "sdpa")
 
-    base = (lambda: build_model(backbone, tokenizer, _without_lora(cfg))) if cfg.lora.r > 0 else None
+    base = (lambda: build_model(backbone, tokenizer, _without_lora(cfg), fmt)) if cfg.lora.r > 0 else None
     return save_final_model(trainer, out, tokenizer, base, plain_attention)
+
+
+def write_vllm_command(out: Path, fmt: Format) -> None:
+    """`out/vllm_serve.txt`: the command that serves `out/model` with vLLM as hiprm reads it
+    (`hiprm rm vllm-command`), or why vLLM cannot."""
+    from hiprm.rm.remote import VllmCommandConfig, vllm_command
+
+    try:
+        text = vllm_command(VllmCommandConfig(model=str(out / "model")))
+    except ConfigError as e:
+        text = f"# {e}"
+    with atomic_write(out / "vllm_serve.txt") as f:
+        f.write(text + "\n")
 
 
 class LogAtCheckpoints(TrainerCallback):
@@ -342,22 +413,23 @@ def _without_lora(cfg: TrainConfig) -> TrainConfig:
     return replace(cfg, lora=replace(cfg.lora, r=0))
 
 
-def trie_batches_ok(model: Any, train_set: FeatureDataset, order: list[int], pad_id: int, row_tokens: int) -> bool:
+def trie_batches_ok(model: Any, train_set: FeatureDataset, order: list[int], pad_id: int, row_tokens: int,
+                    lm_ids: list[int] | None = None) -> bool:
     """Whether trie batches are exact for this model: refuse models they cannot run on, then
-    compare trie and per-example logits once on real examples (the first 8 in token `order`, so
-    they share prefixes), so an attention that ignores the plan cannot train on wrong inputs."""
+    compare trie and per-example head rows once on real examples (the first 8 in token `order`,
+    so they share prefixes), so an attention that ignores the plan cannot train on wrong inputs."""
     import torch
 
-    reason = trie.supported(model)
+    reason = trie.supported(model) if lm_ids is None else None
     if reason is None:
         feats = [train_set[i] for i in order[:8]]
         was_training = model.training
         model.eval()
         with torch.no_grad():
-            rows = PadCollator(pad_id)(feats)  # the reference: the model's own attention, padded rows
-            want = model(input_ids=rows["input_ids"], attention_mask=rows["attention_mask"], use_cache=False).logits
+            rows = PadCollator(pad_id, ends=True)(feats)  # the reference: the model's own attention, padded rows
+            want = trie.head_rows(model, rows, lm_ids)
             before = trie.use_trie_attention(model)
-            got = trie.classifier_logits(model, trie.TrieCollator(pad_id, row_tokens)(feats))
+            got = trie.head_rows(model, trie.TrieCollator(pad_id, row_tokens)(feats), lm_ids)
         model.train(was_training)
         worst = (got.float() - want.float()).abs().max().item()
         if worst <= trie.tolerance(next(model.parameters()).dtype):
@@ -403,14 +475,16 @@ def run(cfg: TrainConfig, callbacks: list[TrainerCallback] | None = None) -> Pat
     with args.main_process_first(desc="backbone"):
         backbone = resolve_model_path(cfg.model.name, cfg.model.cache_dir)
     tokenizer = load_tokenizer(backbone, padding_side="right")
-    train_set, val_set, data_stats = load_sets(cfg, tokenizer)
+    fmt = train_format(cfg, tokenizer, backbone)
+    train_set, val_set, data_stats = load_sets(cfg, tokenizer, fmt)
     set_seed(cfg.optim.seed)  # the new classification head is initialised from this seed
-    model = build_model(backbone, tokenizer, cfg)
+    model = build_model(backbone, tokenizer, cfg, fmt)
+    lm_ids = head_token_ids(fmt, tokenizer) if fmt.name == "tag" else None
     seqs = [f["input_ids"].tolist() for f in train_set.features]
     sampler = None
     if cfg.data.batching == "trie":  # one sort of the training set, for the check and the order
         sampler = trie.PrefixBlockSampler(seqs, cfg.data.trie_run or args.per_device_train_batch_size, cfg.optim.seed)
-        if not trie_batches_ok(model, train_set, sampler.order, tokenizer.pad_token_id, cfg.data.row_tokens):
+        if not trie_batches_ok(model, train_set, sampler.order, tokenizer.pad_token_id, cfg.data.row_tokens, lm_ids):
             sampler = None
     use_trie = sampler is not None
     if not use_trie and cfg.optim.group_by_length:
@@ -419,11 +493,12 @@ def run(cfg: TrainConfig, callbacks: list[TrainerCallback] | None = None) -> Pat
         sampler = trie.PrefixBlockSampler(seqs, args.per_device_train_batch_size * args.gradient_accumulation_steps,
                                           cfg.optim.seed, by="length")  # fmt: skip
     collator = trie.TrieCollator(tokenizer.pad_token_id, cfg.data.row_tokens) if use_trie else PadCollator(
-        tokenizer.pad_token_id)
+        tokenizer.pad_token_id, ends=fmt.name != "seqcls")
     trainer = RMTrainer(
         model=model,
         args=args,
         train_sampler=sampler,
+        fmt=fmt,
         train_dataset=train_set,
         eval_dataset=val_set,
         data_collator=collator,
@@ -437,8 +512,9 @@ def run(cfg: TrainConfig, callbacks: list[TrainerCallback] | None = None) -> Pat
             trim_metrics(out / "metrics.jsonl", checkpoint_step(resume))
     train_or_restore(trainer, resume)
     final_metrics = best_validation(trainer) if val_set is not None else {}
-    save_final(trainer, cfg, backbone, tokenizer, out)
+    save_final(trainer, cfg, backbone, tokenizer, out, fmt)
     if is_main:
+        write_vllm_command(out, fmt)
         plot_losses(out / "metrics.jsonl", out / "loss.png")
         write_meta(
             out,
@@ -453,5 +529,6 @@ def run(cfg: TrainConfig, callbacks: list[TrainerCallback] | None = None) -> Pat
             validation=final_metrics,
             world_size=args.world_size,
             batching="trie" if use_trie else "rows",
+            format=fmt.label,
         )
     return out

@@ -321,29 +321,49 @@ def supported(model: Any) -> str | None:
 
 
 def classifier_logits(model: Any, batch: dict[str, Any]) -> Any:
-    """Logits (n, num_labels) at each sequence's last token, through `model`'s own forward.
-
-    The call goes through `model(...)` itself (not its submodules) so DDP / DeepSpeed hooks and
-    gradient sync run as usual; the head's per-token output is taken with a forward hook, and the
-    classifier's own pooled logits (at each row's last non-pad token) are ignored.
-    """
+    """Logits (n, num_labels) at each sequence's last token of a trie batch: `head_rows` of a
+    classifier switched to `hiprm_trie` attention."""
     m = unwrap(model)
     if m.config._attn_implementation != "hiprm_trie":
         raise RuntimeError("classifier_logits needs use_trie_attention(model) first")
-    seen: list[Any] = []
-    hook = m.score.register_forward_hook(lambda _mod, _inp, out: seen.append(out))
-    try:
-        model(
-            input_ids=batch["input_ids"].to(m.device),
-            attention_mask=batch["attention_mask"].to(m.device),
-            position_ids=batch["position_ids"].to(m.device),
-            trie_plan=batch["trie_plan"].to(m.device),
-            use_cache=False,
-        )
-    finally:
-        hook.remove()
-    logits = seen[-1]  # (R, L, num_labels)
-    return logits.reshape(-1, logits.shape[-1])[batch["ends"].to(logits.device)]
+    return head_rows(model, batch)
+
+
+def head_rows(model: Any, batch: dict[str, Any], lm_ids: Sequence[int] | None = None) -> Any:
+    """The head's output at each sequence's last token, through `model`'s own forward, for a
+    trie batch (`tensors`) or a padded one with `ends` (`hiprm.rm.data_collate.PadCollator`).
+
+    The call goes through `model(...)` itself (not its submodules) so DDP / DeepSpeed hooks and
+    gradient sync run as usual. A classifier (`score` or `classifier` head: sequence or token
+    classification, Qwen2ForProcessRewardModel) is read per token with a forward hook, and a
+    sequence classifier's own pooled logits are ignored: (n, num_labels). A causal LM
+    (`lm_ids` = [bad, good] token ids, the tag format) computes its LM head only at the ends'
+    columns (`logits_to_keep`): (n, len(lm_ids)).
+    """
+    import torch
+
+    m = unwrap(model)
+    kwargs = {k: batch[k].to(m.device) for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+    if "trie_plan" in batch:
+        kwargs["trie_plan"] = batch["trie_plan"].to(m.device)
+    ends = batch["ends"].to(m.device)
+    if lm_ids is None:
+        head = m.score if hasattr(m, "score") else m.classifier
+        seen: list[Any] = []
+        hook = head.register_forward_hook(lambda _mod, _inp, out: seen.append(out))
+        try:
+            model(**kwargs, use_cache=False)
+        finally:
+            hook.remove()
+        logits = seen[-1]  # (R, L, num_labels)
+        return logits.reshape(-1, logits.shape[-1])[ends]
+    width = kwargs["input_ids"].shape[1]
+    cols = sorted(set((ends % width).tolist()))
+    keep = torch.tensor(cols, device=m.device)
+    logits = model(**kwargs, use_cache=False, logits_to_keep=keep).logits  # (R, K, vocab)
+    at = {c: k for k, c in enumerate(cols)}
+    k_index = torch.tensor([at[c] for c in (ends % width).tolist()], device=m.device)
+    return logits[ends // width, k_index][:, list(lm_ids)]
 
 
 class TrieCollator:

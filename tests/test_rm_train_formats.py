@@ -141,3 +141,45 @@ def test_rm_train_qwen_layout(tmp_path, tiny_tokenizer):
         LlamaForCausalLM(_llama_config(tok, 32)).save_pretrained(llama)
         tok.save_pretrained(llama)
         run(train_cfg(tmp_path / "b", llama, "format=token", "format_options.layout=qwen"))
+
+
+def test_trains_on_trl_and_math_shepherd_rows(tmp_path, tiny_backbone_dir, shared_data):
+    """`data.train` may be TRL stepwise rows (what `data export-trl` writes) or Math-Shepherd rows
+    as they are: one example per step; the tag format re-renders a Math-Shepherd row exactly."""
+    from hiprm.rm.data_collate import read_examples
+    from hiprm.rm.formats import tag_text
+    from hiprm.rm.train import run
+
+    ms = shared_data / "samples" / "openr_samples_math-shepherd.jsonl"
+    exs = read_examples(ms)
+    rows = [json.loads(x) for x in ms.read_text().splitlines()]
+    assert len(exs) == sum(r["input"].count("ки") for r in rows)
+    last = [e for e in exs if e.question == exs[0].question][-1]
+    assert tag_text(last.question, [*last.previous_steps, last.current_step]) == rows[0]["input"]
+    assert [e.label for e in exs if e.question == exs[0].question] == [1, 1, 1, 1, 0]
+    trl = tmp_path / "trl.jsonl"
+    trl.write_text("".join(json.dumps({"prompt": f"Count {i}.", "completions": ["1", "2", "x"],
+                                       "labels": [True, 0.8, False]}) + "\n" for i in range(8)))  # fmt: skip
+    for data, fmt in ((trl, "token"), (ms, "tag")):
+        (tmp_path / fmt).mkdir()
+        cfg = train_cfg(tmp_path / fmt, tiny_backbone_dir, f"format={fmt}", f"data.train={data}", "data.val=null",
+                        "optim.max_steps=2", "checkpoint.every_steps=2")  # fmt: skip
+        meta = json.loads((run(cfg) / "meta.json").read_text())
+        assert meta["data"]["train"]["examples"] == (24 if fmt == "token" else len(exs))
+        assert meta["data"]["train"]["soft_labels"] == (8 if fmt == "token" else 0)
+
+
+@pytest.mark.parametrize("row, field", [
+    ({"prompt": "q", "completions": ["a", "b"], "labels": [True]}, "labels"),
+    ({"prompt": "q", "completions": ["a"], "labels": [1.5]}, "labels[0]"),
+    ({"input": "q Step 1: a ки\nStep 2: b ки", "label": "q Step 1: a +\nStep 2: b ки"}, "label"),
+    ({"input": "q Step 1: a ки", "label": "q Step 1: changed +"}, "label"),
+])  # fmt: skip
+def test_disagreeing_steps_and_labels_name_file_line_field(tmp_path, row, field):
+    from hiprm.artifacts import DataError
+    from hiprm.rm.data_collate import read_examples
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps({"prompt": "ok", "completions": ["a"], "labels": [True]}) + "\n" + json.dumps(row) + "\n")
+    with pytest.raises(DataError, match=rf"rows.jsonl:2: field '{field.replace('[', '.').replace(']', '.')}'"):
+        read_examples(path)

@@ -23,23 +23,102 @@ from pathlib import Path
 from typing import Any
 
 from hiprm.artifacts import DataError, read_jsonl
-from hiprm.records import RMExample, example_from_json
+from hiprm.records import RMExample, example_from_json, problem_id_for
 from hiprm.rm.template import TemplateConfig, render, render_fitted
 
 log = logging.getLogger(__name__)
 
 
 def read_examples(path: str | Path, limit: int | None = None) -> list[RMExample]:
-    """The first `limit` (all when None) RMExamples of a JSONL file; bad lines raise DataError."""
+    """The first `limit` (all when None) examples of a JSONL file; bad lines raise DataError.
+
+    Three kinds of line, told apart by their fields, so that "train a PRM on your own data" is
+    one command:
+    - hiprm's RMExample (`hiprm data build`): one example;
+    - a TRL stepwise row (`prompt`, `completions`, `labels`: what `hiprm data export-trl` and TRL's
+      PRM datasets hold): one example per step, the steps before it as its context, its label a
+      bool or a soft score in [0, 1];
+    - a Math-Shepherd row (`input` with ` ки` after each step, `label` the same text with `+` or
+      `-` in place of each tag): one example per step (`math_shepherd_examples`).
+    """
     p = Path(path)
     out: list[RMExample] = []
     for line, obj in read_jsonl(p):
         if limit is not None and len(out) >= limit:
             break
-        out.append(example_from_json(obj, p, line))
+        if isinstance(obj, dict) and "completions" in obj and "prompt" in obj:
+            out += trl_examples(obj, p, line)
+        elif isinstance(obj, dict) and "input" in obj and "label" in obj and "question" not in obj:
+            out += math_shepherd_examples(obj, p, line)
+        else:
+            out.append(example_from_json(obj, p, line))
     if not out:
         raise DataError(p, "no examples in file")
-    return out
+    return out[:limit] if limit is not None else out
+
+
+def _step_label(value: Any, p: Path, line: int, field: str) -> float:
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, int | float) and 0.0 <= value <= 1.0:
+        return float(value)
+    raise DataError(p, f"expected true / false or a score in [0, 1], got {value!r}", line=line, field=field)
+
+
+def trl_examples(obj: dict[str, Any], p: Path, line: int) -> list[RMExample]:
+    """One example per step of a TRL stepwise row.
+
+    >>> [(e.previous_steps, e.current_step, e.label) for e in trl_examples(
+    ...     {"prompt": "1+1?", "completions": ["1+1=2.", "So 2."], "labels": [True, 0.5]}, Path("x"), 1)]
+    [([], '1+1=2.', 1.0), (['1+1=2.'], 'So 2.', 0.5)]
+    """
+    prompt, steps, labels = obj.get("prompt"), obj.get("completions"), obj.get("labels")
+    if not isinstance(prompt, str):
+        raise DataError(p, f"expected a string, got {type(prompt).__name__}", line=line, field="prompt")
+    if not isinstance(steps, list) or not all(isinstance(s, str) for s in steps):
+        raise DataError(p, "expected a list of step strings", line=line, field="completions")
+    if not isinstance(labels, list) or len(labels) != len(steps):
+        n = len(labels) if isinstance(labels, list) else type(labels).__name__
+        raise DataError(p, f"{len(steps)} completions but {n} labels: steps and labels disagree", line=line,
+                        field="labels")  # fmt: skip
+    pid = problem_id_for(prompt)
+    return [RMExample(pid, prompt, list(steps[:i]), s, _step_label(y, p, line, f"labels[{i}]"), "prm", [], "trl")
+            for i, (s, y) in enumerate(zip(steps, labels, strict=True))]  # fmt: skip
+
+
+MATH_SHEPHERD_TAG = "ки"
+
+
+def math_shepherd_examples(obj: dict[str, Any], p: Path, line: int) -> list[RMExample]:
+    """One example per step of a Math-Shepherd row: `input` = question + " Step 1: ... ки\nStep
+    2: ... ки", `label` = the same text with `+` / `-` for each tag. The question is the text
+    before " Step 1:"; a step keeps its "Step k:" prefix, as the model saw it.
+
+    >>> row = {"input": "1+1? Step 1: 1+1=2. ки\nStep 2: So 3. ки", "label": "1+1? Step 1: 1+1=2. +\nStep 2: So 3. -"}
+    >>> [(e.current_step, e.label) for e in math_shepherd_examples(row, Path("x"), 1)]
+    [('Step 1: 1+1=2.', 1.0), ('Step 2: So 3.', 0.0)]
+    """
+    text, marked = obj.get("input"), obj.get("label")
+    for name, v in (("input", text), ("label", marked)):
+        if not isinstance(v, str):
+            raise DataError(p, f"expected a string, got {type(v).__name__}", line=line, field=name)
+    pieces = text.split(MATH_SHEPHERD_TAG)
+    if len(pieces) < 2 or pieces[-1].strip():
+        raise DataError(p, f"expected steps each ending with {MATH_SHEPHERD_TAG!r}", line=line, field="input")
+    labels, at = [], 0
+    for k, piece in enumerate(pieces[:-1]):
+        if marked[at : at + len(piece)] != piece or marked[at + len(piece) : at + len(piece) + 1] not in ("+", "-"):
+            raise DataError(p, f"step {k + 1}: the label text does not match the input with +/- for its tag "
+                               "(steps and labels disagree)", line=line, field="label")  # fmt: skip
+        labels.append(1.0 if marked[at + len(piece)] == "+" else 0.0)
+        at += len(piece) + 1
+    head, sep, first = pieces[0].partition(" Step 1:")
+    if not sep:
+        raise DataError(p, "expected the first step to start with 'Step 1:'", line=line, field="input")
+    steps = [("Step 1:" + first).strip()] + [s.strip() for s in pieces[1:-1]]
+    question, pid = head.strip(), problem_id_for(head.strip())
+    return [RMExample(pid, question, steps[:i], s, y, "prm", [], "math-shepherd")
+            for i, (s, y) in enumerate(zip(steps, labels, strict=True))]  # fmt: skip
 
 
 @dataclass

@@ -66,7 +66,7 @@ def test_prm_labels_are_mc_scores_conditioned_on_the_path(forest, tmp_path):
 
 def test_hrm_split_by_problem_and_hnc_on_train_only(forest, tmp_path, capsys):
     path, trees = forest
-    common = dict(kind="hrm", trees=str(path), val_fraction=0.25, seed=1, hnc_p=1.0)
+    common = dict(kind="hrm", trees=str(path), val_fraction=0.25, seed=1, hnc_p=1.0, pairs="all")
     with_hnc = run(BuildConfig(out_dir=str(tmp_path / "a"), **common))
     printed = capsys.readouterr().out
     without = run(BuildConfig(out_dir=str(tmp_path / "b"), hnc=False, **common))
@@ -92,9 +92,30 @@ def test_hrm_split_by_problem_and_hnc_on_train_only(forest, tmp_path, capsys):
         assert r["kind"] == "prm" and key in prm and prm[key] != r["label"]
 
 
+def test_paper_rule_is_prm_plus_hnc(forest, tmp_path):
+    """The default `pairs=hnc` (the paper, Sec. 4.2): HRM data from trees = the PRM examples + what
+    HNC adds on the training split (merged nodes as hrm_pair, re-scored nodes as prm); no
+    consecutive pairs; validation = the PRM validation examples."""
+    path, _ = forest
+    common = dict(trees=str(path), val_fraction=0.25, seed=1, hnc_p=1.0, quiet=True)
+    prm = run(BuildConfig(kind="prm", out_dir=str(tmp_path / "prm"), **common))
+    hrm = run(BuildConfig(kind="hrm", out_dir=str(tmp_path / "hrm"), **common))
+    allp = run(BuildConfig(kind="hrm", out_dir=str(tmp_path / "all"), pairs="all", **common))
+    assert rows(hrm / "val.jsonl") == rows(prm / "val.jsonl")
+    base, train = rows(prm / "train.jsonl"), rows(hrm / "train.jsonl")
+    extra = [r for r in train if r not in base]
+    assert len(train) == len(base) + len(extra)  # every PRM example is there (per problem: PRM, then HNC)
+    counts = json.loads((hrm / "meta.json").read_text())["trees"]["train"]
+    assert len(extra) == counts["hnc_merged"] + counts["hnc_rescored"] > 0
+    assert {r["kind"] for r in extra} <= {"hrm_pair", "prm"}
+    merged = [r for r in extra if r["kind"] == "hrm_pair"]
+    assert len(merged) == counts["hnc_merged"] > 0  # no pair example to duplicate them any more
+    assert len(rows(allp / "train.jsonl")) > len(train)
+
+
 def test_pairs_are_labelled_by_the_child():
     t = small_tree("q", random.Random(3))
-    ex = tree_examples(t, "f:1", "hrm", "val", with_hnc=False)
+    ex = tree_examples(t, "f:1", "hrm", "val", with_hnc=False, pairs="all")
     pairs = [e for e in ex if e["kind"] == "hrm_pair"]
     assert len(pairs) == sum(n.depth >= 2 for n in t.nodes)
     for e in pairs:

@@ -75,6 +75,9 @@ class BuildConfig:
     hnc_min_children: Positive = 4
     hnc_p: Probability = 0.5
     hnc_rule: Literal["reference", "node"] = "reference"
+    # --kind hrm from trees. hnc: the paper's HRM data, the PRM examples + what HNC adds (Sec. 4.2);
+    # all: also every (parent, child) pair of the tree as one merged step, in every split.
+    pairs: Literal["hnc", "all"] = "hnc"
 
 
 def split_by_problem(problem_ids: list[str], val_fraction: float, seed: int) -> set[str]:
@@ -140,7 +143,7 @@ def tree_split_examples(
         forest, val_ids, cfg.kind, cfg.hnc,  # type: ignore[arg-type]
         label_rule=cfg.label_rule, hard_threshold=cfg.hard_threshold, separator=cfg.merge_separator,
         balance=cfg.balance, seed=cfg.seed, hnc_min_children=cfg.hnc_min_children, hnc_p=cfg.hnc_p,
-        hnc_rule=cfg.hnc_rule,
+        hnc_rule=cfg.hnc_rule, pairs=cfg.pairs,
     )  # fmt: skip
     summary = {"trees": len(forest), "nodes": sum(len(t.nodes) for t, _ in forest)}
     summary.update({split: dict(sorted(c.items())) for split, c in counts.items()})

@@ -10,9 +10,10 @@ building 1M RMExample objects would cost more than the rest of the work).
 - `prm`: one example per non-root node with an MC-score, conditioned on the steps of its path:
   previous_steps = the steps above it, current_step = its step, label = its `mc` (`soft`), or
   `1.0 if mc >= hard_threshold else 0.0` (`hard`). kind "prm", source "file:line#node_id".
-- `hrm`: the PRM examples, plus one `hrm_pair` per node at depth >= 2 (its parent's step +
-  separator + its step, conditioned on the steps above the parent, labelled with the node's
-  `mc`), plus, on the training split only, what HNC (`hiprm.hnc`) adds: each merged
+- `hrm`: the PRM examples plus, on the training split only, what HNC (`hiprm.hnc`) adds (the
+  paper's rule, `pairs="hnc"`: "about 30% more samples", Sec. 4.2); with `pairs="all"` also one
+  `hrm_pair` per node at depth >= 2 in every split (its parent's step + separator + its step,
+  conditioned on the steps above the parent, labelled with the node's `mc`). HNC adds: each merged
   node in its new context (kind "hrm_pair") and each node whose score HNC changed, with the new
   score (kind "prm"). A moved node's descendants keep their score and, rendered, their context
   (a merged step renders like the two steps it joins), so they add nothing and are left out.
@@ -108,6 +109,7 @@ def tree_examples(
     hnc_min_children: int = 4,
     hnc_p: float = 0.5,
     hnc_rule: Literal["reference", "node"] = "reference",
+    pairs: Literal["hnc", "all"] = "hnc",
     seen: set[tuple[int, str, float]] | None = None,
     counts: Counter | None = None,
 ) -> list[dict[str, Any]]:
@@ -118,7 +120,8 @@ def tree_examples(
     >>> a = t.add(t.root.id, "a")
     >>> _ = t.add(a.id, "b", outcome="correct"); _ = t.add(a.id, "c", outcome="wrong")
     >>> from hiprm.tree import recompute; recompute(t)
-    >>> [(e["previous_steps"], e["current_step"], e["label"], e["kind"]) for e in tree_examples(t, "f:1", "hrm", "val", False)]
+    >>> [(e["previous_steps"], e["current_step"], e["label"], e["kind"])
+    ...  for e in tree_examples(t, "f:1", "hrm", "val", False, pairs="all")]
     [([], 'a', 0.5, 'prm'), (['a'], 'b', 1.0, 'prm'), (['a'], 'c', 0.0, 'prm'), ([], 'a\\n\\nb', 1.0, 'hrm_pair'), ([], 'a\\n\\nc', 0.0, 'hrm_pair')]
     """  # fmt: skip
     if with_hnc and kind == "hrm" and split != "train":
@@ -169,9 +172,10 @@ def tree_examples(
     emit([(ctx[pidx[i]], path[pidx[i]], plab[pidx[i]], nodes[i].step, labels[i], nodes[i].id) for i in scored], "prm")
     if kind == "prm":
         return out
-    gps = [(i, pidx[i], pidx[pidx[i]]) for i in scored if pidx[i] > 0]
-    emit([(ctx[g], path[g], plab[g], nodes[p].step + separator + nodes[i].step, labels[i], nodes[i].id)
-          for i, p, g in gps], "hrm_pair")  # fmt: skip
+    if pairs == "all":
+        gps = [(i, pidx[i], pidx[pidx[i]]) for i in scored if pidx[i] > 0]
+        emit([(ctx[g], path[g], plab[g], nodes[p].step + separator + nodes[i].step, labels[i], nodes[i].id)
+              for i, p, g in gps], "hrm_pair")  # fmt: skip
     if not with_hnc:
         return out
     score = "child_mean" if tree.mc_from == "child_mean" else "leaf_fraction"

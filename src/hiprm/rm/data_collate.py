@@ -90,7 +90,7 @@ MATH_SHEPHERD_TAG = "ки"
 
 
 def math_shepherd_examples(obj: dict[str, Any], p: Path, line: int) -> list[RMExample]:
-    """One example per step of a Math-Shepherd row: `input` = question + " Step 1: ... ки\nStep
+    r"""One example per step of a Math-Shepherd row: `input` = question + " Step 1: ... ки\nStep
     2: ... ки", `label` = the same text with `+` / `-` for each tag. The question is the text
     before " Step 1:"; a step keeps its "Step k:" prefix, as the model saw it.
 

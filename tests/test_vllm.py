@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -237,7 +238,8 @@ def vllm_public_prms(tmp_path_factory, tiny_tokenizer):
 
     root = tmp_path_factory.mktemp("vllm_public")
     made = {"qwen": ("", public_prms.make_qwen_prm(root / "qwen", tiny_tokenizer, width=64)),
-            "math_shepherd": ("?format=tag", public_prms.make_math_shepherd(root / "ms", tiny_tokenizer, width=64))}
+            "math_shepherd": ("?format=tag", public_prms.make_math_shepherd(root / "ms", tiny_tokenizer, width=64)),
+            "trained_tag": ("", _trained_tag_prm(root, tiny_tokenizer))}
     script = ROOT / "scripts" / "vllm_server.sh"
     procs, out = [], {}
     for k, (name, (options, folder)) in enumerate(made.items()):
@@ -254,6 +256,8 @@ def vllm_public_prms(tmp_path_factory, tiny_tokenizer):
         port = PORT + 2 + k
         args = ["bash", str(script), "start", str(folder), str(port), "--tokenizer", str(tok_dir),
                 *vllm_args(scorer.format, scorer.tokenizer)]  # fmt: skip
+        if name == "trained_tag":  # the command `rm train` wrote is the one hiprm gives
+            assert shlex.join(args[5:][2:]) in (folder.parent / "vllm_serve.txt").read_text()
         procs.append(subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                       env={**os.environ, "VLLM_NAME": name}))  # fmt: skip
         out[name] = (options, folder, f"http://127.0.0.1:{port}")
@@ -268,11 +272,35 @@ def vllm_public_prms(tmp_path_factory, tiny_tokenizer):
             subprocess.run(["bash", str(script), "stop", str(PORT + 2 + k)], cwd=ROOT, capture_output=True)
 
 
-@pytest.mark.parametrize("name", ["qwen", "math_shepherd"])
+def _trained_tag_prm(root, tokenizer):
+    """`hiprm rm train format=tag` (2 steps) on a 64-wide tiny Llama: a checkpoint that names
+    its format, with its vllm_serve.txt."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from hiprm.artifacts import write_jsonl
+    from hiprm.config import load_config
+    from hiprm.rm.train import TrainConfig, run
+    from tests.public_prms import _llama_config
+    from tests.test_rm_trie import toy
+
+    backbone = root / "tag_backbone"
+    torch.manual_seed(1)
+    LlamaForCausalLM(_llama_config(tokenizer, 64)).save_pretrained(backbone)
+    tokenizer.save_pretrained(backbone)
+    write_jsonl(root / "tag_train.jsonl", toy(32, 0))
+    out = run(load_config(TrainConfig, None, [
+        f"output_dir={root / 'tag_rm'}", f"model.name={backbone}", f"data.train={root / 'tag_train.jsonl'}",
+        "data.val=null", "format=tag", "optim.max_steps=2", "optim.learning_rate=3e-3", "checkpoint.every_steps=2"]))
+    return out / "model"
+
+
+@pytest.mark.parametrize("name", ["qwen", "math_shepherd", "trained_tag"])
 def test_vllm_step_pooling_matches_hiprm_rewards(vllm_public_prms, name):
-    """vLLM's STEP pooling (`/pooling`) of a Qwen2.5-Math-PRM-layout model (native) and of a
+    """vLLM's STEP pooling (`/pooling`) of a Qwen2.5-Math-PRM-layout model (native), of a
     Math-Shepherd-layout causal LM (converted to a 2-label token classifier from the `-`/`+`
-    rows of its LM head) gives hiprm's in-process rewards within 1e-5, through `RemoteScorer`;
+    rows of its LM head) and of a tag-format checkpoint from `hiprm rm train`, served with the
+    command the run wrote, gives hiprm's in-process rewards within 1e-5, through `RemoteScorer`;
     one request carries each solution once."""
     from hiprm.rm.remote import RemoteScorer, load_scorer
     from tests.test_rm_formats import SOLUTIONS

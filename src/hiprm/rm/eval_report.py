@@ -71,6 +71,8 @@ def markdown_report(report: dict[str, Any]) -> str:
     lines += ["", "## Cost (what this run scored; cached rewards cost nothing)", "",
               "| model | format | inputs | input tokens | tokens through the model | seconds |", "|---|---|---|---|---|---|"]
     for name, c in report.get("cost", {}).items():
+        if name == "shared trunk":
+            name = f"shared trunk ({len(c['models'])} models: bottom layers once, then each top)"
         lines.append(f"| {name} | {c.get('format', '')} | {c.get('inputs', '')} | {c.get('input_tokens', '')} | "
                      f"{c.get('model_tokens', '')} | {c.get('seconds', '')} |")
     return "\n".join(lines) + "\n"

@@ -189,13 +189,21 @@ ScoreAll = Callable[[list[ScoreInput]], list[list[float]]]
 
 
 class _Timed:
-    """A scorer whose `score_inputs` calls are timed and counted, for the report's cost columns
-    (what this run scored: rewards read from the cache cost nothing)."""
+    """A scorer's (or a shared trunk's) scoring in this run: seconds, inputs, and the tokens its
+    stats counted meanwhile, for the report's cost table (rewards read from the cache cost
+    nothing)."""
 
-    def __init__(self, inner: Any):
+    def __init__(self, inner: Any, stats: Sequence[Any] = ()):
         self.inner, self.seconds, self.inputs = inner, 0.0, 0
+        self.stats = list(stats) or [s for s in [getattr(inner, "stats", None)] if s is not None]
+        self.start = self._tokens()
 
-    def score_inputs(self, inputs: Sequence[ScoreInput]) -> list[float]:
+    def _tokens(self) -> tuple[int, int, int]:
+        inp = sum(s.input_tokens for s in self.stats)
+        run = sum(s.trie_tokens for s in self.stats)
+        return inp, run, getattr(self.inner, "prompt_tokens", 0) or 0
+
+    def score_inputs(self, inputs: Sequence[ScoreInput]) -> Any:
         import time
 
         start = time.perf_counter()
@@ -205,10 +213,9 @@ class _Timed:
         return out
 
     def cost(self) -> dict[str, Any]:
-        stats = getattr(self.inner, "stats", None)
-        return {"seconds": round(self.seconds, 3), "inputs": self.inputs,
-                "input_tokens": getattr(stats, "input_tokens", getattr(self.inner, "prompt_tokens", None)),
-                "model_tokens": getattr(stats, "trie_tokens", None) or getattr(stats, "input_tokens", None)}  # fmt: skip
+        inp, run, served = (b - a for a, b in zip(self.start, self._tokens(), strict=True))
+        return {"seconds": round(self.seconds, 3), "inputs": self.inputs, "input_tokens": inp or served,
+                "model_tokens": run or inp or served}  # fmt: skip
 
 
 def _alone(scorer: Any) -> ScoreAll:
@@ -429,6 +436,7 @@ def run(cfg: RMEvalConfig) -> Path:
         inputs += sorted(bench_dir.glob("*.jsonl"))
     cache = RewardCache(out / "rewards.jsonl")
     loaded: dict[str, Any] = {}
+    shared_cost: dict[str, Any] | None = None  # the shared-trunk pass, when one ran
     local = list(dict.fromkeys(p for p in cfg.models if not p.startswith(("http://", "https://"))))
     if cfg.share_trunk and len(local) > 1:
         from hiprm.rm.scorer import Scorer
@@ -436,9 +444,9 @@ def run(cfg: RMEvalConfig) -> Path:
 
         loaded = {p: load_scorer(p, **cfg.scorer_kwargs()) for p in local}
         if all(isinstance(s, Scorer) and s.format.name == "seqcls" for s in loaded.values()):
-            group = SharedTrunk(list(loaded.values()))
-            log.info("%d models, %d bottom layers in common%s", len(local), group.depth,
-                     ": run once for all" if group.depth else ": scored one by one")  # fmt: skip
+            group = _Timed(SharedTrunk(list(loaded.values())), [s.stats for s in loaded.values()])
+            log.info("%d models, %d bottom layers in common%s", len(local), group.inner.depth,
+                     ": run once for all" if group.inner.depth else ": scored one by one")  # fmt: skip
             mkeys = [model_key(p) for p in local]
             if groups:
                 score_prm800k(group.score_inputs, mkeys, _prm800k_solutions(groups), cache)
@@ -446,6 +454,7 @@ def run(cfg: RMEvalConfig) -> Path:
                 score_processbench(group.score_inputs, mkeys, splits, cache)
             if bench:
                 score_processbench(group.score_inputs, mkeys, {"prmbench": bench}, cache, task="prmbench")
+            shared_cost = {"models": local, **group.cost()}
             del group
     results: dict[str, Any] = {}
     cost: dict[str, Any] = {}  # per model: what this run scored, apart from the results (a rerun costs nothing)
@@ -465,6 +474,8 @@ def run(cfg: RMEvalConfig) -> Path:
         cost[str(path)] = {"format": res["format"], **scorer.cost()}
         results[str(path)] = res
         del scorer
+    if shared_cost is not None:
+        cost["shared trunk"] = shared_cost
     report = {"config": to_dict(cfg), "models": results, "cost": cost,
               "data": {"prm800k_steps": len(groups), "processbench": {k: len(v) for k, v in splits.items()},
                        "prmbench": {src: sum(s.source == src for s in bench) for src in ("test", "prm800k_train")}}}

@@ -1,4 +1,4 @@
-"""`hiprm rm train CONFIG [key=value ...]`: fine-tune a 2-label reward model on RMExample JSONL.
+"""`hiprm rm train CONFIG [key=value ...]`: fine-tune a reward model, in any format, on step examples.
 
     hiprm rm train configs/rm_train_prm.yaml optim.max_steps=200
     accelerate launch --config_file configs/accelerate/cpu_2proc.yaml -m hiprm.cli rm train configs/rm_train_prm.yaml
@@ -6,12 +6,15 @@
 (Two CPU processes: `accelerate launch --cpu` starts only one unless MPI is set up, so the
 2-process config goes through torchrun; with no GPU, `use_cpu` puts them on CPU + gloo.)
 
-Input: `data.train` / `data.val` RMExample JSONL (from `hiprm data build`). Every text comes
-from the one formatter (`hiprm.rm.template`), tokenized once up front. The model is
-`AutoModelForSequenceClassification` (num_labels=2, class 1 = positive) on `model.name`
-(default: the embedded SmolLM2-135M-Instruct, see `hiprm.models`); the loss is
-cross-entropy against [1 - label, label] so hard and soft (MC-score) labels share one path;
-reward = softmax(logits)[..., 1]. Training runs on transformers' Trainer with dynamic padding
+Input: `data.train` / `data.val` JSONL of RMExamples (from `hiprm data build`), TRL stepwise
+rows or Math-Shepherd rows (`hiprm.rm.data_collate.read_examples`). Every input comes from the
+format's one encoder (`format=seqcls`: the paper's template, `hiprm.rm.template`; `token` /
+`tag`: `hiprm.rm.formats`, the encoder scoring uses), tokenized once up front. The model is
+built on `model.name` (default: the embedded SmolLM2-135M-Instruct, see `hiprm.models`): a
+2-label `AutoModelForSequenceClassification` (seqcls), `AutoModelForTokenClassification` or
+`Qwen2ForProcessRewardModel` (token), or the causal LM itself (tag); the loss is cross-entropy
+of the [bad, good] row at the step's reward position against [1 - label, label], so hard and
+soft (MC-score) labels share one path; reward = softmax(row)[1]. Training runs on transformers' Trainer with dynamic padding
 and length-grouped batches, `max_grad_norm` 0.01 as in the paper, optional LoRA (merged into
 the saved model).
 
@@ -22,6 +25,8 @@ Output (`output_dir`, returned):
                                 `trie.PrefixBlockSampler`; the best by `eval.metric` is kept)
     model/                      final model (best checkpoint when validating) + tokenizer;
                                 loads with plain from_pretrained, `config.hiprm_template` set
+                                (and `hiprm_format` for token / tag)
+    vllm_serve.txt              the `vllm serve` command for model/ (`hiprm rm vllm-command`)
     metrics.jsonl, loss.png     every log row; train/validation loss curves
     meta.json, config.yaml      resolved config, input sha256s, final validation metrics, the
                                 whole run's mean training loss

@@ -134,13 +134,16 @@ def reference_trl(folder: Path, question: str, steps: list[str], separator: str 
 
 
 def make_math_shepherd(folder: Path, base_tokenizer, seed: int = 0, width: int = 32) -> Path:
+    return _causal_lm(folder, _tokenizer_with(base_tokenizer, tokens=[" ки"]), seed, width)
+
+
+def _causal_lm(folder: Path, tok, seed: int, width: int) -> Path:
+    """A tiny random Llama causal LM saved with `tok`."""
     import torch
     from transformers import LlamaForCausalLM
 
-    tok = _tokenizer_with(base_tokenizer, tokens=[" ки"])
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(_llama_config(tok, width))
-    model.save_pretrained(folder)
+    LlamaForCausalLM(_llama_config(tok, width)).save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
 
@@ -163,16 +166,9 @@ def reference_math_shepherd(folder: Path, question: str, steps: list[str]) -> li
 
 
 def make_rlhflow(folder: Path, base_tokenizer, seed: int = 0, width: int = 32) -> Path:
-    import torch
-    from transformers import LlamaForCausalLM
-
     tok = _tokenizer_with(base_tokenizer, specials=["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
                                                     "<|eot_id|>"], template=LLAMA3_TEMPLATE)  # fmt: skip
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(_llama_config(tok, width))
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+    return _causal_lm(folder, tok, seed, width)
 
 
 def reference_rlhflow(folder: Path, question: str, steps: list[str]) -> list[float]:

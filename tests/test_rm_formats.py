@@ -77,43 +77,36 @@ def test_long_inputs_drop_oldest_steps_and_keep_the_reward_position(public_dirs)
     assert seq == short.encode_inputs([(q, steps[1:-1], steps[-1])])[0]
 
 
+def _edited_copy(src, dst, name, edit):
+    """A copy of checkpoint folder `src` with the JSON file `name` changed by `edit`."""
+    dst.mkdir()
+    for f in src.iterdir():
+        (dst / f.name).write_bytes(f.read_bytes())
+    cfg = json.loads((dst / name).read_text())
+    edit(cfg)
+    (dst / name).write_text(json.dumps(cfg))
+    return dst
+
+
 def test_wrong_pairings_are_one_clear_error(public_dirs, tiny_lm_dir, tmp_path):
-    # A causal LM without format= (a policy?) is refused.
-    with pytest.raises(ValueError, match="format=tag / format=chat"):
-        load_scorer(str(tiny_lm_dir), device="cpu")
-    # format=token on a causal LM.
-    with pytest.raises(ValueError, match="token classifier"):
-        load_scorer(f"{tiny_lm_dir}?format=token", device="cpu")
-    # A tag token the tokenizer splits into several tokens.
-    with pytest.raises(ConfigError, match="good_token '\\+\\+' is not one token"):
-        load_scorer(f"{public_dirs['math_shepherd']}?format=tag&good_token=%2B%2B", device="cpu")
-    # format=chat on a tokenizer without a chat template.
-    no_template = tmp_path / "no_template"
-    no_template.mkdir()
-    for f in public_dirs["math_shepherd"].iterdir():
-        (no_template / f.name).write_bytes(f.read_bytes())
-    cfg = json.loads((no_template / "tokenizer_config.json").read_text())
-    cfg.pop("chat_template", None)
-    (no_template / "tokenizer_config.json").write_text(json.dumps(cfg))
+    no_template = _edited_copy(public_dirs["math_shepherd"], tmp_path / "no_template", "tokenizer_config.json",
+                               lambda cfg: cfg.pop("chat_template", None))  # fmt: skip
     (no_template / "chat_template.jinja").unlink(missing_ok=True)
-    with pytest.raises(ConfigError, match="no chat template"):
-        load_scorer(f"{no_template}?format=chat", device="cpu")
-    # A 3-label token classifier.
-    three = tmp_path / "three"
-    three.mkdir()
-    for f in public_dirs["trl"].iterdir():
-        (three / f.name).write_bytes(f.read_bytes())
-    cfg = json.loads((three / "config.json").read_text())
-    cfg["id2label"] = {"0": "a", "1": "b", "2": "c"}
-    cfg["label2id"] = {"a": 0, "b": 1, "c": 2}
-    (three / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match="has 3"):
-        load_scorer(str(three), device="cpu")
-    # An unknown option or format.
-    with pytest.raises(ConfigError, match="unknown scorer option"):
-        load_scorer(f"{public_dirs['qwen']}?fromat=tag", device="cpu")
-    with pytest.raises(ConfigError, match="is not one of"):
-        load_scorer(f"{public_dirs['qwen']}?format=bogus", device="cpu")
+    three = _edited_copy(public_dirs["trl"], tmp_path / "three", "config.json", lambda cfg: cfg.update(
+        id2label={"0": "a", "1": "b", "2": "c"}, label2id={"a": 0, "b": 1, "c": 2}))  # fmt: skip
+    cases = [
+        (str(tiny_lm_dir), ValueError, "format=tag / format=chat"),  # a causal LM without format= (a policy?)
+        (f"{tiny_lm_dir}?format=token", ValueError, "token classifier"),
+        (f"{public_dirs['math_shepherd']}?format=tag&good_token=%2B%2B", ConfigError,
+         "good_token '\\+\\+' is not one token"),  # a tag token the tokenizer splits
+        (f"{no_template}?format=chat", ConfigError, "no chat template"),
+        (str(three), ValueError, "has 3"),  # a 3-label token classifier
+        (f"{public_dirs['qwen']}?fromat=tag", ConfigError, "unknown scorer option"),
+        (f"{public_dirs['qwen']}?format=bogus", ConfigError, "is not one of"),
+    ]  # fmt: skip
+    for spec, error, match in cases:
+        with pytest.raises(error, match=match):
+            load_scorer(spec, device="cpu")
 
 
 def test_cli_names_the_checkpoint_and_exits_2(tiny_lm_dir, tmp_path, capsys):

@@ -110,7 +110,7 @@ def _command(name: str, i: dict, out: Path) -> list[str]:
                  "progress=false", f"out_dir={out}"],
         "rm score": ["rm", "score", f"model={i['rm']}", f"input={i['sols']}", "device=cpu", f"output={out / 's.jsonl'}"],
         "rm eval": ["rm", "eval", f"models=[{i['rm']}]", f"data_dir={i['shared']}", "prm800k_limit=4", "limit=8",
-                    "processbench_splits=[gsm8k]", "bootstrap=20", "device=cpu", f"out={out}"],
+                    "processbench_splits=[gsm8k]", "bootstrap=20", "device=cpu", "prmbench_limit=1", f"out={out}"],
         "rm train": ["rm", "train", f"model.name={i['backbone']}", f"data.train={i['examples']}", "data.val=null",
                      "optim.batch_size=4", "optim.epochs=1", f"output_dir={out}"],
         "selftrain": ["selftrain", f"trees={i['trees']}", f"model={i['lm']}", "min_mc=0", "max_steps=1", f"out_dir={out}"],

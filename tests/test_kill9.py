@@ -139,7 +139,7 @@ def test_rm_eval_killed_mid_run_ends_with_the_uninterrupted_cache_and_report(
     if models == "shared_trunk":
         paths.append(make_tuned_copy(tiny_rm_dir, tmp_path / "tuned", tiny_tokenizer, seed=5))
     args = [f"models=[{','.join(map(str, paths))}]", f"data_dir={shared_data}", "prm800k_limit=10", "limit=48",
-            "processbench_splits=[gsm8k,math]", "bootstrap=50", "device=cpu"]  # fmt: skip
+            "processbench_splits=[gsm8k,math]", "bootstrap=50", "device=cpu", "prmbench_limit=1"]  # fmt: skip
     ref, out = tmp_path / "ref", tmp_path / "killed"
     run_to_end(hiprm_cmd("rm", "eval", *args, f"out={ref}"))
     cache = out / "rewards.jsonl"

@@ -261,7 +261,8 @@ def _race_case(name: str, i: dict, o: Path) -> tuple[list[str], Path, Callable[[
 
     if name == "rm eval":
         return (["rm", "eval", f"models=[{i['rm']}]", f"data_dir={i['shared']}", "prm800k_limit=10", "limit=48",
-                 "processbench_splits=[gsm8k,math]", "bootstrap=50", "device=cpu", f"out={o}"], o, rm_eval_check)  # fmt: skip
+                 "processbench_splits=[gsm8k,math]", "bootstrap=50", "device=cpu", "prmbench_limit=2", f"out={o}"], o,
+                rm_eval_check)  # fmt: skip
     if name == "rm train":
         return (["rm", "train", f"model.name={i['backbone']}", f"data.train={i['rm_train']}", "data.val=null",
                  "optim.batch_size=4", "optim.epochs=2", "logging_steps=1", f"output_dir={o}"], o,

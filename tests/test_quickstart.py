@@ -70,7 +70,7 @@ def _tiny(stages, shared_data: Path, model: Path) -> list[str]:
                     f"{n}.template.max_length=128", f"{n}.model.train_top_layers=1", f"{n}.data.max_val=4",
                     f"{n}.eval.every_steps=2", f"{n}.checkpoint.every_steps=2"]  # fmt: skip
         elif s.command == "rm eval":
-            out += [f"{n}.prm800k_limit=1", f"{n}.limit=3", f"{n}.data_dir={shared_data}"]
+            out += [f"{n}.prm800k_limit=1", f"{n}.limit=3", f"{n}.prmbench_limit=1", f"{n}.data_dir={shared_data}"]
         elif s.command == "eval":
             out += [f"{n}.limit=2", f"{n}.n_values=[1,2]", f"{n}.subsamples=1", f"{n}.max_steps=2",
                     f"{n}.max_step_tokens=8", f"{n}.max_solution_tokens=16", f"{n}.data_dir={shared_data}"]  # fmt: skip

@@ -239,7 +239,8 @@ def vllm_public_prms(tmp_path_factory, tiny_tokenizer):
     root = tmp_path_factory.mktemp("vllm_public")
     made = {"qwen": ("", public_prms.make_qwen_prm(root / "qwen", tiny_tokenizer, width=64)),
             "math_shepherd": ("?format=tag", public_prms.make_math_shepherd(root / "ms", tiny_tokenizer, width=64)),
-            "trained_tag": ("", _trained_tag_prm(root, tiny_tokenizer))}
+            "trained_tag": ("", _trained_prm(root, tiny_tokenizer, "tag")),
+            "trained_qwen": ("", _trained_prm(root, tiny_tokenizer, "qwen"))}
     script = ROOT / "scripts" / "vllm_server.sh"
     procs, out = [], {}
     for k, (name, (options, folder)) in enumerate(made.items()):
@@ -256,7 +257,7 @@ def vllm_public_prms(tmp_path_factory, tiny_tokenizer):
         port = PORT + 2 + k
         args = ["bash", str(script), "start", str(folder), str(port), "--tokenizer", str(tok_dir),
                 *vllm_args(scorer.format, scorer.tokenizer)]  # fmt: skip
-        if name == "trained_tag":  # the command `rm train` wrote is the one hiprm gives
+        if name.startswith("trained"):  # the command `rm train` wrote is the one hiprm gives
             assert shlex.join(args[5:][2:]) in (folder.parent / "vllm_serve.txt").read_text()
         procs.append(subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                       env={**os.environ, "VLLM_NAME": name}))  # fmt: skip
@@ -272,35 +273,45 @@ def vllm_public_prms(tmp_path_factory, tiny_tokenizer):
             subprocess.run(["bash", str(script), "stop", str(PORT + 2 + k)], cwd=ROOT, capture_output=True)
 
 
-def _trained_tag_prm(root, tokenizer):
-    """`hiprm rm train format=tag` (2 steps) on a 64-wide tiny Llama: a checkpoint that names
+def _trained_prm(root, tokenizer, kind):
+    """`hiprm rm train` (2 steps) on a 64-wide tiny backbone: format=tag on a Llama, or
+    format=token layout=qwen on a Qwen2 whose tokenizer has <extra_0>; a checkpoint that names
     its format, with its vllm_serve.txt."""
     import torch
-    from transformers import LlamaForCausalLM
+    from transformers import LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     from hiprm.artifacts import write_jsonl
     from hiprm.config import load_config
     from hiprm.rm.train import TrainConfig, run
-    from tests.public_prms import _llama_config
+    from tests.public_prms import _llama_config, _tokenizer_with
     from tests.test_rm_trie import toy
 
-    backbone = root / "tag_backbone"
+    backbone = root / f"{kind}_backbone"
     torch.manual_seed(1)
-    LlamaForCausalLM(_llama_config(tokenizer, 64)).save_pretrained(backbone)
+    if kind == "qwen":
+        tokenizer = _tokenizer_with(tokenizer, specials=["<extra_0>"], template=tokenizer.chat_template)
+        Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                                     num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                                     max_position_embeddings=2048, initializer_range=0.3)).save_pretrained(backbone)  # fmt: skip
+        fmt = ["format=token", "format_options.layout=qwen"]
+    else:
+        LlamaForCausalLM(_llama_config(tokenizer, 64)).save_pretrained(backbone)
+        fmt = ["format=tag"]
     tokenizer.save_pretrained(backbone)
-    write_jsonl(root / "tag_train.jsonl", toy(32, 0))
+    write_jsonl(root / "prm_train.jsonl", toy(32, 0))
     out = run(load_config(TrainConfig, None, [
-        f"output_dir={root / 'tag_rm'}", f"model.name={backbone}", f"data.train={root / 'tag_train.jsonl'}",
-        "data.val=null", "format=tag", "optim.max_steps=2", "optim.learning_rate=3e-3", "checkpoint.every_steps=2"]))
+        f"output_dir={root / f'{kind}_rm'}", f"model.name={backbone}", f"data.train={root / 'prm_train.jsonl'}",
+        "data.val=null", *fmt, "optim.max_steps=2", "optim.learning_rate=3e-3", "checkpoint.every_steps=2"]))
     return out / "model"
 
 
-@pytest.mark.parametrize("name", ["qwen", "math_shepherd", "trained_tag"])
+@pytest.mark.parametrize("name", ["qwen", "math_shepherd", "trained_tag", "trained_qwen"])
 def test_vllm_step_pooling_matches_hiprm_rewards(vllm_public_prms, name):
     """vLLM's STEP pooling (`/pooling`) of a Qwen2.5-Math-PRM-layout model (native), of a
     Math-Shepherd-layout causal LM (converted to a 2-label token classifier from the `-`/`+`
-    rows of its LM head) and of a tag-format checkpoint from `hiprm rm train`, served with the
-    command the run wrote, gives hiprm's in-process rewards within 1e-5, through `RemoteScorer`;
+    rows of its LM head) and of tag- and qwen-format checkpoints from `hiprm rm train`, served
+    with the command the run wrote, gives hiprm's in-process rewards within 1e-5, through `RemoteScorer`;
     one request carries each solution once."""
     from hiprm.rm.remote import RemoteScorer, load_scorer
     from tests.test_rm_formats import SOLUTIONS

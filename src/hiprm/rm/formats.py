@@ -166,7 +166,7 @@ def resolve_format(folder: Path, config: dict[str, Any], spec: FormatSpec, token
         raise DataError(cfg_path, f"format={name} needs a {'sequence' if name == 'seqcls' else 'token'} classifier "
                                   f"(or Qwen2ForProcessRewardModel); {', '.join(archs) or 'no architecture'} is not one",
                         field="architectures")  # fmt: skip
-    layout = spec.layout or saved.get("layout") or (implied[1] if implied and name == "token" else "")
+    layout = (spec.layout or saved.get("layout") or (implied[1] if implied else "")) if name == "token" else ""
     limit = int(config.get("max_position_embeddings") or DEFAULT_MAX_LENGTH)
     max_length = spec.max_length or saved.get("max_length") or min(limit, DEFAULT_MAX_LENGTH)
     if name == "seqcls":

@@ -218,3 +218,15 @@ def test_every_runner_takes_any_format(public_dirs, tmp_path):
     want = score_solutions(load_scorer(spec, device="cpu"), SOLUTIONS)
     for g, w in zip(got, want, strict=True):
         assert g == pytest.approx(w, abs=1e-6)
+
+
+def test_specs_with_options_on_the_command_line(public_dirs, tiny_rm_dir):
+    """`models=[CKPT,CKPT?format=tag&...]` needs no quoting on the command line, though YAML's flow
+    syntax refuses a `?` inside an item."""
+    from hiprm.config import load_config
+    from hiprm.rm.evaluate import RMEvalConfig
+
+    spec = f"{public_dirs['math_shepherd']}?format=tag&step_tag=%20%D0%BA%D0%B8"
+    cfg = load_config(RMEvalConfig, None, [f"models=[{tiny_rm_dir},{spec}]"])
+    assert cfg.models == [str(tiny_rm_dir), spec]
+    assert load_scorer(cfg.models[1], device="cpu").format.step_tag == " ки"

@@ -192,6 +192,21 @@ def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def plain_list(raw: str) -> list[str] | None:
+    """`[a, b]` of plain strings that YAML's flow syntax refuses (a `?` inside an item, as in a
+    scorer spec `MODEL?format=tag`), as a list of strings; None for anything else.
+
+    >>> plain_list("[runs/rm/model, ckpt?format=tag&step_tag=%20x]")
+    ['runs/rm/model', 'ckpt?format=tag&step_tag=%20x']
+    >>> plain_list("[a, [b]]") is None
+    True
+    """
+    s = raw.strip()
+    if len(s) < 2 or s[0] != "[" or s[-1] != "]" or any(c in s[1:-1] for c in "[]{}\"'"):
+        return None
+    return [x.strip() for x in s[1:-1].split(",") if x.strip()]
+
+
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     tree: dict[str, Any] = {}
     for item in overrides:
@@ -204,9 +219,11 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as e:
-            # Falling back to the raw string read `skip=[a` as "[a": refuse instead.
-            why = str(getattr(e, "problem", None) or e).splitlines()[0]
-            raise ConfigError(f"{key}: {raw!r} is not a valid YAML value ({why}); quote it to mean a string") from None
+            value = plain_list(raw)
+            if value is None:
+                # Falling back to the raw string read `skip=[a` as "[a": refuse instead.
+                why = str(getattr(e, "problem", None) or e).splitlines()[0]
+                raise ConfigError(f"{key}: {raw!r} is not a valid YAML value ({why}); quote it to mean a string") from None
         except ValueError as e:  # e.g. an integer of more digits than Python converts
             raise ConfigError(f"{key}: {str(e).split(':')[0]}") from None
         _set_dotted(tree, key, value)

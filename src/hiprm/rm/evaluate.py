@@ -360,25 +360,20 @@ def prmbench_subset(samples: Sequence[PRMBenchSample], counts: np.ndarray, cfg: 
     category's pooled scores, the groups' means of category PRMScores, and the overall scores,
     pooled over every sample but the all-correct ones (as `mr_eval` computes them); PRMScores
     with bootstrap intervals over samples."""
-    def ci(rows: np.ndarray, f1_only: bool = False) -> tuple[float, float]:
-        return bootstrap_ci(lambda c: prmbench_scores(c.sum(0), f1_only)["prm_score"], rows,
-                            n_boot=cfg.bootstrap, seed=cfg.seed)  # fmt: skip
+    def pooled(rows: np.ndarray, f1_only: bool = False) -> dict[str, Any]:
+        sc = prmbench_scores(rows.sum(0), f1_only)
+        ci = bootstrap_ci(lambda c: prmbench_scores(c.sum(0), f1_only)["prm_score"], rows,
+                          n_boot=cfg.bootstrap, seed=cfg.seed)  # fmt: skip
+        return {"n": int(len(rows)), "steps": int(rows.sum()), "f1": sc["f1"], "negative_f1": sc["negative_f1"],
+                "correct_step_acc": sc["correct_step_acc"], "wrong_step_acc": sc["wrong_step_acc"],
+                "prm_score": _value(sc["prm_score"], ci)}  # fmt: skip
 
-    cats: dict[str, Any] = {}
-    for cat in sorted({s.classification for s in samples}):
-        rows = counts[[i for i, s in enumerate(samples) if s.classification == cat]]
-        only = cat == "multi_solutions"
-        sc = prmbench_scores(rows.sum(0), f1_only=only)
-        cats[cat] = {"n": int(len(rows)), "steps": int(rows.sum()), "f1": sc["f1"], "negative_f1": sc["negative_f1"],
-                     "correct_step_acc": sc["correct_step_acc"], "wrong_step_acc": sc["wrong_step_acc"],
-                     "prm_score": _value(sc["prm_score"], ci(rows, only))}  # fmt: skip
-    rows = counts[[i for i, s in enumerate(samples) if s.classification != "correct"]]
-    sc = prmbench_scores(rows.sum(0))
+    cats = {cat: pooled(counts[[i for i, s in enumerate(samples) if s.classification == cat]],
+                        f1_only=cat == "multi_solutions")
+            for cat in sorted({s.classification for s in samples})}  # fmt: skip
+    overall = pooled(counts[[i for i, s in enumerate(samples) if s.classification != "correct"]])
     groups = {g: float(np.mean([cats[c]["prm_score"]["value"] for c in members if c in cats]))
               for g, members in PRMBENCH_GROUPS.items() if any(c in cats for c in members)}  # fmt: skip
-    overall = {"n": int(len(rows)), "steps": int(rows.sum()), "f1": sc["f1"], "negative_f1": sc["negative_f1"],
-               "correct_step_acc": sc["correct_step_acc"], "wrong_step_acc": sc["wrong_step_acc"],
-               "prm_score": _value(sc["prm_score"], ci(rows))}  # fmt: skip
     return {"overall": overall, "groups": groups, "categories": cats}
 
 

@@ -34,7 +34,7 @@ counted (`hiprm.rm.template.FitReport`) and reported by the scorer.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -82,9 +82,6 @@ class FormatSpec:
             raise ConfigError(f"{where}: layout={spec.layout!r} is not qwen or trl")
         return spec
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 @dataclass(frozen=True)
 class Format:
@@ -125,7 +122,27 @@ def split_spec(spec: str) -> tuple[str, str, dict[str, str]]:
     return location, fragment, dict(parse_qsl(query, keep_blank_values=True))
 
 
+def parse_spec(spec: str) -> tuple[str, str, FormatSpec]:
+    """A scorer spec -> (location, checkpoint after '#', its checked options)."""
+    location, fragment, options = split_spec(spec)
+    return location, fragment, FormatSpec.parse(options, spec)
+
+
 # ---- which format a checkpoint is ---------------------------------------------------------------
+
+
+def checkpoint_format(folder: str | Path, spec: FormatSpec) -> tuple[Path, Format, Any]:
+    """(folder, its format, its tokenizer) of a checkpoint folder under `spec`, from its
+    config.json and tokenizer files only (no weights: a served model's folder may hold no more)."""
+    from transformers import AutoTokenizer
+
+    from hiprm.artifacts import read_json
+
+    p = Path(folder)
+    if not (p / "config.json").is_file():
+        raise ConfigError(f"model: {p} is not a checkpoint folder (no config.json)")
+    tokenizer = AutoTokenizer.from_pretrained(str(p))
+    return p, resolve_format(p, read_json(p / "config.json"), spec, tokenizer), tokenizer
 
 
 def architecture_format(archs: Sequence[str]) -> tuple[str, str] | None:
@@ -166,7 +183,7 @@ def resolve_format(folder: Path, config: dict[str, Any], spec: FormatSpec, token
         raise DataError(cfg_path, f"format={name} needs a {'sequence' if name == 'seqcls' else 'token'} classifier "
                                   f"(or Qwen2ForProcessRewardModel); {', '.join(archs) or 'no architecture'} is not one",
                         field="architectures")  # fmt: skip
-    layout = (spec.layout or saved.get("layout") or (implied[1] if implied else "")) if name == "token" else ""
+    layout = spec.layout or saved.get("layout") or (implied[1] if implied else "")  # token only: build_format
     limit = int(config.get("max_position_embeddings") or DEFAULT_MAX_LENGTH)
     max_length = spec.max_length or saved.get("max_length") or min(limit, DEFAULT_MAX_LENGTH)
     if name == "seqcls":
@@ -177,12 +194,22 @@ def resolve_format(folder: Path, config: dict[str, Any], spec: FormatSpec, token
     num_labels = len(config.get("id2label") or {}) or int(config.get("num_labels") or 2)
     if name == "token" and num_labels != 2:
         raise DataError(cfg_path, f"a token-format PRM has 2 labels; this classifier has {num_labels}", field="id2label")
-    tag = spec.step_tag if spec.step_tag is not None else saved.get("step_tag", DEFAULT_TAGS.get((name, layout), ""))
-    fmt = Format(name, layout, tag, spec.good_token if spec.good_token != "+" else saved.get("good_token", "+"),
-                 spec.bad_token if spec.bad_token != "-" else saved.get("bad_token", "-"),
-                 spec.system_prompt if spec.system_prompt is not None else saved.get("system_prompt", QWEN_SYSTEM),
-                 int(max_length))  # fmt: skip
-    check_tokenizer(fmt, tokenizer, folder)
+    return build_format(name, layout, spec.step_tag if spec.step_tag is not None else saved.get("step_tag"),
+                        spec.good_token if spec.good_token != "+" else saved.get("good_token", "+"),
+                        spec.bad_token if spec.bad_token != "-" else saved.get("bad_token", "-"),
+                        spec.system_prompt if spec.system_prompt is not None else saved.get("system_prompt"),
+                        int(max_length), tokenizer, folder)  # fmt: skip
+
+
+def build_format(name: str, layout: str, step_tag: str | None, good_token: str, bad_token: str,
+                 system_prompt: str | None, max_length: int, tokenizer: Any, where: Path) -> Format:
+    """A token / tag / chat format, its defaults filled (the tag of each layout, the Qwen system
+    prompt) and its tokens checked against the tokenizer: what scoring (`resolve_format`) and
+    training (`hiprm.rm.train`) both build."""
+    layout = layout if name == "token" else ""
+    tag = step_tag if step_tag is not None else DEFAULT_TAGS.get((name, layout), "")
+    fmt = Format(name, layout, tag, good_token, bad_token, system_prompt or QWEN_SYSTEM, max_length)
+    check_tokenizer(fmt, tokenizer, where)
     return fmt
 
 
@@ -200,14 +227,11 @@ def check_tokenizer(fmt: Format, tokenizer: Any, folder: Path) -> None:
             if single_token(tokenizer, tok) is None:
                 raise ConfigError(f"{where}: {role} {tok!r} is not one token of this tokenizer "
                                   f"({tokenizer(tok, add_special_tokens=False)['input_ids']})")  # fmt: skip
-    if fmt.name == "chat" and not getattr(tokenizer, "chat_template", None):
+    if (fmt.name == "chat" or fmt.layout == "qwen") and not getattr(tokenizer, "chat_template", None):
         raise ConfigError(f"{where}: the tokenizer has no chat template (tokenizer_config.json 'chat_template')")
-    if fmt.layout == "qwen":
-        if not getattr(tokenizer, "chat_template", None):
-            raise ConfigError(f"{where}: the tokenizer has no chat template (tokenizer_config.json 'chat_template')")
-        if single_token(tokenizer, fmt.step_tag) is None:
-            raise ConfigError(f"{where}: step tag {fmt.step_tag!r} is not a token of this tokenizer "
-                              "(Qwen2.5-Math-PRM's <extra_0> is an added token)")  # fmt: skip
+    if fmt.layout == "qwen" and single_token(tokenizer, fmt.step_tag) is None:
+        raise ConfigError(f"{where}: step tag {fmt.step_tag!r} is not a token of this tokenizer "
+                          "(Qwen2.5-Math-PRM's <extra_0> is an added token)")  # fmt: skip
     if fmt.name in ("tag", "token") and not tokenizer(fmt.step_tag, add_special_tokens=False)["input_ids"]:
         raise ConfigError(f"{where}: the step tag {fmt.step_tag!r} has no tokens")
 

@@ -49,10 +49,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hiprm.artifacts import StageError, read_json
+from hiprm.artifacts import StageError
 from hiprm.config import ConfigError
 from hiprm.http import ServerPool
-from hiprm.rm.formats import Encoder, FormatSpec, resolve_format
+from hiprm.rm.formats import Encoder, FormatSpec, checkpoint_format, parse_spec
 from hiprm.rm.scorer import ScoreInput, Scorer, StepScorer
 from hiprm.rm.template import TemplateConfig, fitted_texts
 
@@ -114,14 +114,7 @@ class RemoteScorer:
             raise ConfigError(f"checkpoint: {self.base_url} serves {self.model!r} from {card.get('root')!r}, which is "
                               "not a folder here; give the checkpoint folder (its config.json and tokenizer files; "
                               "weights not needed) as checkpoint=FOLDER or in the spec as URL#FOLDER")  # fmt: skip
-        p = Path(folder)
-        if not (p / "config.json").is_file():
-            raise ConfigError(f"checkpoint: {p} is not a checkpoint folder (no config.json)")
-        from transformers import AutoTokenizer
-
-        self.checkpoint = p
-        self.tokenizer = AutoTokenizer.from_pretrained(str(p))
-        self.format = resolve_format(p, read_json(p / "config.json"), spec or FormatSpec(), self.tokenizer)
+        self.checkpoint, self.format, self.tokenizer = checkpoint_format(folder, spec or FormatSpec())
         self.template = self.format.template or TemplateConfig(max_length=self.format.max_length)
         self.encoder = Encoder(self.format, self.tokenizer)
         max_len = card.get("max_model_len")
@@ -298,18 +291,9 @@ def _local_root(card: dict[str, Any]) -> str | None:
 def check_scorer_spec(spec: str) -> None:
     """Before a run starts: a local checkpoint's format resolves (config.json and tokenizer are
     read, no weights), so a wrong pairing fails in a second, naming the checkpoint."""
-    from transformers import AutoTokenizer
-
-    from hiprm.rm.formats import split_spec
-
-    location, _, options = split_spec(spec)
-    fspec = FormatSpec.parse(options, spec)
-    if location.startswith(("http://", "https://")):
-        return
-    p = Path(location)
-    if not (p / "config.json").is_file():
-        raise ConfigError(f"model: {p} is not a checkpoint folder (no config.json)")
-    resolve_format(p, read_json(p / "config.json"), fspec, AutoTokenizer.from_pretrained(str(p)))
+    location, _, fspec = parse_spec(spec)
+    if not location.startswith(("http://", "https://")):
+        checkpoint_format(location, fspec)
 
 
 def load_scorer(
@@ -340,10 +324,7 @@ def load_scorer(
       the endpoint: `/classify` for seqcls, `/pooling` (STEP pooling) for token and tag.
     Settings of the other kind are ignored, so one config block serves both.
     """
-    from hiprm.rm.formats import split_spec
-
-    location, fragment, options = split_spec(spec)
-    fspec = FormatSpec.parse(options, spec)
+    location, fragment, fspec = parse_spec(spec)
     if location.startswith(("http://", "https://")):
         if fragment and checkpoint and Path(fragment) != Path(checkpoint):
             raise ConfigError(f"checkpoint: {spec!r} names {fragment!r} after '#' and checkpoint={checkpoint!r}; "
@@ -372,18 +353,12 @@ def vllm_command(cfg: VllmCommandConfig) -> str:
     """Print (and return) the command; `rm eval` / `eval` then take `http://HOST:8000?OPTIONS#MODEL`."""
     import shlex
 
-    from transformers import AutoTokenizer
-
-    from hiprm.rm.formats import split_spec, vllm_args
+    from hiprm.rm.formats import vllm_args
 
     if not cfg.model:
         raise ConfigError("model: required (hiprm rm vllm-command CHECKPOINT[?format=...])")
-    location, _, options = split_spec(cfg.model)
-    p = Path(location)
-    if not (p / "config.json").is_file():
-        raise ConfigError(f"model: {p} is not a checkpoint folder (no config.json)")
-    tok = AutoTokenizer.from_pretrained(str(p))
-    fmt = resolve_format(p, read_json(p / "config.json"), FormatSpec.parse(options, cfg.model), tok)
+    location, _, fspec = parse_spec(cfg.model)
+    p, fmt, tok = checkpoint_format(location, fspec)
     args = ["vllm", "serve", str(p), "--served-model-name", cfg.served_name,
             "--max-model-len", str(cfg.max_model_len or fmt.max_length), *vllm_args(fmt, tok)]  # fmt: skip
     return " ".join(shlex.quote(a) for a in args)

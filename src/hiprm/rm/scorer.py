@@ -1,8 +1,9 @@
 """Score steps with a trained reward model: reward of step i = softmax(logits)[1] (paper Eq. 4).
 
-Input: a checkpoint folder written by `hiprm rm train` (a 2-label
-`AutoModelForSequenceClassification`, class 1 = positive, tokenizer beside it, formatter
-settings in `config.hiprm_template`). Output: one float in [0, 1] per step.
+Input: a checkpoint folder of any format (`hiprm.rm.formats`): hiprm's own from `hiprm rm
+train` (by default a 2-label `AutoModelForSequenceClassification`, class 1 = positive, formatter
+settings in `config.hiprm_template`), or a public PRM's, tokenizer beside it. Output: one float
+in [0, 1] per step.
 
 The one scoring protocol is `StepScorer.score_inputs(inputs)`: a reward for each (question,
 previous steps, current step) input. Every caller reduces its work to such a list in one call:
@@ -16,11 +17,13 @@ in-process `Scorer`, a fake in a test and `hiprm.rm.remote.RemoteScorer` are int
 
 `Scorer.from_pretrained` is where a reward model is loaded (every runner, `hiprm serve`,
 `hiprm rm score`, `hiprm rm eval` and `hiprm eval`, reaches it through the one scorer loader,
-`hiprm.rm.remote.load_scorer`); it refuses a checkpoint whose classification head was never trained (a
-plain causal LM such as a policy model: AutoModelForSequenceClassification would add a random
-head and return rewards that change every run), see `check_reward_checkpoint`.
+`hiprm.rm.remote.load_scorer`); it refuses a checkpoint whose head was never trained (a plain
+causal LM such as a policy model, unless named a tag or chat PRM: a classifier class would add a
+random head and return rewards that change every run), see `load_reward_model`.
 
-Every input is `hiprm.rm.template.render_fitted` text tokenized whole, exactly as in training.
+Every input is encoded by its format's `hiprm.rm.formats.Encoder` (for seqcls,
+`hiprm.rm.template.render_fitted` text tokenized whole), exactly as in training, and ends where
+its reward is read.
 Inputs that share a token prefix share its computation: the inputs for the steps of one
 solution all start with the question and the earlier steps, and candidates share everything but
 themselves. All inputs of a call are packed as one token trie (`hiprm.rm.trie`, the packing
@@ -40,10 +43,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from hiprm.artifacts import DataError, read_json
+from hiprm.artifacts import DataError
 from hiprm.config import ConfigError, Device, Positive
 from hiprm.rm import trie
-from hiprm.rm.formats import Encoder, Format, FormatSpec, head_token_ids, resolve_format
+from hiprm.rm.formats import Encoder, Format, FormatSpec, checkpoint_format, head_token_ids
 from hiprm.rm.template import PREVIOUS_HEADER, FitReport, TemplateConfig, render
 
 log = logging.getLogger(__name__)
@@ -108,21 +111,6 @@ def reward_from_logits(row: Sequence[float]) -> float:
     return exps[1] / sum(exps)
 
 
-def check_reward_checkpoint(path: str | os.PathLike[str]) -> Path:
-    """`path` as a Path when its config.json describes a sequence classifier (hiprm's `seqcls`
-    format, what `/classify` serves), else an error (read before any weight is loaded)."""
-    p = Path(path)
-    cfg_path = p / "config.json"
-    if not cfg_path.is_file():
-        raise ConfigError(f"model: {p} is not a checkpoint folder (no config.json)")
-    archs = read_json(cfg_path).get("architectures") or []
-    if archs and not any(str(a).endswith("ForSequenceClassification") for a in archs):
-        raise DataError(cfg_path, f"{', '.join(map(str, archs))} is not a reward model (no trained classification "
-                                  "head; a policy or base model?); give a checkpoint from `hiprm rm train`",
-                        field="architectures")  # fmt: skip
-    return p
-
-
 def load_reward_model(folder: Path, fmt: Format, dtype: Any) -> Any:
     """The model of a checkpoint in `fmt`, refusing one whose head would be initialised at
     random (a policy loaded as a classifier returns rewards that change every run)."""
@@ -159,10 +147,7 @@ def _head(model: Any, fmt: Format, tokenizer: Any) -> Callable[[Any], Any]:
     """hidden (n, H) -> rows (n, 2) = [bad, good] logits, so that the reward is softmax(row)[1]."""
     m = trie.unwrap(model)
     if fmt.name in ("seqcls", "token"):
-        head = getattr(m, "score", None) or getattr(m, "classifier", None)
-        if head is None:
-            raise ConfigError(f"{type(m).__name__} has no `score` or `classifier` head")
-        return lambda h: head(h)
+        return trie.classifier_head(m)
     ids = head_token_ids(fmt, tokenizer)
     lm_head = m.get_output_embeddings()
     cap = getattr(m.config, "final_logit_softcapping", None)
@@ -273,14 +258,7 @@ class Scorer:
         spec: FormatSpec | None = None,
     ) -> Scorer:
         """A checkpoint of any format (`hiprm.rm.formats`): from its config.json, or `spec`."""
-        from transformers import AutoTokenizer
-
-        p = Path(path)
-        cfg_path = p / "config.json"
-        if not cfg_path.is_file():
-            raise ConfigError(f"model: {p} is not a checkpoint folder (no config.json)")
-        tokenizer = AutoTokenizer.from_pretrained(str(p))
-        fmt = resolve_format(p, read_json(cfg_path), spec or FormatSpec(), tokenizer)
+        p, fmt, tokenizer = checkpoint_format(path, spec or FormatSpec())
         device = _resolve_device(device)
         model = load_reward_model(p, fmt, _resolve_dtype(dtype, device))
         return cls(model.to(device), tokenizer, fmt.template, batch_size, max_tokens_per_batch, prefix_cache, fmt)

@@ -58,7 +58,7 @@ from hiprm.config import (
 from hiprm.models import freeze_lower_layers, load_tokenizer, resolve_model_path
 from hiprm.rm import trie
 from hiprm.rm.data_collate import FeatureDataset, PadCollator, load_split, soft_label_loss
-from hiprm.rm.formats import DEFAULT_TAGS, QWEN_SYSTEM, Encoder, Format, check_tokenizer, head_token_ids
+from hiprm.rm.formats import Encoder, Format, build_format, head_token_ids
 from hiprm.rm.metrics import binary_metrics
 from hiprm.rm.template import TemplateConfig
 from hiprm.training import (
@@ -292,14 +292,10 @@ def load_sets(
 def train_format(cfg: TrainConfig, tokenizer: Any, backbone: str) -> Format:
     """The format a run trains, its tokens checked against the tokenizer."""
     o = cfg.format_options
-    layout = o.layout if cfg.format == "token" else ""
     if cfg.format == "seqcls":
         return Format("seqcls", max_length=cfg.template.max_length, template=cfg.template)
-    tag = o.step_tag if o.step_tag is not None else DEFAULT_TAGS[(cfg.format, layout)]
-    fmt = Format(cfg.format, layout, tag, o.good_token, o.bad_token, o.system_prompt or QWEN_SYSTEM,
-                 cfg.template.max_length)  # fmt: skip
-    check_tokenizer(fmt, tokenizer, Path(backbone))
-    return fmt
+    return build_format(cfg.format, o.layout, o.step_tag, o.good_token, o.bad_token, o.system_prompt,
+                        cfg.template.max_length, tokenizer, Path(backbone))  # fmt: skip
 
 
 def build_model(path: str, tokenizer: Any, cfg: TrainConfig, fmt: Format | None = None) -> Any:

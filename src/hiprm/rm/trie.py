@@ -329,6 +329,16 @@ def classifier_logits(model: Any, batch: dict[str, Any]) -> Any:
     return head_rows(model, batch)
 
 
+def classifier_head(model: Any) -> Any:
+    """The classification head of a transformers classifier: `score` (Llama, Qwen2, Mistral, ...;
+    Qwen2ForProcessRewardModel's two-layer head), else `classifier` (GPT-2, BERT style)."""
+    m = unwrap(model)
+    head = getattr(m, "score", None) or getattr(m, "classifier", None)
+    if head is None:
+        raise ValueError(f"{type(m).__name__} has no `score` or `classifier` head")
+    return head
+
+
 def head_rows(model: Any, batch: dict[str, Any], lm_ids: Sequence[int] | None = None) -> Any:
     """The head's output at each sequence's last token, through `model`'s own forward, for a
     trie batch (`tensors`) or a padded one with `ends` (`hiprm.rm.data_collate.PadCollator`).
@@ -348,7 +358,7 @@ def head_rows(model: Any, batch: dict[str, Any], lm_ids: Sequence[int] | None = 
         kwargs["trie_plan"] = batch["trie_plan"].to(m.device)
     ends = batch["ends"].to(m.device)
     if lm_ids is None:
-        head = m.score if hasattr(m, "score") else m.classifier
+        head = classifier_head(m)
         seen: list[Any] = []
         hook = head.register_forward_hook(lambda _mod, _inp, out: seen.append(out))
         try:

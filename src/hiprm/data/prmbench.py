@@ -19,11 +19,10 @@ never scored.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hiprm.artifacts import DataError
+from hiprm.artifacts import DataError, read_jsonl
 
 TRAIN_PREFIX = "prm800k_train_"
 
@@ -76,25 +75,18 @@ def read_prmbench(folder: str | Path) -> list[PRMBenchSample]:
     correct_seen: set[str] = set()
     for path in files:
         source = "prm800k_train" if path.name.startswith(TRAIN_PREFIX) else "test"
-        with path.open(encoding="utf-8") as f:
-            for line, text in enumerate(f, 1):
-                if not text.strip():
-                    continue
-                try:
-                    obj = json.loads(text)
-                except json.JSONDecodeError as e:
-                    raise DataError(path, f"not JSON: {e.msg}", line=line) from None
-                r = _record(obj, path, line)
-                sid = f"{r['classification']}_{r['idx']}"
-                if sid not in seen:
-                    seen.add(sid)
-                    samples.append(PRMBenchSample(sid, r["modified_question"], list(r["modified_process"]),
-                                                  list(r["error_steps"]), r["classification"], source))  # fmt: skip
-                if r["classification"] == "redundency" and r["idx"] not in correct_seen:
-                    for key, typ in (("original_question", str), ("original_process", list)):
-                        if not isinstance(r.get(key), typ):
-                            raise DataError(path, f"expected {typ.__name__}", line=line, field=key)
-                    correct_seen.add(r["idx"])
-                    correct.append(PRMBenchSample(f"correct_{r['idx']}", r["original_question"],
-                                                  list(r["original_process"]), [], "correct", source))  # fmt: skip
+        for line, obj in read_jsonl(path):
+            r = _record(obj, path, line)
+            sid = f"{r['classification']}_{r['idx']}"
+            if sid not in seen:
+                seen.add(sid)
+                samples.append(PRMBenchSample(sid, r["modified_question"], list(r["modified_process"]),
+                                              list(r["error_steps"]), r["classification"], source))  # fmt: skip
+            if r["classification"] == "redundency" and r["idx"] not in correct_seen:
+                for key, typ in (("original_question", str), ("original_process", list)):
+                    if not isinstance(r.get(key), typ):
+                        raise DataError(path, f"expected {typ.__name__}", line=line, field=key)
+                correct_seen.add(r["idx"])
+                correct.append(PRMBenchSample(f"correct_{r['idx']}", r["original_question"],
+                                              list(r["original_process"]), [], "correct", source))  # fmt: skip
     return samples + correct

@@ -183,7 +183,7 @@ class RemoteScorer:
             raise RewardServerError(f"{where}: {self.model!r} returned {len(rows)} rows for an input of {len(leaf)} "
                                     f"tokens; hiprm expects a row per token or per step tag (id {tag}) for "
                                     f"format={self.format.label}: start the server with the arguments of "
-                                    "hiprm.rm.formats.vllm_args (see docs/evaluate.md)")  # fmt: skip
+                                    "hiprm.rm.formats.vllm_args (see docs/public-prms.md)")  # fmt: skip
         if len(row) != 2:
             raise RewardServerError(f"{where}: {self.model!r} returns rows of {len(row)} values; a PRM has 2")
         return float(row[1])

@@ -128,27 +128,30 @@ def test_rm_score_killed_mid_run_ends_with_the_uninterrupted_records(tmp_path, t
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("models", ["one", "shared_trunk"])
+@pytest.mark.parametrize("models, task", [("one", "processbench"), ("shared_trunk", "processbench"),
+                                          ("one", "prmbench")])  # fmt: skip
 def test_rm_eval_killed_mid_run_ends_with_the_uninterrupted_cache_and_report(
-    tmp_path, tiny_rm_dir, tiny_tokenizer, shared_data, models
+    tmp_path, tiny_rm_dir, tiny_tokenizer, shared_data, models, task
 ):
-    """PRM800K solutions are scored one at a time, ProcessBench entries in batches of 8; the
-    reward cache (`rewards.jsonl`) is the resumable output. With two models that share their
-    bottom layer, both are scored in one pass and each writes its own records."""
+    """PRM800K solutions are scored one at a time, ProcessBench entries and PRMBench samples in
+    batches of 8; the reward cache (`rewards.jsonl`) is the resumable output. With two models
+    that share their bottom layer, both are scored in one pass and each writes its own records.
+    The kill lands while ProcessBench, or PRMBench, is being scored."""
     paths = [tiny_rm_dir]
     if models == "shared_trunk":
         paths.append(make_tuned_copy(tiny_rm_dir, tmp_path / "tuned", tiny_tokenizer, seed=5))
     args = [f"models=[{','.join(map(str, paths))}]", f"data_dir={shared_data}", "prm800k_limit=10", "limit=48",
-            "processbench_splits=[gsm8k,math]", "bootstrap=50", "device=cpu", "prmbench_limit=1"]  # fmt: skip
+            "processbench_splits=[gsm8k,math]", "bootstrap=50", "device=cpu",
+            f"prmbench_limit={2 if task == 'prmbench' else 1}"]  # fmt: skip
     ref, out = tmp_path / "ref", tmp_path / "killed"
     run_to_end(hiprm_cmd("rm", "eval", *args, f"out={ref}"))
     cache = out / "rewards.jsonl"
 
-    def in_processbench() -> bool:  # a ProcessBench batch is being written or scored
-        return complete_lines(cache) >= 1 and b'"processbench/' in cache.read_bytes()
+    def in_task() -> bool:  # a batch of `task` is being written or scored
+        return complete_lines(cache) >= 1 and f'"{task}/'.encode() in cache.read_bytes()
 
     cmd = hiprm_cmd("rm", "eval", *args, f"out={out}")
-    kill_when(cmd, in_processbench, tmp_path / "killed.log")
+    kill_when(cmd, in_task, tmp_path / "killed.log")
     assert not (out / "rm_eval.json").exists()
     run_to_end(cmd)
 
@@ -160,9 +163,9 @@ def test_rm_eval_killed_mid_run_ends_with_the_uninterrupted_cache_and_report(
     assert report(out) == report(ref)
 
     # The kill can also land inside a batch (its records are appended one by one): here the
-    # cache keeps the PRM800K records, 3 of the first ProcessBench batch and half a line.
+    # cache keeps the records before `task`, 3 of its first batch and half a line.
     lines = (ref / "rewards.jsonl").read_bytes().splitlines(keepends=True)
-    first = next(k for k, x in enumerate(lines) if b'"processbench/' in x)
+    first = next(k for k, x in enumerate(lines) if f'"{task}/'.encode() in x)
     cache.write_bytes(b"".join(lines[: first + 3]) + lines[first + 3][:30])
     (out / "rm_eval.json").unlink()
     run_to_end(cmd)

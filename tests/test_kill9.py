@@ -35,17 +35,19 @@ def _weights(model_dir: Path) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("batching", ["rows", "trie"])
+@pytest.mark.parametrize("batching, fmt", [("rows", "seqcls"), ("trie", "seqcls"), ("trie", "tag")])
 def test_rm_train_killed_after_a_checkpoint_ends_with_the_uninterrupted_weights(
-    tmp_path, tiny_backbone_dir, batching
+    tmp_path, tiny_backbone_dir, batching, fmt
 ):
     """40 examples, batches of 4: 10 steps an epoch, 3 epochs. The first checkpoint (step 14) is
     in the second epoch, where a sampler drawing from the global RNG (Trainer's own length
-    grouping) would order the resumed epoch differently; ours is a function of (seed, epoch)."""
+    grouping) would order the resumed epoch differently; ours is a function of (seed, epoch).
+    The tag format (a causal LM learning `+`/`-` at a step tag) resumes the same way."""
     write_jsonl(tmp_path / "train.jsonl", toy_examples(40, seed=0))
     args = [f"model.name={tiny_backbone_dir}", f"data.train={tmp_path / 'train.jsonl'}", "data.val=null",
             f"data.batching={batching}", "optim.group_by_length=true", "optim.batch_size=4", "optim.epochs=3",
-            "optim.learning_rate=3e-3", "checkpoint.every_steps=14", "checkpoint.keep=5", "logging_steps=4"]  # fmt: skip
+            "optim.learning_rate=3e-3", "checkpoint.every_steps=14", "checkpoint.keep=5", "logging_steps=4",
+            f"format={fmt}"]  # fmt: skip
     ref, out = tmp_path / "ref", tmp_path / "killed"
     run_to_end(hiprm_cmd("rm", "train", *args, f"output_dir={ref}"))
     cmd = hiprm_cmd("rm", "train", *args, f"output_dir={out}")

@@ -216,6 +216,20 @@ def has_accelerator() -> bool:
     return torch.cuda.is_available() or bool(mps and mps.is_available())
 
 
+def check_launcher_sharding() -> None:
+    """Refuse FSDP and DeepSpeed launch configs without a GPU: accelerate runs CPU processes
+    data-parallel (its MULTI_CPU state never takes the FSDP or DeepSpeed branch), so the config
+    would be ignored, and with FSDP's RAM-efficient loading every rank but 0 holds meta weights."""
+    if has_accelerator():
+        return
+    for env, name in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
+        if os.environ.get(env, "false").lower() == "true":
+            raise ConfigError(
+                f"the accelerate config asks for {name}, which needs GPUs (accelerate runs CPU processes "
+                "data-parallel); on CPU launch with configs/accelerate/cpu_2proc.yaml (docs/gpu.md)"
+            )
+
+
 def check_launcher_precision(precision: str, key: str) -> None:
     """Refuse fp32 under an accelerate launcher set to mixed precision: Trainer would silently
     take the launcher's setting over ours."""
@@ -253,7 +267,11 @@ def trainer_arguments(
     import torch
     from transformers import TrainingArguments
 
+    check_launcher_sharding()
     check_launcher_precision(precision, precision_key)
+    if precision == "fp16" and not has_accelerator():
+        raise ConfigError(f"{precision_key}=fp16 needs a GPU: on CPU accelerate ignores it and trains in fp32; "
+                          "use fp32, or bf16 (autocast on CPU)")
     return TrainingArguments(
         output_dir=str(out / "checkpoints"),
         per_device_train_batch_size=batch_size,

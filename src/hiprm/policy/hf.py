@@ -97,6 +97,25 @@ def resolve_policy_model(name_or_path: str) -> str:
     return str(resolve_model_path(name_or_path))
 
 
+def policy_dtype(device: str, dtype: str = "auto") -> Any:
+    """The policy's weight dtype: `dtype` by name, or (auto) fp32 on CPU, where bf16 matmuls are
+    many times slower, and bf16 on an accelerator.
+
+    >>> import torch; [policy_dtype(d) for d in ("cpu", "cuda", "cuda:1")] == [torch.float32, torch.bfloat16, torch.bfloat16]
+    True
+    >>> policy_dtype("cpu", "bfloat16")
+    torch.bfloat16
+    """
+    import torch
+
+    if dtype == "auto":
+        return torch.float32 if device == "cpu" else torch.bfloat16
+    value = getattr(torch, dtype, None)
+    if not isinstance(value, torch.dtype):
+        raise ValueError(f"dtype: {dtype!r} is not a torch dtype (auto, float32, bfloat16, float16)")
+    return value
+
+
 class HFPolicy:
     """transformers causal LM as a policy.
 
@@ -119,7 +138,6 @@ class HFPolicy:
         share_prefill: bool = True,
         decoder: str = "hiprm",
     ):
-        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         path = resolve_policy_model(model)
@@ -130,11 +148,7 @@ class HFPolicy:
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        if dtype == "auto":
-            torch_dtype = torch.float32 if device == "cpu" else torch.bfloat16
-        else:
-            torch_dtype = getattr(torch, dtype)
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(device).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=policy_dtype(device, dtype)).to(device).eval()
         self.use_chat = bool(chat_template and getattr(self.tokenizer, "chat_template", None))
         if chat_template and not self.use_chat:
             log.info("%s has no chat template; prompts are used as plain text", path)

@@ -422,6 +422,9 @@ def trie_batches_ok(model: Any, train_set: FeatureDataset, order: list[int], pad
     import torch
 
     reason = trie.supported(model) if lm_ids is None else None
+    if reason is None and any(p.is_meta for p in model.parameters()):
+        # FSDP's RAM-efficient loading: only rank 0 holds the weights until the model is sharded.
+        return _rank0_verdict(True)
     if reason is None:
         feats = [train_set[i] for i in order[:8]]
         was_training = model.training
@@ -433,12 +436,24 @@ def trie_batches_ok(model: Any, train_set: FeatureDataset, order: list[int], pad
             got = trie.head_rows(model, trie.TrieCollator(pad_id, row_tokens)(feats), lm_ids)
         model.train(was_training)
         worst = (got.float() - want.float()).abs().max().item()
-        if worst <= trie.tolerance(next(model.parameters()).dtype):
+        if _rank0_verdict(worst <= trie.tolerance(next(model.parameters()).dtype)):
             return True
         trie.restore_attention(model, before)
         reason = f"trie logits differ from per-example logits by {worst:.2g}"
     log.warning("data.batching=trie is not exact here (%s); training on per-example rows", reason)
     return False
+
+
+def _rank0_verdict(ok: bool) -> bool:
+    """Rank 0's answer on every process, so that all ranks batch alike (a rank holding meta
+    weights cannot check, and ranks that disagreed would wait for each other's collectives)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        box = [ok]
+        dist.broadcast_object_list(box, src=0)
+        return bool(box[0])
+    return ok
 
 
 def best_validation(trainer: Trainer) -> dict[str, float]:

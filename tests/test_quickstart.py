@@ -21,8 +21,9 @@ PLANS = sorted(p.parent.relative_to(ROOT).as_posix() for p in (ROOT / "configs")
 
 
 def test_the_plans_are_the_quickstart_and_the_paper_experiments():
-    assert PLANS == ["configs/mcts_cpu", "configs/paper/mcts", "configs/paper/quickstart",
-                     "configs/paper/selftrain_table4", "configs/quickstart", "configs/selftrain_table4_cpu"]  # fmt: skip
+    assert PLANS == ["configs/experiments/prm_vs_hrm", "configs/experiments/rl_cpu", "configs/mcts_cpu",
+                     "configs/paper/mcts", "configs/paper/quickstart", "configs/paper/selftrain_table4",
+                     "configs/quickstart", "configs/selftrain_table4_cpu"]  # fmt: skip
 
 
 @pytest.mark.parametrize("plan", PLANS)

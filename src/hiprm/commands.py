@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str, str, str | None]] = {
     "annotate stats": ("hiprm.annotate.stats", "TreeStatsConfig", "run", "path"),
     "annotate hnc": ("hiprm.annotate.hnc_run", "HNCConfig", "run", None),
     "selftrain": ("hiprm.selftrain.train", "SelftrainConfig", "run", None),
+    "rl": ("hiprm.rl.train", "RLConfig", "run", None),
     "quickstart": ("hiprm.quickstart", "QuickstartConfig", "run", "plan"),
     "report": ("hiprm.report", "ReportConfig", "run", "run_dir"),
 }

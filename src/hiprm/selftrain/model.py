@@ -87,22 +87,28 @@ def build_models(path: str, cfg: Any) -> tuple[Any, Any, Any, Any]:
     policy.config.use_cache = False
     reference.eval()
     reference.requires_grad_(False)
-    if cfg.train_top_layers >= 0:
+    return trainable_policy(policy, cfg.train_top_layers, cfg.lora), reference, tokenizer, render_chat_for(tokenizer)
+
+
+def trainable_policy(policy: Any, train_top_layers: int, lora: Any) -> Any:
+    """What of a causal LM policy trains (`selftrain` and `rl`): the top `train_top_layers`
+    decoder layers and the final norm (-1: everything), or LoRA adapters (`lora.r > 0`)."""
+    if train_top_layers >= 0:
         from hiprm.models import freeze_lower_layers
 
-        freeze_lower_layers(policy, cfg.train_top_layers)
+        freeze_lower_layers(policy, train_top_layers)
         # freeze_lower_layers keeps the output head trainable; for a causal LM with tied
         # embeddings that weight is also the input embedding, whose gradient would pull the
         # backward pass through every frozen layer. Train only the top layers and the norm.
         policy.get_output_embeddings().weight.requires_grad_(False)
-    if cfg.lora.r > 0:
+    if lora.r > 0:
         from peft import LoraConfig, get_peft_model
 
         policy = get_peft_model(policy, LoraConfig(
-            task_type="CAUSAL_LM", r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-            target_modules=list(cfg.lora.target_modules),
+            task_type="CAUSAL_LM", r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+            target_modules=list(lora.target_modules),
         ))  # fmt: skip
-    return policy, reference, tokenizer, render_chat_for(tokenizer)
+    return policy
 
 
 class SelftrainTrainer(Trainer):

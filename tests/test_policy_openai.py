@@ -361,7 +361,8 @@ def test_hiprm_eval_runs_against_the_llama_cpp_server(llama_server, tmp_path):
         [
             f"dataset={data}",
             f"out_dir={tmp_path / 'out'}",
-            "methods=[majority,orm,prm-step,prm-min]",
+            "methods=[majority,orm,prm-step,prm-min,prm-beam,prm-dvts,prm-particles,prm-hier]",
+            "beam_width=2",
             "n_values=[1,2]",
             "subsamples=2",
             "orm=fake",
@@ -381,7 +382,9 @@ def test_hiprm_eval_runs_against_the_llama_cpp_server(llama_server, tmp_path):
     out = run(cfg, scorers={"orm": FakeRM(), "prm": FakeRM()})
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["problems"] == 1
-    assert set(metrics["accuracy"]) == {"majority", "orm", "prm-step", "prm-min"}
+    assert set(metrics["accuracy"]) == {"majority", "orm", "prm-step", "prm-min", "prm-beam", "prm-dvts",
+                                        "prm-particles", "prm-hier"}  # fmt: skip
+    assert all(metrics["accuracy"][m]["2"]["tokens"] > 0 for m in ("prm-beam", "prm-dvts", "prm-particles"))
     rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     steps = [r for r in rows if r["kind"] == "step"]
     assert steps and all("\n\n" not in r["text"].rstrip("\n") for r in steps)  # cut at the step stop

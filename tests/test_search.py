@@ -120,7 +120,7 @@ def test_evaluate_selects_per_method_and_subset():
     out = evaluate(methods, cands, [1, 2, 4], 3, problem_seed(0, "p"))
     full = {m: out[m]["4"] for m in out}
     assert full["pass"]["correct"] == [1]
-    assert full["majority"] == {"correct": [0], "chosen": [0]}  # "6" twice
+    assert full["majority"] == {"correct": [0], "chosen": [0], "tokens": [40]}  # "6" twice; 4 x 10 tokens
     assert full["prm-min"]["chosen"] == [3] and full["prm-last"]["chosen"] == [3]
     # weighted vote: "6" has 0.2 + 0.65 = 0.85 < None's 0.95, but None cannot win -> "6"
     assert full["prm-vote-last"]["chosen"] == [0]

@@ -35,7 +35,7 @@ def test_accuracy_averages_subsamples_within_a_problem_first():
     assert one["accuracy"] == 0.5 and one["problems"] == 3 and one["subsamples"] == 12
     assert math.isclose(one["ci95"], 1.96 * 0.5 / math.sqrt(3))
     assert math.isclose(acc["orm"]["4"]["accuracy"], 2 / 3)
-    assert acc["prm-step"]["1"] == {"accuracy": None, "ci95": None, "problems": 0, "subsamples": 0}
+    assert acc["prm-step"]["1"] == {"accuracy": None, "ci95": None, "problems": 0, "subsamples": 0, "tokens": None}
 
 
 def test_markdown_table_has_methods_as_rows_and_n_as_columns():

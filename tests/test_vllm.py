@@ -105,13 +105,16 @@ def test_eval_against_vllm(vllm_url, tmp_path):
     data = tmp_path / "p.jsonl"
     data.write_text(json.dumps({"question": "What is 2 + 3?", "answer": "5"}) + "\n")
     cfg = load_config(EvalConfig, None, [
-        f"dataset={data}", f"out_dir={tmp_path / 'out'}", "methods=[majority,orm,prm-step,prm-min]", "n_values=[1,2]",
+        f"dataset={data}", f"out_dir={tmp_path / 'out'}", "n_values=[1,2]",
+        "methods=[majority,orm,prm-step,prm-min,prm-beam,prm-dvts,prm-particles,prm-hier]", "beam_width=2",
         "subsamples=2", "orm=fake", "prm=fake", "prompt.style=paragraph", "max_solution_tokens=48",
         "max_step_tokens=24", "max_steps=2", "progress=false", *_policy_args(vllm_url),
     ])  # fmt: skip
     out = run(cfg, scorers={"orm": fake(), "prm": fake()})
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["problems"] == 1 and metrics["cost"]["tokens_generated"] > 0
+    for m in ("prm-beam", "prm-dvts", "prm-particles", "prm-hier"):  # the tree searches on a server
+        assert metrics["accuracy"][m]["2"]["tokens"] > 0
 
 
 # --- a hiprm reward model served by vLLM's pooling runner --------------------------------------

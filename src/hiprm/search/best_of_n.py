@@ -13,7 +13,11 @@ Methods (names as written in a config; `parse_method`):
   exactly that input); `orm-vote`: answers weighted by ORM reward;
 - `prm-min|last|prod|mean` (and `hrm-...`): highest aggregated step reward;
 - `prm-vote-min|last|prod|mean`: reward-weighted vote with that aggregation;
-- `prm-step` / `hrm-step`: step-level search, see `hiprm.search.stepwise`.
+- `prm-step` / `hrm-step`: step-level search, see `hiprm.search.stepwise`;
+- `prm-beam`, `prm-dvts`, `prm-particles` (`-min|last|prod|mean`: the aggregation, default last):
+  beam search, DVTS and particle filtering (`hiprm.search.beam`, `dvts`, `particles`);
+- `prm-hier` / `hrm-hier`: step search with each candidate scored merged with its predecessor
+  (`hiprm.search.hier`).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from hiprm.rm.scorer import score_solutions
 from hiprm.search.aggregate import AGGREGATIONS, aggregate, best_index, majority_vote, weighted_vote
 
 REWARD_MODELS = ("orm", "prm", "hrm")
+TREE_SEARCHES = ("beam", "dvts", "particles")  # hiprm.search.beam / dvts / particles; `hier`: hiprm.search.hier
 
 
 @dataclass(frozen=True)
@@ -63,11 +68,16 @@ def parse_method(name: str) -> Method:
         rm, rest = parts[0], parts[1:]
         if rest == ["step"]:
             return Method(name, "step", rm)
+        if rest == ["hier"]:
+            return Method(name, "hier", rm, "last")
+        if rest[0] in TREE_SEARCHES and (len(rest) == 1 or (len(rest) == 2 and rest[1] in AGGREGATIONS)):
+            return Method(name, rest[0], rm, rest[1] if len(rest) == 2 else "last")
         if len(rest) == 1 and rest[0] in AGGREGATIONS:
             return Method(name, "best", rm, rest[0])
         if len(rest) == 2 and rest[0] == "vote" and rest[1] in AGGREGATIONS:
             return Method(name, "vote", rm, rest[1])
-    known = ["majority", "pass", "orm", "orm-vote", "prm-step", "hrm-step"]
+    known = ["majority", "pass", "orm", "orm-vote", "prm-step", "hrm-step", "prm-hier"]
+    known += [f"prm-{t}[-{'|'.join(AGGREGATIONS)}]" for t in TREE_SEARCHES]
     known += [f"prm-{h}" for h in AGGREGATIONS] + [f"prm-vote-{h}" for h in AGGREGATIONS] + ["(and hrm-...)"]
     raise ValueError(f"unknown method {name!r}; known: {', '.join(known)}")
 
@@ -200,14 +210,16 @@ def evaluate(
 ) -> dict[str, dict[str, dict[str, list]]]:
     """Per method, per N: the correctness (0/1) and chosen index of each subsample.
 
-    Returns `{method: {str(N): {"correct": [...], "chosen": [...]}}}`.
+    Returns `{method: {str(N): {"correct": [...], "chosen": [...], "tokens": [...]}}}`, `tokens`
+    being the generated tokens of each subsample's N solutions (the compute axis).
     """
     n_max = len(candidates)
     out: dict[str, dict[str, dict[str, list]]] = {m.name: {} for m in methods}
     for n in n_values:
         for subset in subsets(n_max, n, n_subsamples, seed):
             for m in methods:
-                slot = out[m.name].setdefault(str(n), {"correct": [], "chosen": []})
+                slot = out[m.name].setdefault(str(n), {"correct": [], "chosen": [], "tokens": []})
+                slot["tokens"].append(sum(candidates[i].tokens for i in subset))  # what this N cost alone
                 if m.kind == "pass":
                     slot["correct"].append(int(any(candidates[i].correct for i in subset)))
                     slot["chosen"].append(None)

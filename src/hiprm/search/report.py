@@ -54,19 +54,23 @@ def accuracy(records: list[dict[str, Any]], methods: list[str], n_values: list[i
     for m in methods:
         out[m] = {}
         for n in n_values:
-            per_problem = []
+            per_problem, tokens = [], []
             subsamples = 0
             for r in records:
                 slot = r.get("results", {}).get(m, {}).get(str(n))
                 if slot and slot["correct"]:
                     per_problem.append(sum(slot["correct"]) / len(slot["correct"]))
                     subsamples += len(slot["correct"])
+                    if slot.get("tokens"):
+                        tokens.append(sum(slot["tokens"]) / len(slot["tokens"]))
             acc, ci = mean_ci(per_problem)
             out[m][str(n)] = {
                 "accuracy": None if math.isnan(acc) else acc,
                 "ci95": ci,
                 "problems": len(per_problem),
                 "subsamples": subsamples,
+                # generated tokens per problem that this method at this N costs run alone
+                "tokens": sum(tokens) / len(tokens) if tokens else None,
             }
     return out
 
@@ -90,22 +94,45 @@ METHOD_LABELS = {
 }
 
 
+TREE_LABELS = {"beam": "beam search", "dvts": "DVTS", "particles": "particle filtering"}
+
+
 def method_label(name: str) -> str:
+    """
+    >>> [method_label(m) for m in ("hrm-beam", "prm-particles-prod", "hrm-hier", "prm-vote-min")]
+    ['HRM beam search (last)', 'PRM particle filtering (prod)', 'HRM hier step search', 'PRM weighted vote (min)']
+    """
     if name in METHOD_LABELS:
         return METHOD_LABELS[name]
     rm, _, rest = name.partition("-")
+    kind, _, how = rest.partition("-")
+    if kind in TREE_LABELS:
+        return f"{rm.upper()} {TREE_LABELS[kind]} ({how or 'last'})"
+    if kind == "hier":
+        return f"{rm.upper()} hier step search"
     if rest.startswith("vote-"):
         return f"{rm.upper()} weighted vote ({rest[5:]})"
     return f"{rm.upper()} best-of-N ({rest})"
 
 
+def _tokens(entry: dict[str, Any]) -> str:
+    t = entry.get("tokens")
+    return "-" if t is None else f"{t:,.0f}"
+
+
 def markdown_table(acc: dict[str, dict[str, Any]], n_values: list[int], title: str = "") -> str:
-    """Accuracy (%) ± 95% CI half-width; rows = methods, columns = N."""
+    """Accuracy (%) ± 95% CI half-width; rows = methods, columns = N; then the generated tokens
+    per problem of each cell (the compute axis: compare methods at equal tokens, not equal N)."""
     lines = [f"**{title}**", ""] if title else []
     lines.append("| method | " + " | ".join(f"N={n}" for n in n_values) + " |")
     lines.append("|---|" + "---:|" * len(n_values))
     for m, row in acc.items():
         lines.append(f"| {method_label(m)} | " + " | ".join(_cell(row[str(n)]) for n in n_values) + " |")
+    lines += ["", "Generated tokens per problem (each method at each N run alone):", ""]
+    lines.append("| method | " + " | ".join(f"N={n}" for n in n_values) + " |")
+    lines.append("|---|" + "---:|" * len(n_values))
+    for m, row in acc.items():
+        lines.append(f"| {method_label(m)} | " + " | ".join(_tokens(row[str(n)]) for n in n_values) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -117,8 +144,10 @@ def method_family(name: str) -> str:
     """
     if name in ("pass", "majority"):
         return "reference"
-    if name.endswith("-step"):
+    if name.endswith(("-step", "-hier")):
         return "Step-level search"
+    if name.split("-")[1:2] and name.split("-")[1] in TREE_LABELS:
+        return "Tree search"
     if "vote" in name:
         return "Weighted vote"
     return "Best-of-N (whole solutions)"
@@ -127,18 +156,22 @@ def method_family(name: str) -> str:
 MARKERS = "osD^vP*X<>"
 
 
-def plot_accuracy(acc: dict[str, dict[str, Any]], n_values: list[int], path: str | Path, title: str = "") -> Path:
+def plot_accuracy(acc: dict[str, dict[str, Any]], n_values: list[int], path: str | Path, title: str = "",
+                  x: str = "n") -> Path:  # fmt: skip
     """One panel per method family, each with the oracle (pass@N) and majority vote drawn as
     gray references; distinct markers; 95% intervals as error bars (a band covering the plot
-    hides the lines at small sample sizes)."""
+    hides the lines at small sample sizes). `x="tokens"`: against generated tokens per problem
+    instead of N, so methods are compared at equal compute."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    def points(row: dict[str, Any]) -> tuple[list[int], list[float], list[float]]:
-        pts = [(n, row[str(n)]) for n in n_values if row[str(n)]["accuracy"] is not None]
-        return ([n for n, _ in pts], [100 * e["accuracy"] for _, e in pts], [100 * (e["ci95"] or 0) for _, e in pts])
+    def points(row: dict[str, Any]) -> tuple[list[float], list[float], list[float]]:
+        pts = [(n, row[str(n)]) for n in n_values if row[str(n)]["accuracy"] is not None
+               and (x == "n" or row[str(n)].get("tokens"))]  # fmt: skip
+        xs = [float(n) if x == "n" else float(e["tokens"]) for n, e in pts]
+        return (xs, [100 * e["accuracy"] for _, e in pts], [100 * (e["ci95"] or 0) for _, e in pts])
 
     families: dict[str, list[str]] = {}
     for m in acc:
@@ -154,19 +187,20 @@ def plot_accuracy(acc: dict[str, dict[str, Any]], n_values: list[int], path: str
         for i, m in enumerate(members):
             xs, ys, err = points(acc[m])
             # Dodge: methods with equal numbers would hide each other; shift each a little in x.
-            xs = [x * 2 ** (0.05 * (i - (len(members) - 1) / 2)) for x in xs]
+            xs = [v * 2 ** (0.05 * (i - (len(members) - 1) / 2)) for v in xs]
             if xs:
                 ax.errorbar(xs, ys, yerr=err, marker=MARKERS[i % len(MARKERS)], capsize=3, linewidth=1.4,
                             elinewidth=0.8, alpha=0.9, label=method_label(m))  # fmt: skip
         ax.set_xscale("log", base=2)
-        ax.set_xticks(n_values, [str(n) for n in n_values])
+        if x == "n":
+            ax.set_xticks(n_values, [str(n) for n in n_values])
         ax.set_ylim(-2, 102)
-        ax.set_xlabel("N (candidates per problem / per step)")
+        ax.set_xlabel("N (candidates per problem / per step)" if x == "n" else "generated tokens per problem")
         ax.set_title(family, fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
     axes[0][0].set_ylabel("accuracy (%)")
-    fig.suptitle(title or "accuracy vs N", fontsize=11)
+    fig.suptitle(title or ("accuracy vs N" if x == "n" else "accuracy vs generated tokens"), fontsize=11)
     fig.tight_layout()
     p = Path(path)
     with atomic_write(p, "wb") as f:
@@ -181,6 +215,8 @@ COST_KEYS = (
     "step_pool_tokens",
     "step_one_run_per_n_tokens",
     "step_independent_runs_tokens",
+    "tree_tokens",
+    "tree_rm_inputs",
     "rm_inputs",
     "rm_calls",
     "generate_calls",
@@ -194,13 +230,14 @@ def cost_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Totals of the per-problem cost counters, the pool's token saving, and means per problem."""
     total = {k: sum(r.get("cost", {}).get(k, 0) for r in records) for k in COST_KEYS}
     n = len(records)
-    pool = total["solution_pool_tokens"] + total["step_pool_tokens"]
-    per_n = total["solution_one_run_per_n_tokens"] + total["step_one_run_per_n_tokens"]
+    # Tree searches (beam, dvts, particles, hier) share nothing between runs: each counts as is.
+    pool = total["solution_pool_tokens"] + total["step_pool_tokens"] + total["tree_tokens"]
+    per_n = total["solution_one_run_per_n_tokens"] + total["step_one_run_per_n_tokens"] + total["tree_tokens"]
     out: dict[str, Any] = {"problems": n, **{k: round(v, 3) if isinstance(v, float) else v for k, v in total.items()}}
     out["tokens_generated"] = pool
     out["one_run_per_n_tokens"] = per_n
     out["saving_vs_one_run_per_n"] = None if not per_n else round(1 - pool / per_n, 4)
-    indep = total["solution_one_run_per_n_tokens"] + total["step_independent_runs_tokens"]
+    indep = total["solution_one_run_per_n_tokens"] + total["step_independent_runs_tokens"] + total["tree_tokens"]
     out["independent_runs_tokens"] = indep
     out["saving_vs_independent_runs"] = None if not indep else round(1 - pool / indep, 4)
     out["seconds_per_problem"] = round(total["seconds"] / n, 3) if n else None
@@ -217,6 +254,7 @@ def cost_markdown(cost: dict[str, Any]) -> str:
         ("tokens generated (shared pools)", cost["tokens_generated"]),
         ("  of which whole solutions", cost["solution_pool_tokens"]),
         ("  of which step candidates", cost["step_pool_tokens"]),
+        ("  of which tree searches (beam, DVTS, particles, hier)", cost["tree_tokens"]),
         ("tokens one run per N would generate", cost["one_run_per_n_tokens"]),
         ("saving of the pool vs one run per N", pct(cost["saving_vs_one_run_per_n"])),
         ("tokens independent runs per (N, subsample) would generate", cost["independent_runs_tokens"]),
@@ -285,6 +323,8 @@ def write_report(
         plot_accuracy(
             acc, n_values, run_dir / "accuracy.png", title=f"{dataset} ({len(records)} problems)"
         )
+        plot_accuracy(acc, n_values, run_dir / "accuracy_tokens.png", x="tokens",
+                      title=f"{dataset} ({len(records)} problems): accuracy vs generated tokens")  # fmt: skip
     log.info("report: %s (%d problems)", run_dir / "report.md", len(records))
 
 
@@ -297,3 +337,5 @@ def _sample_rows(records: list[dict[str, Any]]):
             yield {"problem_id": pid, "kind": "step", **s}
         for p in rec.get("paths", []):
             yield {"problem_id": pid, "kind": "path", **p}
+        for t in rec.get("searches", []):
+            yield {"problem_id": pid, "kind": "search", **t}

@@ -37,8 +37,17 @@ from hiprm.artifacts import (
     start_or_resume,
     weights_fingerprint,
 )
-from hiprm.config import ConfigError, NonNegative, NonNegativeFloat, Positive, Probability, to_dict
+from hiprm.config import (
+    ConfigError,
+    NonNegative,
+    NonNegativeFloat,
+    Positive,
+    PositiveFloat,
+    Probability,
+    to_dict,
+)
 from hiprm.data.problems import load_problem_set
+from hiprm.grading import is_equivalent
 from hiprm.policy.build import (
     OPERATIONAL_POLICY_KEYS,
     PolicyConfig,
@@ -97,6 +106,14 @@ class EvalConfig:
     executor: str = "local"
     workers: Positive = 4
     ray_address: str = ""
+    # Tree searches (beam, dvts, particles, hier): batch_problems problems run in lockstep, one
+    # generate call per round for all of them (the local executor); M, lookahead and the
+    # resampling temperature as search-and-learn and its_hub define them.
+    batch_problems: Positive = 8
+    beam_width: Positive = 4  # M: beam keeps N/M beams, each continued M times; DVTS: N/M subtrees of M
+    lookahead: NonNegative = 0  # greedy steps after each candidate before it is scored (beam, dvts)
+    filter_duplicates: bool = False  # beam: drop a beam whose text repeats an earlier one's
+    particle_temperature: PositiveFloat = 1.0  # particles: weights softmax(logit(r) / temperature)
 
 
 # Keys that may change between a run and its resumption without changing any result's meaning.
@@ -104,6 +121,7 @@ OPERATIONAL_KEYS = {
     "executor",
     "workers",
     "ray_address",
+    "batch_problems",
     "limit",
     "progress",
     "report_only",
@@ -173,10 +191,79 @@ class _CountingPolicy:
             self.calls += 1
 
 
+TREE_KINDS = ("beam", "dvts", "particles", "hier")
+
+
+def make_search(m: Method, n: int, cfg: EvalConfig, seed: list[int]) -> Any:
+    from hiprm.search.beam import BeamSearch
+    from hiprm.search.dvts import DVTS
+    from hiprm.search.hier import hier_search
+    from hiprm.search.particles import ParticleFilter
+
+    if m.kind == "beam":
+        return BeamSearch(n, cfg.beam_width, m.how or "last", cfg.max_steps, cfg.filter_duplicates)
+    if m.kind == "dvts":
+        return DVTS(n, cfg.beam_width, m.how or "last", cfg.max_steps)
+    if m.kind == "particles":
+        return ParticleFilter(n, m.how or "last", cfg.max_steps, cfg.particle_temperature, [*seed, n])
+    return hier_search(n, cfg.max_steps)
+
+
+def solve_trees(problems: list[Problem], cfg: EvalConfig, methods: list[Method], policy: Any,
+                scorers: dict[str, Any]) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """The tree searches of `problems`, all in lockstep (`hiprm.search.rounds.run_rounds`): per
+    problem its results, one row per search (method, N) and its cost."""
+    from hiprm.policy.steps import final_answer
+    from hiprm.search.rounds import Job, run_rounds
+
+    tree = [m for m in methods if m.kind in TREE_KINDS]
+    if not tree:
+        return {}
+    style = make_style(cfg.prompt.style, cfg.prompt.template, cfg.prompt.step_stops, cfg.prompt.end_stop)
+    jobs = [
+        Job(p.question, m.rm, make_search(m, n, cfg, problem_seed(cfg.seed, p.problem_id)),
+            view="hier" if m.kind == "hier" else "step", lookahead=cfg.lookahead if m.kind in ("beam", "dvts") else 0,
+            key=(p.problem_id, m.name, n))
+        for p in problems for m in tree for n in sorted(set(cfg.n_values))
+    ]  # fmt: skip
+    t0 = time.perf_counter()
+    stats = run_rounds(jobs, policy, style, scorers, temperature=cfg.temperature, top_p=cfg.top_p,
+                       max_tokens=cfg.max_step_tokens, seed=[cfg.seed])  # fmt: skip
+    seconds = time.perf_counter() - t0
+    ref = {p.problem_id: p.answer for p in problems}
+    out: dict[str, dict[str, Any]] = {
+        p.problem_id: {"results": {}, "searches": [], "cost": {
+            "tree_tokens": 0, "tree_rm_inputs": 0, "tree_batch_problems": len(problems),
+            "tree_batch_rounds": stats.rounds, "tree_batch_generate_calls": stats.generate_calls,
+            "tree_batch_rm_calls": stats.rm_calls, "tree_batch_seconds": round(seconds, 3)}}
+        for p in problems
+    }  # fmt: skip
+    for j in jobs:
+        pid, name, n = j.key
+        path, score = j.search.outcome()
+        text = "".join(path)
+        answer = final_answer(text, style)
+        correct = answer is not None and is_equivalent(answer, ref[pid])
+        rec = out[pid]
+        slot = rec["results"].setdefault(name, {}).setdefault(str(n), {"correct": [], "chosen": [], "tokens": []})
+        slot["correct"].append(int(correct))
+        slot["chosen"].append(None)
+        slot["tokens"].append(j.search.tokens)
+        rec["searches"].append({"method": name, "n": n, "answer": answer, "correct": correct, "score": score,
+                                "tokens": j.search.tokens, "rm_inputs": j.search.rm_inputs,
+                                "rounds": len(j.search.rounds), "kept": j.search.kept, "steps": len(path),
+                                "text": text})  # fmt: skip
+        rec["cost"]["tree_tokens"] += j.search.tokens
+        rec["cost"]["tree_rm_inputs"] += j.search.rm_inputs
+    return out
+
+
 def solve_problem(
-    problem: Problem, cfg: EvalConfig, methods: list[Method], policy: Any, scorers: dict[str, Any]
+    problem: Problem, cfg: EvalConfig, methods: list[Method], policy: Any, scorers: dict[str, Any],
+    trees: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Every method at every N for one problem -> its record for `problems.jsonl`."""
+    """Every method at every N for one problem -> its record for `problems.jsonl`. `trees`: its
+    tree searches when they ran batched with other problems' (`solve_trees`)."""
     t0 = time.perf_counter()
     style = make_style(cfg.prompt.style, cfg.prompt.template, cfg.prompt.step_stops, cfg.prompt.end_stop)
     pol = _CountingPolicy(policy)
@@ -192,7 +279,13 @@ def solve_problem(
         "results": {},
     }
     cost: dict[str, Any] = {}
-    whole = [m for m in methods if m.kind != "step"]
+    if any(m.kind in TREE_KINDS for m in methods):
+        if trees is None:
+            trees = solve_trees([problem], cfg, methods, pol, rms)[problem.problem_id]
+        rec["results"].update(trees["results"])
+        rec["searches"] = trees["searches"]
+        cost.update(trees["cost"])
+    whole = [m for m in methods if m.kind not in ("step", *TREE_KINDS)]
     if whole:
         params = SamplingParams(
             n=n_max,
@@ -227,13 +320,14 @@ def solve_problem(
             seed,
         )
         for (rm, n, _s), (_answer, ok) in sorted(sr.answers.items()):
-            slot = (
-                rec["results"].setdefault(f"{rm}-step", {}).setdefault(str(n), {"correct": [], "chosen": []})
-            )
+            slot = rec["results"].setdefault(f"{rm}-step", {}).setdefault(
+                str(n), {"correct": [], "chosen": [], "tokens": []})  # fmt: skip
             slot["correct"].append(int(ok))
         rec["step_candidates"], rec["paths"] = to_records(sr)
         for path in rec["paths"]:
-            rec["results"][path["method"]][str(path["n"])]["chosen"].append(path["choices"])
+            slot = rec["results"][path["method"]][str(path["n"])]
+            slot["chosen"].append(path["choices"])
+            slot["tokens"].append(path["tokens"])
         cost.update(
             step_pool_tokens=sr.cost["pool_tokens"],
             step_one_run_per_n_tokens=sr.cost["one_run_per_n_tokens"],
@@ -379,6 +473,15 @@ def _records(
         yield from map_unordered(
             eval_problem, jobs, executor="ray", ray_address=cfg.ray_address, workers=cfg.workers
         )
+        return
+    if cfg.executor == "local" and any(m.kind in TREE_KINDS for m in methods):
+        # Tree searches of `batch_problems` problems in lockstep (one generate call per round
+        # for all of them); each problem's record is still written whole, once it is done.
+        for i in range(0, len(todo), cfg.batch_problems):
+            chunk = todo[i : i + cfg.batch_problems]
+            trees = solve_trees(chunk, cfg, methods, policy, scorers)
+            for p in chunk:
+                yield solve_problem(p, cfg, methods, policy, scorers, trees[p.problem_id])
         return
     if cfg.executor == "threads":
         import threading

@@ -107,3 +107,19 @@ def test_sampled_decoding_is_seeded(pair):
 def test_an_unknown_decoder_is_refused(tiny_lm_dir):
     with pytest.raises(ValueError, match="decoder must be one of"):
         HFPolicy(str(tiny_lm_dir), decoder="vllm")
+
+
+@pytest.mark.slow
+def test_per_prompt_seeds_make_samples_independent_of_the_batch(pair):
+    """With `seeds`, a prompt's samples are the same alone, in a batch of others, and in another
+    order: what batching eval and annotation across problems relies on."""
+    ours, _ = pair
+    prompts = ["Question: What is 2 + 3?", "so x", "abc def ghi jkl"]
+    params = SamplingParams(n=2, temperature=1.0, max_tokens=12, seeds=[11, 22, 33])
+    together = ours.generate(prompts, params)
+    for i, p in enumerate(prompts):
+        assert ours.generate([p], SamplingParams(n=2, temperature=1.0, max_tokens=12, seeds=[params.seeds[i]])) == [
+            together[i]]  # fmt: skip
+    backwards = ours.generate(prompts[::-1], SamplingParams(n=2, temperature=1.0, max_tokens=12, seeds=[33, 22, 11]))
+    assert backwards[::-1] == together
+    assert together[0][0] != together[0][1] or together[1][0] != together[1][1]  # the two samples differ

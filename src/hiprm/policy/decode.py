@@ -52,12 +52,15 @@ def last_logits_only(model: Any) -> dict[str, int]:
     return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
 
 
-def sample_tokens(logits: Any, temperature: float, top_p: float, top_k: int = 256) -> Any:
+def sample_tokens(logits: Any, temperature: float, top_p: float, top_k: int = 256,
+                  generators: list[Any] | None = None) -> Any:  # fmt: skip
     """One token per row of `logits` (rows, vocab): argmax at temperature 0, else a draw from
     softmax(logits / temperature) restricted to its nucleus: the most likely tokens whose mass
     before them is < top_p (so at least one token is kept, as in transformers' top-p).
 
-    Uses the current torch generator of the logits' device (`torch.manual_seed` reproduces it).
+    Uses the current torch generator of the logits' device (`torch.manual_seed` reproduces it),
+    or one generator per row (`generators`): each row then draws one uniform number per call from
+    its own stream, so what a row samples does not depend on the other rows of the batch.
     """
     import torch
 
@@ -74,7 +77,11 @@ def sample_tokens(logits: Any, temperature: float, top_p: float, top_k: int = 25
         cum = vals.cumsum(-1)
         vals = vals * ((cum - vals) < top_p)
         cum = vals.cumsum(-1)
-    u = torch.rand((probs.shape[0], 1), device=probs.device, dtype=cum.dtype) * cum[:, -1:]
+    if generators is None:
+        u = torch.rand((probs.shape[0], 1), device=probs.device, dtype=cum.dtype)
+    else:
+        u = torch.cat([torch.rand((1, 1), generator=g, device=probs.device, dtype=cum.dtype) for g in generators])
+    u = u * cum[:, -1:]
     pick = torch.searchsorted(cum, u, right=True).clamp_max(cum.shape[-1] - 1)
     return (pick if idx is None else idx.gather(1, pick)).squeeze(1)
 
@@ -91,6 +98,7 @@ def decode(
     eos: set[int],
     pad_id: int,
     compact_at: float = 0.125,
+    generators: list[Any] | None = None,
 ) -> list[list[int]]:
     """Sample up to `max_new` tokens for each row; returns each row's new tokens, up to and
     including the token that ended it (an `eos` token, or the one after which `stopped(tokens)`
@@ -98,6 +106,8 @@ def decode(
 
     ids, mask: (prompts, P) left-padded; rows: (R,) long, the prompt of each sample row.
     `compact_at`: finished rows are dropped from the batch once they are this share of it.
+    `generators`: one torch generator per sample row (`sample_tokens`), for draws that do not
+    depend on the batch a row is decoded in.
     """
     import torch
     from transformers import StaticCache
@@ -124,7 +134,8 @@ def decode(
     for step in range(max_new):
         logits = model(input_ids=current, attention_mask=attend, position_ids=pos,
                        use_cache=True, **{kw: cache}).logits[:, -1]  # fmt: skip
-        new = sample_tokens(logits, temperature, top_p).tolist()
+        new = sample_tokens(logits, temperature, top_p,
+                            generators=None if generators is None else [generators[r] for r in live]).tolist()
         for j, r in enumerate(live):
             if done[j]:
                 continue

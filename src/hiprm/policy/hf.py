@@ -97,6 +97,17 @@ def resolve_policy_model(name_or_path: str) -> str:
     return str(resolve_model_path(name_or_path))
 
 
+def _row_seed(seed: int | None, k: int) -> int:
+    """The seed of sample k of a prompt whose seed is `seed` (63 bits).
+
+    >>> _row_seed(7, 0) != _row_seed(7, 1) and _row_seed(7, 1) == _row_seed(7, 1)
+    True
+    """
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(f"{seed}|{k}".encode()).digest()[:8], "big") >> 1
+
+
 def policy_dtype(device: str, dtype: str = "auto") -> Any:
     """The policy's weight dtype: `dtype` by name, or (auto) fp32 on CPU, where bf16 matmuls are
     many times slower, and bf16 on an accelerator.
@@ -180,10 +191,16 @@ class HFPolicy:
             if params.seed is not None:
                 torch.manual_seed(params.seed)
             for start in range(0, len(prompts), per_batch):
-                out.extend(self._generate_batch(prompts[start : start + per_batch], params))
+                seeds = None if params.seeds is None else [params.seed_for(i) for i in
+                                                           range(start, min(start + per_batch, len(prompts)))]  # fmt: skip
+                out.extend(self._generate_batch(prompts[start : start + per_batch], params, seeds))
         return out
 
-    def _generate_batch(self, prompts: list[str], params: SamplingParams) -> list[list[str]]:
+    def _generate_batch(self, prompts: list[str], params: SamplingParams,
+                        seeds: list[int | None] | None = None) -> list[list[str]]:  # fmt: skip
+        """`seeds` (one per prompt, from `params.seeds`): the hiprm decoder then samples each row
+        from its own generator seeded by (prompt seed, sample index), so a prompt's samples do
+        not depend on the other prompts of the call, on how calls are batched, or on a resume."""
         import torch
 
         greedy = params.temperature == 0
@@ -208,9 +225,15 @@ class HFPolicy:
             max_new = min(max_new, context - ids.shape[1])
         if not (self.share_prefill and len(rows) > len(unique)):
             ids, mask, rows = ids[rows], mask[rows], torch.arange(len(rows))
-        run = self._decode if self.decoder == "hiprm" else self._generate
+        gens = None
+        if seeds is not None and not greedy and self.decoder == "hiprm":
+            gens = [torch.Generator(device=self.device).manual_seed(_row_seed(seeds[i], k))
+                    for i in range(len(prompts)) for k in range(per)]  # fmt: skip
         with torch.no_grad():
-            new = run(ids, mask, rows, max_new, params)
+            if self.decoder == "hiprm":
+                new = self._decode(ids, mask, rows, max_new, params, gens)
+            else:
+                new = self._generate(ids, mask, rows, max_new, params)
         self.tokens_generated += sum(len(t) for t in new)
         texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
         texts = [Sample(cut_at_stop(t, params.stop, params.include_stop)[0], len(ids_))
@@ -218,7 +241,8 @@ class HFPolicy:
         grouped = [texts[i * per : (i + 1) * per] for i in range(len(prompts))]
         return [g * params.n if greedy else g for g in grouped]
 
-    def _decode(self, ids: Any, mask: Any, rows: Any, max_new: int, params: SamplingParams) -> list[list[int]]:
+    def _decode(self, ids: Any, mask: Any, rows: Any, max_new: int, params: SamplingParams,
+                generators: list[Any] | None = None) -> list[list[int]]:  # fmt: skip
         from hiprm.policy.decode import decode
 
         stops = [s for s in params.stop if s]
@@ -228,7 +252,8 @@ class HFPolicy:
             return tail_has_stop(self.tokenizer, stops, [tokens[-window:]])[0]
 
         return decode(self.model, ids, mask, rows, max_new, params.temperature, params.top_p,
-                      stopped if stops else None, self._eos_ids(), self.tokenizer.pad_token_id)  # fmt: skip
+                      stopped if stops else None, self._eos_ids(), self.tokenizer.pad_token_id,
+                      generators=generators)  # fmt: skip
 
     def _generate(self, ids: Any, mask: Any, rows: Any, max_new: int, params: SamplingParams) -> list[list[int]]:
         """transformers' `generate`; each row's tokens up to its first pad/eos (finished rows are

@@ -28,8 +28,8 @@ class SamplingParams:
     `seed`: same prompts + same params + same seed -> same samples (per backend and machine).
     `seeds`: optionally one seed per prompt, so what a prompt gets does not depend on which
     other prompts share the call (annotation batches many problems together and must give the
-    same tree when resumed in another batch). The scripted and OpenAI-compatible backends honour
-    it; the hf backend samples a batch from one generator and uses `seed` for the whole call.
+    same tree when resumed in another batch). Every backend honours it: the hf backend's own
+    decoder draws each row from a generator of its own (its `decoder=generate` uses `seed`).
     """
 
     n: int = 1

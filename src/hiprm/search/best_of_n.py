@@ -151,22 +151,36 @@ def sample_pool(
     params: SamplingParams,
 ) -> list[Candidate]:
     """N_max complete solutions (stopping at the end marker), split into steps and graded."""
-    prompt = style.prompt_for(question, "", policy.render_chat)
-    texts = policy.generate([prompt], params)[0]
-    out = []
-    for i, text in enumerate(texts):
-        answer = final_answer(text, style)
-        out.append(
-            Candidate(
-                index=i,
-                text=text,
-                steps=split_solution(text, style) or [text.strip()],
-                answer=answer,
-                correct=answer is not None and is_equivalent(answer, reference),
-                tokens=generated_tokens(policy, text),
+    return sample_pools(policy, style, [(question, reference)], n_max, params)[0]
+
+
+def sample_pools(
+    policy: Policy,
+    style: PromptStyle,
+    problems: list[tuple[str, str]],
+    n_max: int,
+    params: SamplingParams,
+) -> list[list[Candidate]]:
+    """`sample_pool` for several (question, reference) problems in one `generate` call (give
+    `params.seeds`, one per problem, for pools that do not depend on the batch)."""
+    prompts = [style.prompt_for(q, "", policy.render_chat) for q, _ in problems]
+    pools = []
+    for (_, reference), texts in zip(problems, policy.generate(prompts, params), strict=True):
+        out = []
+        for i, text in enumerate(texts):
+            answer = final_answer(text, style)
+            out.append(
+                Candidate(
+                    index=i,
+                    text=text,
+                    steps=split_solution(text, style) or [text.strip()],
+                    answer=answer,
+                    correct=answer is not None and is_equivalent(answer, reference),
+                    tokens=generated_tokens(policy, text),
+                )
             )
-        )
-    return out
+        pools.append(out)
+    return pools
 
 
 def score_pool(candidates: list[Candidate], question: str, scorers: dict[str, Any]) -> None:
@@ -175,14 +189,20 @@ def score_pool(candidates: list[Candidate], question: str, scorers: dict[str, An
     PRM/HRM: one reward per step prefix. ORM: one reward, for the last step given all earlier
     ones, which is how ORM examples are built, i.e. the whole solution as one input.
     """
+    score_pools([(question, candidates)], scorers)
+
+
+def score_pools(pools: list[tuple[str, list[Candidate]]], scorers: dict[str, Any]) -> None:
+    """`score_pool` for the pools of several problems: one scoring call per model for all."""
+    every = [(q, c) for q, cands in pools for c in cands]
     for rm, scorer in scorers.items():
         if rm == "orm":
-            whole = scorer.score_inputs([(question, c.steps[:-1], c.steps[-1]) for c in candidates])
-            for c, r in zip(candidates, whole, strict=True):
+            whole = scorer.score_inputs([(q, c.steps[:-1], c.steps[-1]) for q, c in every])
+            for (_, c), r in zip(every, whole, strict=True):
                 c.rewards[rm] = [float(r)]
         else:
-            rewards = score_solutions(scorer, [(question, c.steps) for c in candidates])
-            for c, r in zip(candidates, rewards, strict=True):
+            rewards = score_solutions(scorer, [(q, c.steps) for q, c in every])
+            for (_, c), r in zip(every, rewards, strict=True):
                 c.rewards[rm] = r
 
 

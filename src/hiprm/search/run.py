@@ -65,11 +65,11 @@ from hiprm.search.best_of_n import (
     parse_method,
     pool_cost,
     problem_seed,
-    sample_pool,
-    score_pool,
+    sample_pools,
+    score_pools,
 )
 from hiprm.search.report import all_results, write_report
-from hiprm.search.stepwise import step_search, to_records
+from hiprm.search.stepwise import step_search_many, to_records
 
 log = logging.getLogger(__name__)
 
@@ -106,10 +106,11 @@ class EvalConfig:
     executor: str = "local"
     workers: Positive = 4
     ray_address: str = ""
-    # Tree searches (beam, dvts, particles, hier): batch_problems problems run in lockstep, one
-    # generate call per round for all of them (the local executor); M, lookahead and the
-    # resampling temperature as search-and-learn and its_hub define them.
+    # The local executor solves batch_problems problems together: one generate call per round
+    # for all of them (whole-solution pools, step search, tree searches); records stay per problem.
     batch_problems: Positive = 8
+    # Tree searches (beam, dvts, particles): M, lookahead and the resampling temperature as
+    # search-and-learn and its_hub define them.
     beam_width: Positive = 4  # M: beam keeps N/M beams, each continued M times; DVTS: N/M subtrees of M
     lookahead: NonNegative = 0  # greedy steps after each candidate before it is scored (beam, dvts)
     filter_duplicates: bool = False  # beam: drop a beam whose text repeats an earlier one's
@@ -259,32 +260,40 @@ def solve_trees(problems: list[Problem], cfg: EvalConfig, methods: list[Method],
 
 
 def solve_problem(
-    problem: Problem, cfg: EvalConfig, methods: list[Method], policy: Any, scorers: dict[str, Any],
-    trees: dict[str, Any] | None = None,
+    problem: Problem, cfg: EvalConfig, methods: list[Method], policy: Any, scorers: dict[str, Any]
 ) -> dict[str, Any]:
-    """Every method at every N for one problem -> its record for `problems.jsonl`. `trees`: its
-    tree searches when they ran batched with other problems' (`solve_trees`)."""
+    """Every method at every N for one problem -> its record for `problems.jsonl`."""
+    return solve_batch([problem], cfg, methods, policy, scorers)[0]
+
+
+def solve_batch(
+    problems: list[Problem], cfg: EvalConfig, methods: list[Method], policy: Any, scorers: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Every method at every N for several problems at once -> their records, in order.
+
+    Each method family runs all the problems together: one `generate` call for every problem's
+    pool of whole solutions, step-level search and the tree searches in lockstep (one call per
+    round), one scoring call per reward model for all. Every request carries a seed from its
+    problem, so a problem's record does not depend on the batch it ran in (`batch_problems`).
+    The batch's counters (calls, seconds) are shared out equally among its problems."""
     t0 = time.perf_counter()
     style = make_style(cfg.prompt.style, cfg.prompt.template, cfg.prompt.step_stops, cfg.prompt.end_stop)
     pol = _CountingPolicy(policy)
     rms = {name: _CountingScorer(s) for name, s in scorers.items()}
     n_values = sorted(set(cfg.n_values))
     n_max = n_values[-1]
-    seed = problem_seed(cfg.seed, problem.problem_id)
-    rec: dict[str, Any] = {
-        "problem_id": problem.problem_id,
-        "question": problem.question,
-        "reference": problem.answer,
-        "source": problem.source,
-        "results": {},
-    }
-    cost: dict[str, Any] = {}
+    seeds = [problem_seed(cfg.seed, p.problem_id) for p in problems]
+    recs: list[dict[str, Any]] = [
+        {"problem_id": p.problem_id, "question": p.question, "reference": p.answer, "source": p.source, "results": {}}
+        for p in problems
+    ]  # fmt: skip
+    costs: list[dict[str, Any]] = [{} for _ in problems]
     if any(m.kind in TREE_KINDS for m in methods):
-        if trees is None:
-            trees = solve_trees([problem], cfg, methods, pol, rms)[problem.problem_id]
-        rec["results"].update(trees["results"])
-        rec["searches"] = trees["searches"]
-        cost.update(trees["cost"])
+        trees = solve_trees(problems, cfg, methods, pol, rms)
+        for p, rec, cost in zip(problems, recs, costs, strict=True):
+            rec["results"].update(trees[p.problem_id]["results"])
+            rec["searches"] = trees[p.problem_id]["searches"]
+            cost.update(trees[p.problem_id]["cost"])
     whole = [m for m in methods if m.kind not in ("step", *TREE_KINDS)]
     if whole:
         params = SamplingParams(
@@ -293,57 +302,54 @@ def solve_problem(
             top_p=cfg.top_p,
             max_tokens=cfg.max_solution_tokens,
             stop=[style.end_stop],
-            seed=seed[1] ^ cfg.seed,
+            seed=seeds[0][1] ^ cfg.seed,
+            seeds=[seed[1] ^ cfg.seed for seed in seeds],
             include_stop=True,
         )
-        cands = sample_pool(pol, style, problem.question, problem.answer, n_max, params)
-        score_pool(cands, problem.question, {m.rm: rms[m.rm] for m in whole if m.rm})
-        rec["results"].update(evaluate(whole, cands, n_values, cfg.subsamples, seed))
-        rec["candidates"] = [c.to_dict() for c in cands]
-        pc = pool_cost(cands, n_values, cfg.subsamples, seed)
-        cost.update(
-            solution_pool_tokens=pc["pool_tokens"], solution_one_run_per_n_tokens=pc["one_run_per_n_tokens"]
-        )
+        pools = sample_pools(pol, style, [(p.question, p.answer) for p in problems], n_max, params)
+        score_pools([(p.question, cands) for p, cands in zip(problems, pools, strict=True)],
+                    {m.rm: rms[m.rm] for m in whole if m.rm})  # fmt: skip
+        for rec, cost, cands, seed in zip(recs, costs, pools, seeds, strict=True):
+            rec["results"].update(evaluate(whole, cands, n_values, cfg.subsamples, seed))
+            rec["candidates"] = [c.to_dict() for c in cands]
+            pc = pool_cost(cands, n_values, cfg.subsamples, seed)
+            cost.update(solution_pool_tokens=pc["pool_tokens"],
+                        solution_one_run_per_n_tokens=pc["one_run_per_n_tokens"])  # fmt: skip
     stepwise = [m for m in methods if m.kind == "step"]
     if stepwise:
         params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_step_tokens)
-        sr = step_search(
-            pol,
-            style,
-            problem.question,
-            problem.answer,
-            {m.rm: rms[m.rm] for m in stepwise},
-            n_values,
-            cfg.subsamples,
-            params,
-            cfg.max_steps,
-            seed,
-        )
-        for (rm, n, _s), (_answer, ok) in sorted(sr.answers.items()):
-            slot = rec["results"].setdefault(f"{rm}-step", {}).setdefault(
-                str(n), {"correct": [], "chosen": [], "tokens": []})  # fmt: skip
-            slot["correct"].append(int(ok))
-        rec["step_candidates"], rec["paths"] = to_records(sr)
-        for path in rec["paths"]:
-            slot = rec["results"][path["method"]][str(path["n"])]
-            slot["chosen"].append(path["choices"])
-            slot["tokens"].append(path["tokens"])
+        results = step_search_many(pol, style, [(p.question, p.answer, seed) for p, seed in zip(problems, seeds, strict=True)],
+                                   {m.rm: rms[m.rm] for m in stepwise}, n_values, cfg.subsamples, params,
+                                   cfg.max_steps)  # fmt: skip
+        for rec, cost, sr in zip(recs, costs, results, strict=True):
+            for (rm, n, _s), (_answer, ok) in sorted(sr.answers.items()):
+                slot = rec["results"].setdefault(f"{rm}-step", {}).setdefault(
+                    str(n), {"correct": [], "chosen": [], "tokens": []})  # fmt: skip
+                slot["correct"].append(int(ok))
+            rec["step_candidates"], rec["paths"] = to_records(sr)
+            for path in rec["paths"]:
+                slot = rec["results"][path["method"]][str(path["n"])]
+                slot["chosen"].append(path["choices"])
+                slot["tokens"].append(path["tokens"])
+            cost.update(
+                step_pool_tokens=sr.cost["pool_tokens"],
+                step_one_run_per_n_tokens=sr.cost["one_run_per_n_tokens"],
+                step_independent_runs_tokens=sr.cost["independent_runs_tokens"],
+                step_prefixes=sr.cost["prefixes"],
+            )
+    k = len(problems)
+    for rec, cost in zip(recs, costs, strict=True):
         cost.update(
-            step_pool_tokens=sr.cost["pool_tokens"],
-            step_one_run_per_n_tokens=sr.cost["one_run_per_n_tokens"],
-            step_independent_runs_tokens=sr.cost["independent_runs_tokens"],
-            step_prefixes=sr.cost["prefixes"],
+            batch_problems=k,
+            rm_calls=sum(s.calls for s in rms.values()) / k,
+            rm_inputs=sum(s.inputs for s in rms.values()) / k,
+            rm_seconds=round(sum(s.seconds for s in rms.values()) / k, 3),
+            generate_calls=pol.calls / k,
+            policy_seconds=round(pol.seconds / k, 3),
+            seconds=round((time.perf_counter() - t0) / k, 3),
         )
-    cost.update(
-        rm_calls=sum(s.calls for s in rms.values()),
-        rm_inputs=sum(s.inputs for s in rms.values()),
-        rm_seconds=round(sum(s.seconds for s in rms.values()), 3),
-        generate_calls=pol.calls,
-        policy_seconds=round(pol.seconds, 3),
-        seconds=round(time.perf_counter() - t0, 3),
-    )
-    rec["cost"] = cost
-    return rec
+        rec["cost"] = cost
+    return recs
 
 
 def _build_scorers(cfg: EvalConfig, methods: list[Method]) -> dict[str, Any]:
@@ -474,14 +480,11 @@ def _records(
             eval_problem, jobs, executor="ray", ray_address=cfg.ray_address, workers=cfg.workers
         )
         return
-    if cfg.executor == "local" and any(m.kind in TREE_KINDS for m in methods):
-        # Tree searches of `batch_problems` problems in lockstep (one generate call per round
-        # for all of them); each problem's record is still written whole, once it is done.
+    if cfg.executor == "local":
+        # `batch_problems` problems at a time, each method family in one call per round for all
+        # of them; each problem's record is still written whole, once its batch is done.
         for i in range(0, len(todo), cfg.batch_problems):
-            chunk = todo[i : i + cfg.batch_problems]
-            trees = solve_trees(chunk, cfg, methods, policy, scorers)
-            for p in chunk:
-                yield solve_problem(p, cfg, methods, policy, scorers, trees[p.problem_id])
+            yield from solve_batch(todo[i : i + cfg.batch_problems], cfg, methods, policy, scorers)
         return
     if cfg.executor == "threads":
         import threading

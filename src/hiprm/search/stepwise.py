@@ -78,88 +78,132 @@ def step_search(
     max_steps: int,
     seed: list[int],
 ) -> SearchResult:
-    """Run every (reward model, N, subsample) path for one problem, in lockstep by depth.
+    """Run every (reward model, N, subsample) path for one problem, in lockstep by depth
+    (`step_search_many` with one problem)."""
+    return step_search_many(policy, style, [(question, reference, seed)], scorers, n_values, n_subsamples, params,
+                            max_steps)[0]  # fmt: skip
+
+
+def step_search_many(
+    policy: Policy,
+    style: PromptStyle,
+    problems: list[tuple[str, str, list[int]]],
+    scorers: dict[str, Any],
+    n_values: list[int],
+    n_subsamples: int,
+    params: SamplingParams,
+    max_steps: int,
+) -> list[SearchResult]:
+    """Step-level search for several problems (question, reference, seed) at once, in lockstep by
+    depth: per depth one `generate` call for the missing slots of every problem (a batched
+    backend decodes them together) and one `score_inputs` call per reward model.
 
     `scorers` maps a reward-model name ("prm", "hrm") to a `StepScorer` (`score_inputs`);
     `params` gives temperature/top_p/max_tokens (its `n`, `stop` and `seed` are set per call).
+    Every request carries its own seed, from its problem's seed, depth, prefix and slot, so a
+    problem's search does not depend on which problems share its calls.
     """
     n_max = max(n_values)
-    paths = [
-        Path(rm, n, s)
-        for rm in scorers
-        for n in n_values
-        for s in range(1 if n == n_max else n_subsamples)
-    ]
-    pools: dict[Prefix, dict[int, StepCandidate]] = {}
-    rewards: dict[tuple[str, Prefix, int], float] = {}
+    states = [_State(q, ref, list(seed), [Path(rm, n, s) for rm in scorers for n in n_values
+                                          for s in range(1 if n == n_max else n_subsamples)])
+              for q, ref, seed in problems]  # fmt: skip
     calls = 0
     for depth in range(max_steps):
-        active = [p for p in paths if not p.done]
-        if not active:
+        live = [st for st in states if any(not p.done for p in st.paths)]
+        if not live:
             break
-        for p in active:
-            p.looked_at.append(nested_subset(n_max, p.n, [*seed, p.subsample, depth]))
-        # 1. generate the slots some path needs, all in one call: one prompt per missing slot
-        # (n=1), so a batched backend decodes every prefix's candidates together
-        missing: dict[Prefix, set[int]] = {}
-        for p in active:
-            have = pools.setdefault(p.prefix, {})
-            missing.setdefault(p.prefix, set()).update(i for i in p.looked_at[-1] if i not in have)
-        requests = [(prefix, slot) for prefix in sorted(missing) for slot in sorted(missing[prefix])]
+        # 1. generate the slots some path needs, all problems in one call: one prompt per missing
+        # slot (n=1), so a batched backend decodes every prefix's candidates together
+        requests: list[tuple[_State, Prefix, int]] = []
+        for st in live:
+            missing: dict[Prefix, set[int]] = {}
+            for p in st.paths:
+                if p.done:
+                    continue
+                p.looked_at.append(nested_subset(n_max, p.n, [*st.seed, p.subsample, depth]))
+                have = st.pools.setdefault(p.prefix, {})
+                missing.setdefault(p.prefix, set()).update(i for i in p.looked_at[-1] if i not in have)
+            requests += [(st, prefix, slot) for prefix in sorted(missing) for slot in sorted(missing[prefix])]
         if requests:
-            prompts = [style.prompt_for(question, "".join(prefix), policy.render_chat) for prefix, _ in requests]
+            prompts = [style.prompt_for(st.question, "".join(prefix), policy.render_chat) for st, prefix, _ in requests]
             call_params = SamplingParams(
                 n=1,
                 temperature=params.temperature,
                 top_p=params.top_p,
                 max_tokens=params.max_tokens,
                 stop=style.stops_at(depth),
-                seed=_call_seed(seed, depth, calls),
+                seed=_call_seed(requests[0][0].seed, depth, calls),
+                seeds=[_call_seed(st.seed, depth, len(prefix), *prefix, slot) for st, prefix, slot in requests],
                 include_stop=True,  # the kept delimiter tells a finished step from a cut one
             )
             calls += 1
-            for (prefix, slot), texts in zip(requests, policy.generate(prompts, call_params), strict=True):
-                pools[prefix][slot] = StepCandidate(
+            for st in live:
+                st.calls += 1
+            for (st, prefix, slot), texts in zip(requests, policy.generate(prompts, call_params), strict=True):
+                st.pools[prefix][slot] = StepCandidate(
                     text=texts[0],
                     tokens=generated_tokens(policy, texts[0]),
                     final=is_final(texts[0], style) or not texts[0].strip(),
                 )
-        # 2. score the candidates each reward model needs: one call per model for every prefix
-        need: dict[str, dict[Prefix, set[int]]] = {}
-        for p in active:
-            need.setdefault(p.rm, {}).setdefault(p.prefix, set()).update(
-                i for i in p.looked_at[-1] if (p.rm, p.prefix, i) not in rewards
-            )
-        for rm, by_prefix in need.items():
-            keys = [(prefix, i) for prefix, slots in by_prefix.items() for i in sorted(slots)]
+        # 2. score the candidates each reward model needs: one call per model for every problem
+        need: dict[str, list[tuple[_State, Prefix, int]]] = {}
+        for st in live:
+            for p in st.paths:
+                if p.done:
+                    continue
+                for i in p.looked_at[-1]:
+                    key = (st, p.prefix, i)
+                    if (p.rm, p.prefix, i) not in st.rewards and key not in need.setdefault(p.rm, []):
+                        need[p.rm].append(key)
+        for rm, keys in need.items():
             if not keys:
                 continue
             inputs = []
-            for prefix, i in keys:
-                steps = step_texts([*prefix, pools[prefix][i].text], style)
-                inputs.append((question, steps[:-1], steps[-1]))
-            for (prefix, i), r in zip(keys, scorers[rm].score_inputs(inputs), strict=True):
-                rewards[(rm, prefix, i)] = float(r)
+            for st, prefix, i in keys:
+                steps = step_texts([*prefix, st.pools[prefix][i].text], style)
+                inputs.append((st.question, steps[:-1], steps[-1]))
+            for (st, prefix, i), r in zip(keys, scorers[rm].score_inputs(inputs), strict=True):
+                st.rewards[(rm, prefix, i)] = float(r)
         # 3. every path keeps its best candidate
-        for p in active:
-            looked = p.looked_at[-1]
-            pool = pools[p.prefix]
-            pick = looked[best_index([rewards[(p.rm, p.prefix, i)] for i in looked])]
-            p.tokens += sum(pool[i].tokens for i in looked)
-            p.choices.append(pick)
-            chosen = pool[pick]
-            p.prefix = (*p.prefix, chosen.text)
-            p.done = chosen.final
-    answers: dict[tuple[str, int, int], tuple[str | None, bool]] = {}
-    for p in paths:
-        p.done = True
-        answer = final_answer("".join(p.prefix), style)
-        answers[(p.rm, p.n, p.subsample)] = (answer, answer is not None and is_equivalent(answer, reference))
-    return SearchResult(pools, rewards, paths, answers, _cost(pools, paths, n_values), calls)
+        for st in live:
+            for p in st.paths:
+                if p.done:
+                    continue
+                looked = p.looked_at[-1]
+                pool = st.pools[p.prefix]
+                pick = looked[best_index([st.rewards[(p.rm, p.prefix, i)] for i in looked])]
+                p.tokens += sum(pool[i].tokens for i in looked)
+                p.choices.append(pick)
+                chosen = pool[pick]
+                p.prefix = (*p.prefix, chosen.text)
+                p.done = chosen.final
+    results = []
+    for st in states:
+        answers: dict[tuple[str, int, int], tuple[str | None, bool]] = {}
+        for p in st.paths:
+            p.done = True
+            answer = final_answer("".join(p.prefix), style)
+            answers[(p.rm, p.n, p.subsample)] = (answer, answer is not None and is_equivalent(answer, st.reference))
+        results.append(SearchResult(st.pools, st.rewards, st.paths, answers, _cost(st.pools, st.paths, n_values),
+                                    st.calls))  # fmt: skip
+    return results
 
 
-def _call_seed(seed: list[int], depth: int, call: int) -> int:
-    blob = ",".join(str(x) for x in (*seed, depth, call)).encode()
+@dataclass(eq=False)
+class _State:
+    """One problem's step search in `step_search_many`."""
+
+    question: str
+    reference: str
+    seed: list[int]
+    paths: list[Path]
+    pools: dict[Prefix, dict[int, StepCandidate]] = field(default_factory=dict)
+    rewards: dict[tuple[str, Prefix, int], float] = field(default_factory=dict)
+    calls: int = 0
+
+
+def _call_seed(seed: list[int], depth: int, *parts: Any) -> int:
+    blob = ",".join(str(x) for x in (*seed, depth, *parts)).encode()
     return int.from_bytes(hashlib.sha256(blob).digest()[:4], "big") >> 1
 
 

@@ -278,3 +278,59 @@ def test_resume_after_the_dataset_was_edited_is_refused(data, tmp_path):
     with pytest.raises(ConfigError, match="dataset"):
         run(_cfg(data, out, "limit=2"), policy=ScriptedPolicy(RULES), scorers=SCORERS)
     assert len(read_done(out / "problems.jsonl")) == 1
+
+
+class NoPolicy:
+    """A policy that must not be asked: `pool=` generates nothing."""
+
+    concurrent = False
+
+    def __getattr__(self, name):
+        raise AssertionError(f"the policy was used ({name})")
+
+
+class CountingRM(FakeRM):
+    def __init__(self, word="good", fail_after=None):
+        super().__init__(word)
+        self.calls, self.fail_after = 0, fail_after
+
+    def score_inputs(self, inputs):
+        self.calls += 1
+        if self.fail_after is not None and self.calls > self.fail_after:
+            raise KeyboardInterrupt
+        return super().score_inputs(inputs)
+
+
+def test_pool_rescores_an_earlier_runs_candidates_without_generating(data, tmp_path):
+    first = run(_cfg(data, tmp_path / "first", "methods=[majority,prm-min]"), policy=ScriptedPolicy(RULES),
+                scorers={"prm": FakeRM()})  # fmt: skip
+    args = [f"pool={first}", "methods=[majority,pass,hrm-min,hrm-vote-last]", "batch_problems=2"]
+    again = run(_cfg(data, tmp_path / "again", *args), policy=NoPolicy(), scorers={"hrm": CountingRM("bad")})
+    old, new = read_done(first / "problems.jsonl"), read_done(again / "problems.jsonl")
+    assert [r["problem_id"] for r in new] == [r["problem_id"] for r in old]
+    for a, b in zip(old, new, strict=True):
+        assert [c["text"] for c in a["candidates"]] == [c["text"] for c in b["candidates"]]
+        assert all(c["rewards"]["hrm"] for c in b["candidates"]) and b["pool"] == str(first)
+        assert b["results"]["majority"] == a["results"]["majority"]  # same candidates, same subsets
+    acc = json.loads((again / "metrics.json").read_text())["accuracy"]
+    assert acc["hrm-min"]["4"]["accuracy"] <= acc["pass"]["4"]["accuracy"]
+    # killed during the second scoring batch, the rerun scores only what is missing
+    part = tmp_path / "part"
+    with pytest.raises(KeyboardInterrupt):
+        run(_cfg(data, part, *args), policy=NoPolicy(), scorers={"hrm": CountingRM("bad", fail_after=1)})
+    assert len(read_done(part / "problems.jsonl")) == 2
+    rm = CountingRM("bad")
+    run(_cfg(data, part, *args), policy=NoPolicy(), scorers={"hrm": rm})
+    assert rm.calls == 2 and _results(part) == _results(again)  # problems 3-4, then 5
+
+
+def test_pool_refuses_what_it_cannot_rescore(data, tmp_path):
+    first = run(_cfg(data, tmp_path / "first", "methods=[majority,prm-min]", "n_values=[1,2]"),
+                policy=ScriptedPolicy(RULES), scorers={"prm": FakeRM()})  # fmt: skip
+    with pytest.raises(ConfigError, match="generate as they search"):
+        run(_cfg(data, tmp_path / "x", f"pool={first}", "methods=[prm-step]"), policy=NoPolicy(), scorers=SCORERS)
+    with pytest.raises(ConfigError, match="more than the 2 candidates"):
+        run(_cfg(data, tmp_path / "x", f"pool={first}", "methods=[prm-min]"), policy=NoPolicy(), scorers=SCORERS)
+    with pytest.raises(ConfigError, match="not found"):
+        run(_cfg(data, tmp_path / "x", f"pool={tmp_path / 'nowhere'}", "methods=[prm-min]"), policy=NoPolicy(),
+            scorers=SCORERS)  # fmt: skip

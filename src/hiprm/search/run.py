@@ -60,6 +60,7 @@ from hiprm.policy.protocol import SamplingParams
 from hiprm.records import Problem
 from hiprm.rm.scorer import ScorerSettings
 from hiprm.search.best_of_n import (
+    Candidate,
     Method,
     evaluate,
     parse_method,
@@ -109,6 +110,9 @@ class EvalConfig:
     # The local executor solves batch_problems problems together: one generate call per round
     # for all of them (whole-solution pools, step search, tree searches); records stay per problem.
     batch_problems: Positive = 8
+    # An earlier eval run folder: rescore its whole-solution candidates with this run's reward
+    # models and methods, generating nothing (a new reward model on the same candidates).
+    pool: str = ""
     # Tree searches (beam, dvts, particles): M, lookahead and the resampling temperature as
     # search-and-learn and its_hub define them.
     beam_width: Positive = 4  # M: beam keeps N/M beams, each continued M times; DVTS: N/M subtrees of M
@@ -413,7 +417,11 @@ def run(cfg: EvalConfig, *, policy: Any = None, scorers: dict[str, Any] | None =
     shard = parse_shard(cfg.shard)
     out_dir = Path(cfg.out_dir)
     run_dir = eval_run_dir(cfg)
-    problems, data_path = load_problems(cfg)
+    pooled: dict[str, list[Candidate]] = {}
+    if cfg.pool:
+        problems, data_path, pooled = load_pool(cfg, methods)
+    else:
+        problems, data_path = load_problems(cfg)
     # A reward model or policy retrained at the same path is another run: their weights are
     # part of the identity, like the dataset's contents (`inputs`).
     config = {**to_dict(cfg), "weights": {k: weights_fingerprint(getattr(cfg, k)) for k in ("orm", "prm", "hrm")
@@ -424,7 +432,9 @@ def run(cfg: EvalConfig, *, policy: Any = None, scorers: dict[str, Any] | None =
                                operational=OPERATIONAL_KEYS, inputs=[data_path], dataset_path=str(data_path),
                                problems=len(problems))  # fmt: skip
         todo = [p for p in problems if p.problem_id not in done]
-        if todo:
+        if todo and cfg.pool:
+            _rescore_all(cfg, methods, todo, pooled, len(problems), results_path, scorers)
+        elif todo:
             _solve_all(cfg, methods, todo, len(problems), results_path, policy, scorers)
     write_report(cfg.dataset, cfg.policy.model, cfg.n_values, cfg.subsamples, methods, problems, run_dir,
                  [results_path] if shard else all_results(out_dir))
@@ -497,6 +507,66 @@ def _records(
         executor=cfg.executor,
         workers=cfg.workers,
     )
+
+
+def load_pool(cfg: EvalConfig, methods: list[Method]) -> tuple[list[Problem], Path, dict[str, list[Candidate]]]:
+    """The problems and whole-solution candidates of the earlier run `cfg.pool`, checked: only
+    methods that choose among whole solutions, N no larger than the pool."""
+    from hiprm.search.report import read_done
+
+    src = Path(cfg.pool) / "problems.jsonl"
+    if not src.is_file():
+        raise ConfigError(f"pool: {src} not found (give the folder of an earlier `hiprm eval` run)")
+    bad = [m.name for m in methods if m.kind in ("step", *TREE_KINDS)]
+    if bad:
+        raise ConfigError(f"pool: {bad} generate as they search; a pool rescoring takes best-of-N, votes, "
+                          "majority and pass only")  # fmt: skip
+    problems, pools = [], {}
+    for rec in read_done(src):
+        cands = rec.get("candidates")
+        if not cands:
+            raise DataError(src, f"problem {rec['problem_id']} has no whole-solution candidates (its run had no "
+                                 "best-of-N method)", field="candidates")  # fmt: skip
+        problems.append(Problem(rec["problem_id"], rec["question"], rec["reference"], rec.get("source", "")))
+        pools[rec["problem_id"]] = [
+            Candidate(c["index"], c["text"], c["steps"], c["answer"], c["correct"], c["tokens"]) for c in cands
+        ]
+    if not problems:
+        raise DataError(src, "no finished problems to rescore")
+    smallest = min(len(c) for c in pools.values())
+    if max(cfg.n_values) > smallest:
+        raise ConfigError(f"n_values: {max(cfg.n_values)} is more than the {smallest} candidates per problem in {src}")
+    if cfg.limit > 0:
+        problems = problems[: cfg.limit]
+    return problems, src, pools
+
+
+def _rescore_all(cfg, methods, todo, pooled, total, results_path, scorers) -> None:
+    """`pool=`: score the earlier run's candidates with this run's reward models, `batch_problems`
+    problems per scoring call, and evaluate every method on them."""
+    from tqdm import tqdm
+
+    scorers = scorers if scorers is not None else _build_scorers(cfg, methods)
+    n_values = sorted(set(cfg.n_values))
+    with tqdm(total=total, initial=total - len(todo), desc="rescore", unit="problem",
+              disable=not cfg.progress) as bar:  # fmt: skip
+        for i in range(0, len(todo), cfg.batch_problems):
+            batch = todo[i : i + cfg.batch_problems]
+            t0 = time.perf_counter()
+            rms = {name: _CountingScorer(s) for name, s in scorers.items()}
+            score_pools([(p.question, pooled[p.problem_id]) for p in batch], {m.rm: rms[m.rm] for m in methods if m.rm})
+            for p in batch:
+                seed = problem_seed(cfg.seed, p.problem_id)
+                cands = pooled[p.problem_id]
+                rec = {"problem_id": p.problem_id, "question": p.question, "reference": p.answer, "source": p.source,
+                       "results": evaluate(methods, cands, n_values, cfg.subsamples, seed),
+                       "candidates": [c.to_dict() for c in cands], "pool": cfg.pool}  # fmt: skip
+                rec["cost"] = {"batch_problems": len(batch), "rm_calls": sum(s.calls for s in rms.values()) / len(batch),
+                               "rm_inputs": sum(s.inputs for s in rms.values()) / len(batch),
+                               "rm_seconds": round(sum(s.seconds for s in rms.values()) / len(batch), 3),
+                               "seconds": round((time.perf_counter() - t0) / len(batch), 3)}  # fmt: skip
+                append_jsonl(results_path, rec)
+                bar.update(1)
 
 
 def _solve_all(cfg, methods, todo, total, results_path, policy, scorers) -> None:

@@ -108,3 +108,76 @@ def test_embedded_conversion_matches_gguf_and_is_cached(tmp_path):
     del ref, model
     clf = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
     assert clf.config.pad_token_id == tok.pad_token_id
+
+
+def _fake_parts(tmp_path, monkeypatch, payloads):
+    """Packages fakepart_1..k on sys.path, each holding data/part0k.bin, and their Embedded entry."""
+    import hashlib
+
+    from hiprm.models import Embedded
+
+    for k, data in enumerate(payloads, 1):
+        pkg = tmp_path / "site" / f"fakepart_{k}"
+        (pkg / "data").mkdir(parents=True)
+        (pkg / "__init__.py").write_text("")
+        (pkg / "data" / f"part0{k}.bin").write_bytes(data)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    whole = b"".join(payloads)
+    return Embedded("fake-model", "reinstall the fake parts", tuple(f"fakepart_{k}" for k in range(1, len(payloads) + 1)),
+                    "data/part*.bin", "tests", parts=tuple((len(d), hashlib.sha256(d).hexdigest()) for d in payloads),
+                    size=len(whole), sha256=hashlib.sha256(whole).hexdigest())  # fmt: skip
+
+
+def test_parts_are_assembled_once_and_each_is_checked(tmp_path, monkeypatch):
+    from hiprm import models
+
+    payloads = [b"GGUF" + bytes(range(60)), bytes(range(100, 164)), b"tail"]
+    model = _fake_parts(tmp_path, monkeypatch, payloads)
+    monkeypatch.setattr(models, "check_gguf_metadata", lambda path, m: None)  # fake bytes are no GGUF
+    out = models.assemble_parts(model, tmp_path / "cache" / "fake.gguf")
+    assert out.read_bytes() == b"".join(payloads)
+    mtime = out.stat().st_mtime_ns
+    assert models.assemble_parts(model, out) == out and out.stat().st_mtime_ns == mtime  # done once
+    # a corrupted part: named, nothing left behind
+    part2 = tmp_path / "site" / "fakepart_2" / "data" / "part02.bin"
+    part2.write_bytes(bytes(range(101, 165)))
+    with pytest.raises(BackboneError, match=r"part 2 .*part02.bin is corrupted"):
+        models.assemble_parts(model, tmp_path / "cache2" / "fake.gguf")
+    # a truncated part
+    part2.write_bytes(bytes(range(100, 130)))
+    with pytest.raises(BackboneError, match=r"part 2 .*has 30 bytes, not 64"):
+        models.assemble_parts(model, tmp_path / "cache2" / "fake.gguf")
+    assert not list((tmp_path / "cache2").glob("*"))
+    # a missing part's package
+    import shutil
+
+    part2.write_bytes(payloads[1])
+    shutil.rmtree(tmp_path / "site" / "fakepart_3")
+    import importlib
+
+    importlib.invalidate_caches()
+    with pytest.raises(BackboneError, match="'fakepart-3', which is not installed; install it with: reinstall"):
+        models.assemble_parts(model, tmp_path / "cache3" / "fake.gguf")
+
+
+@pytest.mark.slow
+def test_the_quickstart_policy_gguf_verifies_and_its_chat_template_renders(tmp_path):
+    """The real Qwen2.5-Coder-0.5B-Instruct parts (installed by scripts/install.sh): the assembled
+    GGUF's metadata and hash check out; its config and tokenizer load and the chat template renders."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from hiprm import models
+
+    try:
+        gguf = models.find_embedded_gguf("qwen2.5-coder-0.5b-instruct")
+    except BackboneError as e:
+        pytest.skip(str(e))
+    spec = models.EMBEDDED["qwen2.5-coder-0.5b-instruct"]
+    assert gguf.stat().st_size == spec.size == 491_400_064
+    models.check_gguf_metadata(gguf, spec)
+    config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    assert config.model_type == "qwen2" and config.num_hidden_layers == 24
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    text = tok.apply_chat_template([{"role": "user", "content": "What is 2 + 3?"}], tokenize=False,
+                                   add_generation_prompt=True)  # fmt: skip
+    assert "<|im_start|>user\nWhat is 2 + 3?<|im_end|>" in text and text.endswith("<|im_start|>assistant\n")

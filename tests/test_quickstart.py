@@ -40,22 +40,22 @@ def test_every_stage_file_is_its_runners_config_and_opens_with_its_command(plan)
                                 for s in trainers)  # fmt: skip
 
 
-def test_default_annotation_problems_are_the_three_chosen_ones(shared_data):
-    """The quickstart annotates exactly the problems scripts/solve_rates.py chose (they exist in
-    the shared MATH train file, in that order, with gradable answers); the other plans' annotate
-    stages do not inherit them."""
+def test_default_annotation_problems_are_the_easiest_gsm8k_ones(shared_data):
+    """The quickstart annotates the 4 GSM8K train problems with the shortest reference solutions
+    (ones the quickstart policy solves some of the time), all with gradable answers; no plan's
+    annotate stage pins problem ids."""
     from hiprm.annotate.run import load_problems
 
     run_dir, stages = load_plan("configs/quickstart")
     (annotate,) = [s for s in stages if s.command == "annotate"]
     _, cfg = stage_config(annotate, run_dir, run_dir, [f"data_dir={shared_data}"])
     problems, _ = load_problems(cfg)
-    assert [p.problem_id for p in problems] == ["b76b0eef993517e0", "5e3416f9403f7ca9", "62a72e84f58e33c6"]
-    assert [p.answer for p in problems] == ["625681", "2", "70"]
+    assert [p.problem_id for p in problems] == ["bba8b7ee5ed059cb", "cdde24438fddce86", "53600215b4f3b79e",
+                                                "ac13c85f3b3da6be"]  # fmt: skip
+    assert [p.answer for p in problems] == ["11", "57", "19", "42000"]
     for plan in PLANS:
-        if plan != "configs/quickstart":
-            for s in load_plan(plan)[1]:
-                if s.command == "annotate":
+        for s in load_plan(plan)[1]:
+            if s.command == "annotate":
                     assert not yaml.safe_load(s.config.read_text()).get("problem_ids"), plan
 
 
@@ -200,6 +200,7 @@ def test_solve_rates_script_counts_graded_samples(tmp_path, shared_data, tiny_ba
     assert not mod.answer_in_question("Factor $t^2-49$.", "(t-7)(t+7)")
     out = tmp_path / "samples.jsonl"
     args = [f"data_dir={shared_data}", f"policy.model={tiny_backbone_dir}", "max_solution_tokens=8",
+            "dataset=math-train", "order=shortest_question",
             "--answer-in-question", "--max-question-chars", "30", "--limit", "3", "--samples", "2",
             "--out", str(out)]  # fmt: skip
     assert mod.main(args) == 0

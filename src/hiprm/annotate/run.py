@@ -48,7 +48,7 @@ from hiprm.config import (
     check_config_fields,
     to_dict,
 )
-from hiprm.data.problems import load_problem_set
+from hiprm.data.problems import load_problem_set, order_problems
 from hiprm.grading import GradingMode, extract_answer, is_equivalent
 from hiprm.policy.build import OPERATIONAL_POLICY_KEYS, PolicyConfig, PromptConfig, build_policy, build_style
 from hiprm.records import Problem
@@ -139,10 +139,7 @@ def load_problems(cfg: AnnotateConfig, skip_log: SkipLog | None = None) -> tuple
             raise ConfigError(f"problem_ids: {missing} are not problem ids of {path}")
         wanted = set(cfg.problem_ids)
         problems = [p for p in problems if p.problem_id in wanted]
-    if cfg.order == "shortest_solution":
-        problems.sort(key=lambda p: (len(str(p.extra.get("solution", ""))) or len(p.question), p.problem_id))
-    elif cfg.order == "shortest_question":
-        problems.sort(key=lambda p: (len(p.question), p.problem_id))
+    problems = order_problems(problems, cfg.order)
     checked = []
     for p in problems:  # stops at `limit` good ones
         why = ungradable(p.answer, cfg.grade_timeout)

@@ -170,3 +170,25 @@ def load_problem_set(
     if len(unique) < len(problems):
         log.info("%s: %d duplicate problems dropped", path, len(problems) - len(unique))
     return unique, path
+
+
+ORDERS = ("file", "shortest_solution", "shortest_question")
+
+
+def order_problems(problems: list[Problem], order: str) -> list[Problem]:
+    """`problems` in `order`: file (as read), shortest_solution (shortest reference solution
+    first, e.g. GSM8K's worked answers: the easiest problems; the question's length where there
+    is none), shortest_question. The one ordering of `annotate`, `eval` and `rl`.
+
+    >>> ps = [Problem("a", "long question", "1", extra={"solution": "xx"}), Problem("b", "q", "2")]
+    >>> [p.problem_id for p in order_problems(ps, "shortest_solution")], [p.problem_id for p in order_problems(ps, "shortest_question")]
+    (['b', 'a'], ['b', 'a'])
+    """
+    if order == "shortest_solution":
+        return sorted(problems, key=lambda p: (len(str(p.extra.get("solution", ""))) or len(p.question), p.problem_id))
+    if order == "shortest_question":
+        return sorted(problems, key=lambda p: (len(p.question), p.problem_id))
+    if order != "file":
+        raise ValueError(f"order: {order!r} is not one of {', '.join(ORDERS)}")
+    return list(problems)
+

@@ -47,7 +47,7 @@ class PolicyConfig:
 
 @dataclass
 class PromptConfig:
-    """`style`: step | formula | paragraph (see `hiprm.policy.prompts`); `template` (with
+    """`style`: step | formula | paragraph | brief (see `hiprm.policy.prompts`); `template` (with
     {question} and {previous_steps}) and `step_stops` replace the style's own."""
 
     style: str = "step"

@@ -49,6 +49,14 @@ FORMULA_TEMPLATE = _INSTRUCTIONS.replace("{step_rule}", "").replace(
 STEP_TEMPLATE = _INSTRUCTIONS.replace(
     "{step_rule}", "Begin each step with '# Step X' to clearly indicate the entire reasoning step.\n"
 ).replace("{example}", "# Step 1\nsolve 1 + 2 = 3,\n\n# Step 2\nThen, 3 + 3 = 6.\n\n")
+# For small instruct models that copy the example of the paper's prompt instead of solving the
+# problem (Qwen2.5-Coder-0.5B-Instruct answers "6" to every question under it): the same output
+# format (blank-line steps, `# Answer`, `# END!`), asked for in words, with no example to copy.
+BRIEF_TEMPLATE = (
+    "{question}\n\nSolve the problem step by step, one short step per paragraph, separated by blank lines. "
+    "After the last step, write '# Answer' on its own line, a blank line, then only the final number, "
+    "and finish with '# END!'.{previous_steps}"
+)
 
 
 @dataclass(frozen=True)
@@ -106,6 +114,7 @@ STYLES: dict[str, PromptStyle] = {
     "formula": PromptStyle("formula", FORMULA_TEMPLATE, ("\\]\n\n", "\\)\n\n")),
     "step": PromptStyle("step", STEP_TEMPLATE, ("# Step {n}",)),
     "paragraph": PromptStyle("paragraph", FORMULA_TEMPLATE, ("\n\n",)),
+    "brief": PromptStyle("brief", BRIEF_TEMPLATE, ("\n\n",)),
 }
 
 

@@ -64,7 +64,8 @@ class RLConfig:
     data_dir: str = "../shared/data"
     question_field: str = "question"
     answer_field: str = "answer"
-    limit: NonNegative = 0  # first N problems; 0 = all
+    limit: NonNegative = 0  # first N problems (after `order`); 0 = all
+    order: Literal["file", "shortest_solution", "shortest_question"] = "file"
     prompt: PromptConfig = field(default_factory=PromptConfig)
     # reward
     scorer: str = ""  # a reward model spec (load_scorer); "" = no reward model (outcome_weight > 0)
@@ -142,6 +143,7 @@ def problem_rows(cfg: RLConfig, render_chat: Any) -> tuple[list[dict[str, str]],
     from hiprm.policy.build import build_style
 
     problems, path = load_problems(AnnotateConfig(dataset=cfg.dataset, data_dir=cfg.data_dir, limit=cfg.limit,
+                                                  order=cfg.order,
                                                   question_field=cfg.question_field,
                                                   answer_field=cfg.answer_field or "answer",
                                                   grade_timeout=cfg.grade_timeout))  # fmt: skip

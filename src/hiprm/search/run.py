@@ -28,7 +28,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from hiprm.artifacts import (
     DataError,
@@ -46,7 +46,7 @@ from hiprm.config import (
     Probability,
     to_dict,
 )
-from hiprm.data.problems import load_problem_set
+from hiprm.data.problems import load_problem_set, order_problems
 from hiprm.grading import is_equivalent
 from hiprm.policy.build import (
     OPERATIONAL_POLICY_KEYS,
@@ -82,7 +82,8 @@ class EvalConfig:
     data_dir: str = "../shared/data"
     question_field: str = "question"  # for a JSONL path
     answer_field: str = "answer"
-    limit: NonNegative = 0  # first `limit` problems (0 = all)
+    limit: NonNegative = 0  # first `limit` problems (0 = all), after `order`
+    order: Literal["file", "shortest_solution", "shortest_question"] = "file"  # shortest_solution: the easiest first
     shard: str = ""  # "i/n": every n-th problem starting at i (0-based)
     methods: list[str] = field(default_factory=list)  # empty = every method the given RMs allow
     n_values: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
@@ -380,6 +381,7 @@ def load_problems(cfg: EvalConfig) -> tuple[list[Problem], Path]:
     """The problems this run solves: `dataset` (`hiprm.data.problems`, the one registry), cut to
     the first `limit` and then to `shard=i/n` (every n-th problem from i), and the path read."""
     problems, path = load_problem_set(cfg.dataset, cfg.data_dir, cfg.question_field, cfg.answer_field)
+    problems = order_problems(problems, cfg.order)
     if cfg.limit > 0:
         problems = problems[: cfg.limit]
     shard = parse_shard(cfg.shard)

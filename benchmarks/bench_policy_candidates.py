@@ -4,9 +4,9 @@ with the hf backend's own decode loop, batched, on the quickstart's problem sets
     python benchmarks/bench_policy_candidates.py                          # the embedded candidates
     python benchmarks/bench_policy_candidates.py --models smollm2-135m-instruct /tmp/gemma_model
 
-For each model: the first `--problems` GSM8K test problems and the `--math` shortest MATH train
-problems (the quickstart's annotation set is three of those), the quickstart's prompt
-(`--style`, chat template on), greedy (one sample) and sampled (`--n` samples at temperature
+For each model: the first `--problems` GSM8K test problems and `--train` GSM8K train problems in
+`--order` (the quickstart's: those with the shortest reference solutions, its search and
+annotation sets), the quickstart's prompt (`--style`, chat template on), greedy (one sample) and sampled (`--n` samples at temperature
 `--temperature`, top-p 0.95), `--tokens` new tokens at most. Prints per model and set: greedy
 accuracy, sampled pass@1 (mean over samples) and pass@n, with 95% intervals (normal, over
 problems), and generated tokens/s (all samples, one batched `generate` call per set), and the
@@ -43,11 +43,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"])
     ap.add_argument("--problems", type=int, default=24, help="GSM8K test problems")
-    ap.add_argument("--math", type=int, default=12, help="shortest MATH train problems")
+    ap.add_argument("--train", type=int, default=8, help="GSM8K train problems (the annotation set)")
+    ap.add_argument("--order", default="shortest_solution", help="file | shortest_solution | shortest_question")
     ap.add_argument("--n", type=int, default=4)
     ap.add_argument("--temperature", type=float, default=0.7)
     ap.add_argument("--tokens", type=int, default=256)
-    ap.add_argument("--style", default="paragraph")
+    ap.add_argument("--style", default="brief", help="prompt style (the quickstart's: brief)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
@@ -58,12 +59,12 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     style = make_style(args.style)
     sets = {
-        "gsm8k-test": load_problems(AnnotateConfig(dataset=str(Path(args.data_dir) / "gsm8k" / "test.jsonl"),
-                                                   limit=args.problems))[0],  # fmt: skip
-        "math-train-shortest": load_problems(AnnotateConfig(dataset="math-train", data_dir=args.data_dir,
-                                                            order="shortest_question", limit=args.math))[0],  # fmt: skip
-    }
-    print(f"{'model':<30} {'set':<20} {'greedy':>14} {'pass@1 (T)':>14} {'pass@n':>14} {'mixed':>6} {'tok/s':>7}")
+        f"gsm8k-test ({args.order})": load_problems(AnnotateConfig(dataset="gsm8k", data_dir=args.data_dir,
+                                                                   order=args.order, limit=args.problems))[0],
+        f"gsm8k-train ({args.order})": load_problems(AnnotateConfig(dataset="gsm8k-train", data_dir=args.data_dir,
+                                                                    order=args.order, limit=args.train))[0],
+    }  # fmt: skip
+    print(f"{'model':<30} {'set':<32} {'greedy':>14} {'pass@1 (T)':>14} {'pass@n':>14} {'mixed':>6} {'tok/s':>7}")
     for name in args.models:
         policy = HFPolicy(name, batch_size=args.batch_size)
         for set_name, problems in sets.items():
@@ -85,7 +86,7 @@ def main() -> int:
             p1 = [sum(x) / len(x) for x in per]
             pn = [float(any(x)) for x in per]
             mixed = sum(0 < sum(x) < len(x) for x in per) / len(per)
-            print(f"{name[-30:]:<30} {set_name:<20} {ci(g):>14} {ci(p1):>14} {ci(pn):>14} {mixed:6.2f} "
+            print(f"{name[-30:]:<30} {set_name:<32} {ci(g):>14} {ci(p1):>14} {ci(pn):>14} {mixed:6.2f} "
                   f"{gen / secs:7.1f}", flush=True)  # fmt: skip
     return 0
 

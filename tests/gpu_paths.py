@@ -11,28 +11,15 @@ from typing import Any
 
 import torch
 
-from hiprm.records import RMExample
 from hiprm.rm import trie
 from hiprm.rm.data_collate import encode_examples, soft_label_loss
 from hiprm.rm.template import TemplateConfig
 
 from .conftest import tiny_llama_config
+from .test_rm_trie import family  # one PRM800K-like family: rated completions, HRM pairs, a duplicate
 
 QUESTION = "What is 2 + 3 + 4?"
 STEPS = ["2 + 3 = 5.", "5 + 4 = 9.", "# Answer\n\n9"]
-
-
-def family() -> list[RMExample]:
-    """The steps of one solution, a wrong completion of each and a merged HRM pair: inputs
-    that share prefixes, so a trie batch shares computation."""
-    out = []
-    for i, s in enumerate(STEPS):
-        out.append(RMExample("a", QUESTION, STEPS[:i], s, 1.0, "prm", [1]))
-        out.append(RMExample("a", QUESTION, STEPS[:i], s + " Wrong!", 0.0, "prm", [-1]))
-        if i + 1 < len(STEPS):
-            out.append(RMExample("a", QUESTION, STEPS[:i], s + "\n\n" + STEPS[i + 1], 1.0, "hrm", [1, 1]))
-    out.append(RMExample("b", "Factor t^2 - 49.", [], "(t - 7)(t + 7)", 0.7, "prm", [1]))
-    return out
 
 
 def sdpa_kernels(device: str) -> list[Any]:

@@ -67,6 +67,50 @@ def base_vs_tuned(base: Path, tuned: dict[str, Path]) -> list[str]:
     return lines
 
 
+def search_reading(metrics: dict[str, Any]) -> str:
+    """One paragraph on what the search table shows at the largest N: the oracle, majority vote,
+    the best reward-model method, and which differences the 95% intervals cannot tell apart.
+
+    >>> acc = {"pass": {"4": {"accuracy": 0.8, "ci95": 0.1}}, "majority": {"4": {"accuracy": 0.4, "ci95": 0.2}},
+    ...        "prm-min": {"4": {"accuracy": 0.5, "ci95": 0.2}}}
+    >>> text = search_reading({"accuracy": acc, "n_values": [1, 4], "problems": 6})
+    >>> "pass@4 is 80.0 ± 10.0%" in text and "prm-min, gets 50.0 ± 20.0%" in text and "inside noise" in text
+    True
+    """
+    acc, ns = metrics.get("accuracy", {}), metrics.get("n_values") or []
+    if not acc or not ns:
+        return ""
+    n = str(max(ns))
+
+    def cell(m: str) -> tuple[float, float] | None:
+        c = acc.get(m, {}).get(n, {})
+        return None if c.get("accuracy") is None else (c["accuracy"], c.get("ci95") or 0.0)
+
+    def pct(v: tuple[float, float]) -> str:
+        return f"{100 * v[0]:.1f} ± {100 * v[1]:.1f}%"
+
+    oracle, majority = cell("pass"), cell("majority")
+    rm = {m: cell(m) for m in acc if m not in ("pass", "majority") and cell(m) is not None}
+    parts = [f"What to look for (N={n}, {metrics.get('problems', '?')} problems):"]
+    if oracle:
+        parts.append(f"the oracle pass@{n} is {pct(oracle)}, the most any selection can reach;")
+        if oracle[0] == 0:
+            parts.append("the policy wrote no right answer, so no reward model can select one.")
+            return " ".join(parts)
+    if majority:
+        parts.append(f"majority vote gets {pct(majority)};")
+    if rm:
+        best = max(rm, key=lambda m: rm[m][0])
+        b = rm[best]
+        parts.append(f"the best reward-model method, {best}, gets {pct(b)}.")
+        if majority:
+            apart = abs(b[0] - majority[0]) > b[1] + majority[1]
+            parts.append("Its difference from majority vote is larger than both intervals together, so it is not noise."
+                         if apart else "Its 95% interval overlaps majority vote's: at this size the difference is "
+                         "inside noise, and so are the differences between reward models.")  # fmt: skip
+    return " ".join(parts)
+
+
 def report_lines(manifest: dict[str, Any]) -> list[str]:
     stages: dict[str, dict[str, Any]] = manifest.get("stages", {})
     times = ", ".join(f"{name} {s['seconds'] / 60:.1f}" for name, s in stages.items() if "seconds" in s)
@@ -108,7 +152,8 @@ def report_lines(manifest: dict[str, Any]) -> list[str]:
     base = [(n, s) for n, s in evals if s["config"]["policy"]["model"] not in selftrained]
     for name, s in base:
         lines += ["", f"## Search with the policy ({name})", "", _text(Path(s["output"]) / "report.md"),
-                  "", f"Plot: `{s['output']}/accuracy.png`"]  # fmt: skip
+                  "", search_reading(_json(Path(s["output"]) / "metrics.json")),
+                  "", f"Plots: `{s['output']}/accuracy.png`, `{s['output']}/accuracy_tokens.png`"]  # fmt: skip
     for _, s in done("annotate stats"):
         stats = _json(Path(s["output"]))
         if stats:

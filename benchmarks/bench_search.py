@@ -112,7 +112,7 @@ def main() -> int:
         cfg = load_config(EvalConfig, None, [*eval_args(args, tmp / f"s{batch}", batch), *extra])
         policy = build_policy(cfg.policy)
         bodies: list[dict[str, Any]] = []
-        policy.client.event_hooks["request"].append(lambda request, b=bodies: b.append(json.loads(request.content)))
+        policy.pool.client.event_hooks["request"].append(lambda request, b=bodies: b.append(json.loads(request.content)))
         try:
             secs, out = timed(cfg, policy)
         finally:

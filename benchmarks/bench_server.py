@@ -117,7 +117,7 @@ def main() -> None:
     def measure(name: str, cfg: Any, runner: Any, tokens_of: Any) -> None:
         policy = build_policy(cfg.policy)
         bodies: list[dict[str, Any]] = []  # every request body exactly as sent (list.append is atomic)
-        policy.client.event_hooks["request"].append(lambda request: bodies.append(json.loads(request.content)))
+        policy.pool.client.event_hooks["request"].append(lambda request: bodies.append(json.loads(request.content)))
         t0 = time.perf_counter()
         try:
             out = runner(cfg, policy=policy)

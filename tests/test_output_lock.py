@@ -127,6 +127,8 @@ def _runner_commands(tmp_path: Path, shared_data: Path, tiny_rm_dir: Path, tiny_
         "rm train": (["rm", "train", f"model.name={tiny_backbone_dir}", f"data.train={examples}", "data.val=null",
                       f"output_dir={o / 'rt'}"], o / "rt"),
         "selftrain": (["selftrain", f"trees={trees}", f"model={tiny_lm_dir}", f"out_dir={o / 'st'}"], o / "st"),
+        "rl": (["rl", f"dataset={data}", f"model={tiny_lm_dir}", "outcome_weight=1", "num_generations=2", "batch_size=2",
+                "max_steps=1", f"out_dir={o / 'rl'}"], o / "rl"),
         "data build": (["data", "build", "--kind", "prm", f"input={prm}", f"out_dir={o / 'db'}"], o / "db"),
         "data build trees": (["data", "build", "--kind", "hrm", f"trees={trees}", f"out_dir={o / 'dbt'}"],
                              o / "dbt"),
@@ -139,7 +141,7 @@ def _runner_commands(tmp_path: Path, shared_data: Path, tiny_rm_dir: Path, tiny_
     }
 
 
-RUNNERS = ["annotate", "eval", "eval shard", "rm score", "rm eval", "rm train", "selftrain", "data build",
+RUNNERS = ["annotate", "eval", "eval shard", "rm score", "rm eval", "rm train", "selftrain", "rl", "data build",
            "data build trees", "data export-trl", "annotate hnc", "annotate stats", "quickstart", "report"]  # fmt: skip
 
 

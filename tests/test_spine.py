@@ -106,7 +106,7 @@ LEVEL = {
     "training": 1,
     "data": 1, "policy": 1,
     "annotate": 2, "rm": 2,
-    "search": 3, "selftrain": 3, "serve": 3,
+    "search": 3, "selftrain": 3, "serve": 3, "rl": 3,
     "quickstart": 4, "report": 4, "cli": 5,
 }  # fmt: skip
 
